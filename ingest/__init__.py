@@ -1,0 +1,1 @@
+"""The gateway: POST /v1/readings -> one Kafka message per accepted upload."""

@@ -1,0 +1,129 @@
+"""The admin API: the device registry, with admin tokens (never gateway keys).
+
+Served by the gateway when `gateway_registry` is on. Each change is written and audited in
+one transaction (ingest/registry_store.py), then this replica reloads its registry at once;
+the other replicas see it within `registry_refresh_s`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, Request
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
+from starlette.responses import Response
+
+from ingest import registry_store
+from ingest.auth import Authenticator
+from ingest.problems import json_response
+from ingest.refresher import RegistryCache
+from ingest.validation import identifier_problem
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+def _checked(value: str) -> str:
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+Identifier = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_checked)]
+
+
+class Registration(BaseModel):
+    device_id: Identifier
+    patient_id: Identifier
+    gateways: list[Identifier] = Field(min_length=1, max_length=100)
+    since: AwareDatetime | None = None  # default: now
+
+
+class Move(BaseModel):
+    patient_id: Identifier
+    since: AwareDatetime | None = None
+
+
+async def admin_id(request: Request) -> tuple[str, str]:
+    authenticator: Authenticator = request.app.state.authenticator
+    return "admin", authenticator.admin_for(request.headers.get("authorization"))
+
+
+Admin = Annotated[tuple[str, str], Depends(admin_id)]
+
+
+async def _pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool | None = request.app.state.pool
+    # The router is only included with gateway_registry, whose lifespan makes the pool.
+    assert pool is not None, "the admin API needs gateway_registry"
+    return pool
+
+
+async def _changed(request: Request, pool: asyncpg.Pool) -> Response:
+    registry: RegistryCache = request.app.state.registry
+    await registry.refresh(pool)
+    return Response(status_code=204)
+
+
+def _since(value: datetime | None) -> datetime:
+    return value or registry_store.now()
+
+
+@router.get("/devices")
+async def list_devices(request: Request, actor: Admin) -> Response:
+    async with (await _pool(request)).acquire() as conn:
+        rows = await registry_store.list_devices(conn)
+    return json_response({"devices": [_plain(r) for r in rows]})
+
+
+@router.post("/devices", status_code=204)
+async def register_device(request: Request, actor: Admin, body: Registration) -> Response:
+    pool = await _pool(request)
+    async with pool.acquire() as conn:
+        await registry_store.register_device(
+            conn,
+            body.device_id,
+            body.patient_id,
+            body.gateways,
+            since=_since(body.since),
+            actor=actor,
+        )
+    return await _changed(request, pool)
+
+
+@router.put("/devices/{device_id}/gateways/{gateway_id}", status_code=204)
+async def bind_gateway(
+    request: Request, actor: Admin, device_id: Identifier, gateway_id: Identifier
+) -> Response:
+    pool = await _pool(request)
+    async with pool.acquire() as conn:
+        await registry_store.bind_gateway(conn, device_id, gateway_id, actor=actor)
+    return await _changed(request, pool)
+
+
+@router.delete("/devices/{device_id}/gateways/{gateway_id}", status_code=204)
+async def unbind_gateway(
+    request: Request, actor: Admin, device_id: Identifier, gateway_id: Identifier
+) -> Response:
+    pool = await _pool(request)
+    async with pool.acquire() as conn:
+        await registry_store.unbind_gateway(conn, device_id, gateway_id, actor=actor)
+    return await _changed(request, pool)
+
+
+@router.post("/devices/{device_id}/moves", status_code=204)
+async def move_device(
+    request: Request, actor: Admin, device_id: Identifier, body: Move
+) -> Response:
+    pool = await _pool(request)
+    async with pool.acquire() as conn:
+        await registry_store.move_device(
+            conn, device_id, body.patient_id, since=_since(body.since), actor=actor
+        )
+    return await _changed(request, pool)
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, list | tuple) else v for k, v in row.items()}

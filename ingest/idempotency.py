@@ -1,0 +1,95 @@
+"""Idempotency-Key: a retried upload gets the first answer back instead of a second message.
+
+Answers are kept in a bounded LRU in memory, per gateway and key. While one request with
+a key is being produced, others with the same key wait for it (a lock per key), so two
+concurrent retries never both produce. Only 202 answers are kept: a refusal leaves
+nothing behind, so the retry is tried again from scratch.
+
+Memory only, per replica: a retry that lands on another replica (or after a restart) is
+produced again, with the same upload_id (uuid5 of gateway and key); the database's
+unique key per reading makes that harmless downstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from vitals import contract
+
+Key = tuple[str, str]  # (gateway id, Idempotency-Key)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A 202 answer: its JSON body, kept as bytes (compact in the cache), and its counts."""
+
+    upload_id: str
+    content: bytes
+    accepted: int
+    rejected: int
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    fingerprint: bytes  # of the (inflated) body the answer was given for
+    accepted: Accepted
+
+
+def upload_id_for(gateway_id: str, idempotency_key: str | None) -> str:
+    """Deterministic with a key, so every replica names the same upload the same way."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(contract.NAMESPACE, f"{gateway_id}|{idempotency_key}"))
+
+
+def fingerprint(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=16).digest()
+
+
+class IdempotencyCache:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._answers: OrderedDict[Key, Answer] = OrderedDict()
+        self._locks: dict[Key, tuple[asyncio.Lock, int]] = {}  # lock, holders + waiters
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def waiting(self) -> int:
+        """Keys with a request in progress (or queued behind one)."""
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def exclusive(self, key: Key) -> AsyncIterator[None]:
+        """Serialise requests with the same key; the lock is dropped when nobody uses it."""
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def get(self, key: Key) -> Answer | None:
+        answer = self._answers.get(key)
+        if answer is not None:
+            self._answers.move_to_end(key)
+        return answer
+
+    def put(self, key: Key, answer: Answer) -> None:
+        self._answers[key] = answer
+        self._answers.move_to_end(key)
+        while len(self._answers) > self.capacity:
+            self._answers.popitem(last=False)

@@ -1,0 +1,114 @@
+"""The gateway's Prometheus metrics, and the ASGI middleware that counts requests."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUESTS = Counter(
+    "vitals_gateway_requests_total", "HTTP requests by route and status", ["route", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "vitals_gateway_request_seconds",
+    "Time from request start to the end of the answer, by route and status",
+    ["route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+UPLOADS = Counter(
+    "vitals_gateway_uploads_total",
+    "POST /v1/readings by outcome (accepted, replayed, or the refusal's code)",
+    ["outcome"],
+)
+READINGS_ACCEPTED = Counter(
+    "vitals_gateway_readings_accepted_total", "Readings accepted into Kafka"
+)
+READINGS_REJECTED = Counter(
+    "vitals_gateway_readings_rejected_total", "Readings rejected item by item, by code", ["code"]
+)
+PRODUCE_SECONDS = Histogram(
+    "vitals_gateway_produce_seconds",
+    "Time from send to Kafka acknowledgement (acks=all)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class RequestTally:
+    """Requests started and answered in full, per process: logged when the server stops.
+
+    A graceful stop must leave `unanswered` at 0. A connection the server closed before
+    it read a request (still in the listen backlog at SIGTERM) never starts one here.
+    """
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.answered = 0
+
+    @property
+    def unanswered(self) -> int:
+        return self.started - self.answered
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "requests_started": self.started,
+            "requests_answered": self.answered,
+            "requests_unanswered": self.unanswered,
+        }
+
+
+TALLY = RequestTally()
+
+
+class RequestMetrics:
+    """Counts every HTTP request by its route template (not the raw path: bounded labels).
+
+    The gateway's series by default; another front door (the read API) passes its own.
+    """
+
+    def __init__(
+        self, app: ASGIApp, requests: Counter = REQUESTS, seconds: Histogram = REQUEST_SECONDS
+    ) -> None:
+        self.app = app
+        self.requests = requests
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets if the app fails before answering
+        started = time.perf_counter()
+        TALLY.started += 1
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                TALLY.answered += 1
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            labels = (getattr(scope.get("route"), "path", "unmatched"), str(status))
+            self.requests.labels(*labels).inc()
+            self.seconds.labels(*labels).observe(time.perf_counter() - started)
+
+
+REGISTRY_REFRESHES = Counter(
+    "vitals_gateway_registry_refreshes_total",
+    "Loads of keys and devices from the database, by outcome (ok, failed)",
+    ["outcome"],
+)
+REGISTRY_LOADED_AT = Gauge(
+    "vitals_gateway_registry_loaded_timestamp_seconds",
+    "When the registry in memory was last loaded (0: never; it serves the last good copy)",
+)
+AUDIT_RECORDS = Counter(
+    "vitals_gateway_audit_records_total",
+    "Audit records by fate (written, dropped: the queue was full while the database was down)",
+    ["fate"],
+)
+AUDIT_PENDING = Gauge("vitals_gateway_audit_pending", "Audit records waiting to be written")

@@ -1,0 +1,92 @@
+"""The one place where errors become application/problem+json (RFC 9457).
+
+Every problem has type, title, status, detail and a stable machine-readable `code`; the
+gateway's own refusals add `upload_id` where one was assigned, and 422 adds `rejected`.
+FastAPI's own errors (404, 405, request validation) come out in the same shape.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from ingest.errors import GatewayError, NothingValid, RateLimited, Unauthenticated, Unavailable
+from ingest.validation import rejections_document
+
+PROBLEM = "application/problem+json"
+TYPE_PREFIX = "urn:vitals:problem:"  # + code; documented in docs/wire-format.md
+
+
+def json_response(
+    document: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(document), status, headers, media_type="application/json")
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    document = {
+        "type": TYPE_PREFIX + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    return Response(orjson.dumps(document), status, headers, media_type=PROBLEM)
+
+
+def gateway_problem(error: GatewayError) -> Response:
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if isinstance(error, Unauthenticated):
+        headers["WWW-Authenticate"] = error.challenge
+    if isinstance(error, Unavailable | RateLimited):
+        headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, NothingValid):
+        extra["rejected"] = rejections_document(error.rejected)
+    if error.upload_id is not None:
+        extra["upload_id"] = error.upload_id
+    return problem_response(error.status, error.code, error.title, error.detail, headers, **extra)
+
+
+def install(app: FastAPI) -> None:
+    """Route every error the app can raise through problem+json."""
+
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return gateway_problem(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        phrase = HTTPStatus(exc.status_code).phrase
+        code = phrase.lower().replace(" ", "_").replace("-", "_")
+        detail = exc.detail if isinstance(exc.detail, str) else phrase
+        return problem_response(exc.status_code, code, phrase, detail, exc.headers)
+
+    async def on_invalid_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        # Each error says where (e.g. header Idempotency-Key) and what is wrong; the
+        # input itself is left out (it may be long).
+        errors = [
+            {"loc": [str(part) for part in e.get("loc", ())], "msg": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{' '.join(e['loc'])}: {e['msg']}" for e in errors)
+        return problem_response(400, "invalid_request", "Invalid request", detail, errors=errors)
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_invalid_request)

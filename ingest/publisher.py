@@ -1,0 +1,131 @@
+"""The gateway's Kafka producer: its lifetime, readiness, and one bounded publish per upload.
+
+The gateway must start while Kafka is down (containers start in any order), so the
+producer connects in a background task that keeps retrying; until it is connected every
+publish fails at once with 503 instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
+
+from ingest.errors import TooLarge, Unavailable
+from vitals import contract, kafka
+from vitals.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 5.0
+
+
+class Publisher:
+    def __init__(self, settings: Settings, **producer_options: Any) -> None:
+        self._settings = settings
+        self._topic = settings.topic(contract.READINGS)
+        # aiokafka bounds every connection attempt and expires unsent batches after
+        # request_timeout_ms. Tying it to the produce timeout keeps a timed-out upload
+        # from reaching Kafka long after its 503, bounds a /readyz check, and bounds how
+        # long stop() can spend flushing on SIGTERM.
+        self._options: dict[str, Any] = {
+            "request_timeout_ms": max(1000, int(settings.produce_timeout_s * 1000)),
+            **producer_options,
+        }
+        self._producer: AIOKafkaProducer | None = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Publisher:
+        self._connecting = asyncio.create_task(self._connect(), name="kafka-connect")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()  # flushes what is in flight
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    async def ready(self) -> bool:
+        """Connected, and a broker accepts a connection now."""
+        producer = self._producer
+        if producer is None:
+            return False
+        client = producer.client
+        for broker in client.cluster.brokers():
+            # ready() reuses an open connection or tries one, never raises.
+            if await client.ready(broker.nodeId):
+                return True
+        return False
+
+    async def publish(self, upload: contract.Upload) -> None:
+        """Return only once Kafka acknowledged the upload (acks=all), else raise."""
+        retry_after = self._settings.retry_after_s
+        producer = self._producer
+        if producer is None:
+            raise Unavailable(
+                "kafka_unavailable",
+                "not connected to Kafka yet; retry later",
+                retry_after_s=retry_after,
+            )
+        value = contract.encode_upload(upload)
+        delivery: asyncio.Future[Any] | None = None
+        try:
+            async with asyncio.timeout(self._settings.produce_timeout_s):
+                delivery = await producer.send(self._topic, value, key=upload.patient_id.encode())
+                # shield: a timeout must not cancel aiokafka's own delivery future.
+                await asyncio.shield(delivery)
+        except (MessageSizeTooLargeError, RecordListTooLargeError):
+            # Permanent for this upload: retrying the same body would fail the same way.
+            raise TooLarge(
+                "message_too_large",
+                f"the upload is {len(value)} bytes as a Kafka message, more than "
+                "the broker takes: split the batch",
+            ) from None
+        except (TimeoutError, KafkaError) as exc:
+            if delivery is not None:
+                delivery.add_done_callback(_late_outcome)
+            raise Unavailable(
+                "kafka_not_acknowledged",
+                f"Kafka did not acknowledge the upload within "
+                f"{self._settings.produce_timeout_s:g} s ({type(exc).__name__}); "
+                "retry with the same Idempotency-Key",
+                retry_after_s=retry_after,
+            ) from None
+
+    async def _connect(self) -> None:
+        delay = RETRY_FIRST_S
+        while True:
+            producer = kafka.producer(self._settings, **self._options)
+            try:
+                await producer.start()
+            except (KafkaError, OSError) as exc:
+                await producer.stop()
+                log.warning(
+                    "kafka not reachable, retrying",
+                    extra={"error": type(exc).__name__, "retry_in_s": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            except asyncio.CancelledError:  # the app stops while connecting
+                await producer.stop()
+                raise
+            self._producer = producer
+            log.info("kafka connected", extra={"topic": self._topic})
+            return
+
+
+def _late_outcome(delivery: asyncio.Future[Any]) -> None:
+    # Retrieve the outcome so asyncio does not warn about an unretrieved exception.
+    if not delivery.cancelled() and delivery.exception() is not None:
+        log.debug("a timed-out upload failed later too")

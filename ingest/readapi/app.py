@@ -1,0 +1,81 @@
+"""The read API application: create_app(settings); its lifespan owns a read-only pool."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from fastapi import FastAPI
+from prometheus_client import Counter, Histogram
+
+from ingest import problems
+from ingest.auth import Authenticator
+from ingest.keys import digest
+from ingest.metrics import RequestMetrics
+from ingest.readapi import routes
+from ingest.registry import Credential, Snapshot
+from processors.rules import rules_from_settings
+from vitals.settings import Settings
+
+POOL_CONNECT_TIMEOUT_S = 5.0
+POOL_MAX = 10
+
+REQUESTS = Counter(
+    "vitals_api_requests_total", "Read API requests by route and status", ["route", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "vitals_api_request_seconds",
+    "Read API time from request start to the end of the answer, by route and status",
+    ["route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+def reader_snapshot(settings: Settings) -> Snapshot:
+    """Only reader credentials: a gateway key or admin token is unknown here."""
+    credentials = {
+        digest(token): Credential(f"env:{reader}", "reader", reader)
+        for token, reader in settings.readers().items()
+    }
+    return Snapshot(credentials, loaded=True)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    snapshot = reader_snapshot(settings)
+    rules = rules_from_settings(settings)  # a bad rules file fails the start, not a request
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # min_size=0: the API starts while the database is down; /readyz says when it is up.
+        pool = await asyncpg.create_pool(
+            settings.api_database_url or settings.database_url,
+            min_size=0,
+            max_size=POOL_MAX,
+            timeout=POOL_CONNECT_TIMEOUT_S,
+            # Read-only sessions whatever role the URL logs in as (deployments also give the
+            # API a login role with only vitals_reader), and no query runs unbounded.
+            server_settings={
+                "default_transaction_read_only": "on",
+                "statement_timeout": str(round(settings.api_statement_timeout_s * 1000)),
+                "application_name": "vitals-api",
+            },
+        )
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            try:
+                await asyncio.wait_for(pool.close(), settings.shutdown_grace_s)
+            except TimeoutError:
+                pool.terminate()
+
+    app = FastAPI(title="vitals read API", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.settings = settings
+    app.state.rules = rules
+    app.state.authenticator = Authenticator(lambda: snapshot)
+    app.include_router(routes.router)
+    problems.install(app)
+    app.add_middleware(RequestMetrics, requests=REQUESTS, seconds=REQUEST_SECONDS)
+    return app

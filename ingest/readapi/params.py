@@ -1,0 +1,171 @@
+"""Query parameters of the read API, checked by pure functions (no HTTP, no database).
+
+Every refusal is a Malformed (400) with a code of its own, rendered as problem+json by
+ingest/problems.py. Cursors are opaque to clients: base64url JSON, bound to the series and
+resolution they were issued for, so a cursor reused with other parameters is refused
+rather than silently skipping or repeating rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from ingest.errors import Malformed
+from ingest.validation import MAX_ID_CHARS
+from vitals.catalog import METRICS
+
+RESOLUTIONS = ("raw", "1m", "1h", "auto")
+DEFAULT_LIMIT = 1_000
+# resolution=auto: the finest level whose page count stays small over the range.
+# 6 h of raw readings at one a second is 21,600 rows; 7 days per minute 10,080 buckets;
+# beyond that hourly (a year is 8,760 buckets).
+AUTO_RAW_UP_TO = timedelta(hours=6)
+AUTO_1M_UP_TO = timedelta(days=7)
+ALERT_STATES = ("opened", "resolved")
+# Open ends of an alerts range: the extremes PostgreSQL's timestamptz and Python share.
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+
+
+def only(query: Mapping[str, Sequence[str]], allowed: Sequence[str]) -> dict[str, str]:
+    """The single value of each parameter; unknown or repeated parameters are refused
+    (a typo such as `form=` must not silently widen the range)."""
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise Malformed(
+            "unknown_parameter",
+            f"unknown query parameter(s): {', '.join(unknown)}; allowed: {', '.join(allowed)}",
+        )
+    values: dict[str, str] = {}
+    for name, given in query.items():
+        if len(given) != 1:
+            raise Malformed("repeated_parameter", f"{name} is given {len(given)} times")
+        values[name] = given[0]
+    return values
+
+
+def patient(patient_id: str) -> str:
+    if not patient_id or len(patient_id) > MAX_ID_CHARS:
+        raise Malformed("bad_patient_id", f"the patient id must be 1 to {MAX_ID_CHARS} characters")
+    return patient_id
+
+
+def metric(value: str | None) -> str:
+    if not value:
+        raise Malformed("missing_parameter", "metric is required")
+    if value not in METRICS:
+        raise Malformed(
+            "unknown_metric", f"unknown metric {value!r}; known: {', '.join(sorted(METRICS))}"
+        )
+    return value
+
+
+def optional_moment(name: str, value: str | None) -> datetime | None:
+    return None if value is None or value == "" else moment(name, value)
+
+
+def moment(name: str, value: str | None) -> datetime:
+    """An ISO 8601 time with an offset (or Z), as UTC."""
+    if value is None or value == "":
+        raise Malformed("missing_parameter", f"{name} is required (ISO 8601 with offset)")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise Malformed(
+            "bad_time",
+            f"{name} is not an ISO 8601 time: {value[:40]!r} (send + as %2B in a URL)",
+        ) from None
+    if parsed.tzinfo is None:
+        raise Malformed("bad_time", f"{name} needs an offset (Z or +hh:mm)")
+    return parsed.astimezone(UTC)
+
+
+def window(start: datetime, end: datetime) -> None:
+    if start >= end:
+        raise Malformed("bad_range", "from must be before to")
+
+
+def limit(value: str | None, most: int) -> int:
+    if value is None:
+        return min(DEFAULT_LIMIT, most)
+    try:
+        number = int(value)
+    except ValueError:
+        raise Malformed("bad_limit", f"limit must be an integer from 1 to {most}") from None
+    if not 1 <= number <= most:
+        raise Malformed("bad_limit", f"limit must be an integer from 1 to {most}")
+    return number
+
+
+def resolution(value: str | None, start: datetime, end: datetime) -> str:
+    """raw, 1m or 1h; auto (the default) chooses by the length of the range."""
+    chosen = value or "auto"
+    if chosen not in RESOLUTIONS:
+        raise Malformed("bad_resolution", f"resolution must be one of {', '.join(RESOLUTIONS)}")
+    if chosen != "auto":
+        return chosen
+    span = end - start
+    if span <= AUTO_RAW_UP_TO:
+        return "raw"
+    return "1m" if span <= AUTO_1M_UP_TO else "1h"
+
+
+def state(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value not in ALERT_STATES:
+        raise Malformed("bad_state", f"state must be one of {', '.join(ALERT_STATES)}")
+    return value
+
+
+# --- cursors -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where the next page starts: strictly after (`at`, `tie`) in the page's order.
+
+    `scope` is what the cursor was issued for (e.g. "readings:heart_rate:raw"); `tie`
+    breaks ties at the same instant (a device id; an alert id and state).
+    """
+
+    scope: str
+    at: datetime
+    tie: tuple[str, ...] = ()
+
+
+def encode_cursor(cursor: Cursor) -> str:
+    micros = (cursor.at - _EPOCH) // _MICRO  # exact: no float rounding of the instant
+    raw = orjson.dumps([cursor.scope, micros, list(cursor.tie)])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(value: str | None, scope: str, tie_length: int) -> Cursor | None:
+    if value is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        issued_scope, micros, tie = orjson.loads(raw)
+        at = _EPOCH + micros * _MICRO
+        valid = (
+            isinstance(issued_scope, str)
+            and isinstance(micros, int)
+            and isinstance(tie, list)
+            and len(tie) == tie_length
+            and all(isinstance(part, str) for part in tie)
+        )
+    except (binascii.Error, ValueError, TypeError, OverflowError):
+        valid = False
+    if not valid:
+        raise Malformed("bad_cursor", "cursor is not one this API issued")
+    if issued_scope != scope:
+        raise Malformed("bad_cursor", "cursor was issued for another metric, resolution or listing")
+    return Cursor(scope, at, tuple(tie))

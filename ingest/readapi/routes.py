@@ -1,0 +1,177 @@
+"""The read API's routes: check the parameters (params.py), run one query (queries.py),
+shape the page. Every answer but /healthz, /readyz and /metrics needs a reader credential."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Depends, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from ingest.auth import Authenticator
+from ingest.errors import Malformed
+from ingest.problems import json_response, problem_response
+from ingest.readapi import params, queries
+from ingest.readapi.news2 import Latest, current
+from processors import news2 as news2_scoring
+
+router = APIRouter()
+
+_NIL = str(uuid.UUID(int=0))
+PING_TIMEOUT_S = 2.0
+
+
+async def reader(request: Request) -> str:
+    authenticator: Authenticator = request.app.state.authenticator
+    return authenticator.reader_for(request.headers.get("authorization"))
+
+
+Reader = Annotated[str, Depends(reader)]
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    return request.app.state.pool
+
+
+@router.get("/v1/patients/{patient_id}/readings")
+async def readings(request: Request, patient_id: str, _: Reader) -> Response:
+    q = params.only(_lists(request), ("metric", "from", "to", "resolution", "limit", "cursor"))
+    patient = params.patient(patient_id)
+    metric = params.metric(q.get("metric"))
+    start = params.moment("from", q.get("from"))
+    end = params.moment("to", q.get("to"))
+    params.window(start, end)
+    resolution = params.resolution(q.get("resolution"), start, end)
+    rows = params.limit(q.get("limit"), request.app.state.settings.api_page_max)
+    scope = f"readings:{metric}:{resolution}"
+    raw = resolution == "raw"
+    cursor = params.decode_cursor(q.get("cursor"), scope, 1 if raw else 0)
+
+    async with _pool(request).acquire() as conn:
+        if raw:
+            after = (cursor.at, cursor.tie[0]) if cursor else (params.EARLIEST, "")
+            found = await queries.raw(conn, patient, metric, start, end, after, rows + 1)
+        else:
+            after_bucket = cursor.at if cursor else params.EARLIEST
+            found = await queries.buckets(
+                conn, resolution, patient, metric, start, end, after_bucket, rows + 1
+            )
+    page, more = found[:rows], len(found) > rows
+    next_cursor = None
+    if more:
+        last = page[-1]
+        tie = (last["device_id"],) if raw else ()
+        at = last["t"] if raw else last["bucket"]
+        next_cursor = params.encode_cursor(params.Cursor(scope, at, tie))
+    items = [_reading(r) if raw else _bucket(r) for r in page]
+    return json_response(
+        {
+            "patient_id": patient,
+            "metric": metric,
+            "from": start,
+            "to": end,
+            "resolution": resolution,
+            "items": items,
+            "next_cursor": next_cursor,
+        }
+    )
+
+
+@router.get("/v1/patients/{patient_id}/alerts")
+async def alerts(request: Request, patient_id: str, _: Reader) -> Response:
+    q = params.only(_lists(request), ("from", "to", "state", "limit", "cursor"))
+    patient = params.patient(patient_id)
+    start = params.optional_moment("from", q.get("from")) or params.EARLIEST
+    end = params.optional_moment("to", q.get("to")) or params.LATEST
+    params.window(start, end)
+    state = params.state(q.get("state"))
+    rows = params.limit(q.get("limit"), request.app.state.settings.api_page_max)
+    scope = f"alerts:{state or 'any'}"
+    cursor = params.decode_cursor(q.get("cursor"), scope, 2)
+    if cursor is not None:
+        _check_alert_tie(cursor.tie)
+    # First page: everything before `end` (at < end already holds for every row).
+    before = (cursor.at, *cursor.tie) if cursor else (end, _NIL, "")
+    async with _pool(request).acquire() as conn:
+        found = await queries.alerts(conn, patient, start, end, state, before, rows + 1)
+    page, more = found[:rows], len(found) > rows
+    next_cursor = None
+    if more:
+        last = page[-1]
+        tie = (str(last["alert_id"]), last["state"])
+        next_cursor = params.encode_cursor(params.Cursor(scope, last["at"], tie))
+    return json_response(
+        {"patient_id": patient, "items": [_alert(r) for r in page], "next_cursor": next_cursor}
+    )
+
+
+@router.get("/v1/patients/{patient_id}/news2")
+async def news2(request: Request, patient_id: str, _: Reader) -> Response:
+    q = params.only(_lists(request), ("at",))
+    patient = params.patient(patient_id)
+    at = params.optional_moment("at", q.get("at")) or datetime.now(UTC)
+    async with _pool(request).acquire() as conn:
+        rows = await queries.latest(conn, patient, news2_scoring.PARAMETERS, at)
+    latest = [Latest(r["metric"], r["t"], r["value"]) for r in rows]
+    document = current(request.app.state.rules, patient, at, latest)
+    return json_response({"patient_id": patient, **document})
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """Ready when the database answers a query within PING_TIMEOUT_S."""
+    try:
+        async with _pool(request).acquire(timeout=PING_TIMEOUT_S) as conn:
+            await conn.fetchval("SELECT 1", timeout=PING_TIMEOUT_S)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        retry = str(request.app.state.settings.retry_after_s)
+        return problem_response(
+            503, "not_ready", "Not ready", "the database is not reachable", {"Retry-After": retry}
+        )
+    return json_response({"ready": True})
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _lists(request: Request) -> dict[str, list[str]]:
+    lists: dict[str, list[str]] = {}
+    for name, value in request.query_params.multi_items():
+        lists.setdefault(name, []).append(value)
+    return lists
+
+
+def _check_alert_tie(tie: tuple[str, ...]) -> None:
+    try:
+        uuid.UUID(tie[0])
+    except ValueError:
+        raise Malformed("bad_cursor", "cursor is not one this API issued") from None
+
+
+def _reading(r: Any) -> dict[str, Any]:
+    return {"t": r["t"], "value": r["value"], "unit": r["unit"], "device_id": r["device_id"]}
+
+
+def _bucket(r: Any) -> dict[str, Any]:
+    return {
+        "bucket": r["bucket"],
+        "min": r["min_value"],
+        "max": r["max_value"],
+        "avg": r["avg_value"],
+        "n": r["n"],
+    }
+
+
+def _alert(r: Any) -> dict[str, Any]:
+    return {**dict(r), "alert_id": str(r["alert_id"])}

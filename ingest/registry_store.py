@@ -1,0 +1,250 @@
+"""The registry in PostgreSQL: keys, devices and bindings. Used by the CLI and the admin API.
+
+Every change writes its audit record in the same transaction, so a change and its record
+exist together or not at all. Keys are returned in clear exactly once, by `issue_key`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ingest import keys
+from ingest.errors import NotFound, RegistryConflict
+from ingest.registry import Binding, Credential, Device, Snapshot
+
+KINDS = ("gateway", "admin")
+
+
+def _ms(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp() * 1000)
+
+
+async def load(conn: asyncpg.Connection) -> Snapshot:
+    """The whole registry as one consistent snapshot (one REPEATABLE READ transaction)."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        key_rows = await conn.fetch(
+            "SELECT key_id, kind, principal, key_sha256, expires_at, revoked_at FROM api_keys"
+        )
+        binding_rows = await conn.fetch(
+            "SELECT device_id, patient_id, valid_from, valid_to FROM device_patients"
+        )
+        gateway_rows = await conn.fetch("SELECT device_id, gateway_id FROM device_gateways")
+        device_rows = await conn.fetch("SELECT device_id FROM devices")
+    credentials = {
+        bytes(r["key_sha256"]): Credential(
+            r["key_id"],
+            r["kind"],
+            r["principal"],
+            _ms(r["expires_at"]),
+            r["revoked_at"] is not None,
+        )
+        for r in key_rows
+    }
+    bindings: dict[str, list[Binding]] = {r["device_id"]: [] for r in device_rows}
+    gateways: dict[str, set[str]] = {r["device_id"]: set() for r in device_rows}
+    for r in binding_rows:
+        bindings[r["device_id"]].append(
+            Binding(r["patient_id"], _ms(r["valid_from"]) or 0, _ms(r["valid_to"]))
+        )
+    for r in gateway_rows:
+        gateways[r["device_id"]].add(r["gateway_id"])
+    devices = {
+        device_id: Device(tuple(bindings[device_id]), frozenset(gateways[device_id]))
+        for device_id in bindings
+    }
+    return Snapshot(credentials, devices, loaded=True)
+
+
+async def _audit(
+    conn: asyncpg.Connection, actor_kind: str, actor: str, action: str, detail: dict[str, Any]
+) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (at, actor_kind, actor, action, outcome, detail)"
+        " VALUES (now(), $1, $2, $3, 'done', $4::jsonb)",
+        actor_kind,
+        actor,
+        action,
+        orjson.dumps(detail).decode(),
+    )
+
+
+async def issue_key(
+    conn: asyncpg.Connection,
+    kind: str,
+    principal: str,
+    *,
+    expires_at: datetime | None,
+    actor: tuple[str, str],
+) -> tuple[str, str]:
+    """(key_id, key); the principal's other keys stay valid (rotation: issue, deploy, revoke)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    if not principal or len(principal) > 128:
+        raise RegistryConflict("bad_principal", "the name must be 1 to 128 characters")
+    key_id, key = keys.new_key()
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO api_keys (key_id, kind, principal, key_sha256, expires_at)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            key_id,
+            kind,
+            principal,
+            keys.digest(key),
+            expires_at,
+        )
+        await _audit(conn, *actor, f"{kind}_key_issued", {"key_id": key_id, "principal": principal})
+    return key_id, key
+
+
+async def revoke_key(conn: asyncpg.Connection, key_id: str, *, actor: tuple[str, str]) -> None:
+    async with conn.transaction():
+        done = await conn.fetchval(
+            "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL"
+            " RETURNING kind",
+            key_id,
+        )
+        if done is None:
+            raise NotFound("no_such_key", f"no live key {key_id}")
+        await _audit(conn, *actor, f"{done}_key_revoked", {"key_id": key_id})
+
+
+async def list_keys(conn: asyncpg.Connection, kind: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT key_id, principal, created_at, expires_at, revoked_at FROM api_keys"
+        " WHERE kind = $1 ORDER BY principal, created_at",
+        kind,
+    )
+    return [dict(r) for r in rows]
+
+
+async def register_device(
+    conn: asyncpg.Connection,
+    device_id: str,
+    patient_id: str,
+    gateways: Iterable[str],
+    *,
+    since: datetime,
+    actor: tuple[str, str],
+) -> None:
+    gateway_ids = sorted(set(gateways))
+    async with conn.transaction():
+        created = await conn.fetchval(
+            "INSERT INTO devices (device_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1",
+            device_id,
+        )
+        if created is None:
+            raise RegistryConflict(
+                "device_exists", "the device is registered already; bind or move it"
+            )
+        await conn.execute(
+            "INSERT INTO device_patients (device_id, patient_id, valid_from) VALUES ($1, $2, $3)",
+            device_id,
+            patient_id,
+            since,
+        )
+        await conn.executemany(
+            "INSERT INTO device_gateways (device_id, gateway_id) VALUES ($1, $2)",
+            [(device_id, g) for g in gateway_ids],
+        )
+        # The audit trail names the device but not the patient: who wears what is
+        # registry data, readable there by those allowed to.
+        await _audit(
+            conn, *actor, "device_registered", {"device_id": device_id, "gateways": gateway_ids}
+        )
+
+
+async def bind_gateway(
+    conn: asyncpg.Connection, device_id: str, gateway_id: str, *, actor: tuple[str, str]
+) -> None:
+    async with conn.transaction():
+        await _require_device(conn, device_id)
+        await conn.execute(
+            "INSERT INTO device_gateways (device_id, gateway_id) VALUES ($1, $2)"
+            " ON CONFLICT DO NOTHING",
+            device_id,
+            gateway_id,
+        )
+        await _audit(
+            conn, *actor, "gateway_bound", {"device_id": device_id, "gateway_id": gateway_id}
+        )
+
+
+async def unbind_gateway(
+    conn: asyncpg.Connection, device_id: str, gateway_id: str, *, actor: tuple[str, str]
+) -> None:
+    async with conn.transaction():
+        await _require_device(conn, device_id)
+        await conn.execute(
+            "DELETE FROM device_gateways WHERE device_id = $1 AND gateway_id = $2",
+            device_id,
+            gateway_id,
+        )
+        await _audit(
+            conn, *actor, "gateway_unbound", {"device_id": device_id, "gateway_id": gateway_id}
+        )
+
+
+async def move_device(
+    conn: asyncpg.Connection,
+    device_id: str,
+    patient_id: str,
+    *,
+    since: datetime,
+    actor: tuple[str, str],
+) -> None:
+    """The device is `patient_id`'s from `since`; the binding before it ends there."""
+    async with conn.transaction():
+        await _require_device(conn, device_id)
+        current = await conn.fetchrow(
+            "SELECT patient_id, valid_from FROM device_patients"
+            " WHERE device_id = $1 AND valid_to IS NULL FOR UPDATE",
+            device_id,
+        )
+        if current is not None:
+            if since <= current["valid_from"]:
+                raise RegistryConflict(
+                    "move_before_binding",
+                    f"the current binding starts at {current['valid_from'].isoformat()}; "
+                    "a move must start after it",
+                )
+            await conn.execute(
+                "UPDATE device_patients SET valid_to = $2"
+                " WHERE device_id = $1 AND valid_to IS NULL",
+                device_id,
+                since,
+            )
+        await conn.execute(
+            "INSERT INTO device_patients (device_id, patient_id, valid_from) VALUES ($1, $2, $3)",
+            device_id,
+            patient_id,
+            since,
+        )
+        await _audit(
+            conn, *actor, "device_moved", {"device_id": device_id, "since": since.isoformat()}
+        )
+
+
+async def list_devices(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT d.device_id,
+                  (SELECT patient_id FROM device_patients p
+                    WHERE p.device_id = d.device_id AND p.valid_to IS NULL) AS patient_id,
+                  coalesce((SELECT array_agg(gateway_id ORDER BY gateway_id) FROM device_gateways g
+                    WHERE g.device_id = d.device_id), '{}') AS gateways
+             FROM devices d ORDER BY d.device_id"""
+    )
+    return [dict(r) for r in rows]
+
+
+async def _require_device(conn: asyncpg.Connection, device_id: str) -> None:
+    if await conn.fetchval("SELECT 1 FROM devices WHERE device_id = $1", device_id) is None:
+        raise NotFound("no_such_device", "the device is not registered")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,187 @@
+"""Body bytes -> the readings to accept and the items rejected, without any HTTP.
+
+The envelope must be right or the whole upload is refused (Malformed, TooLarge,
+NothingValid); each reading is then checked on its own and rejected with a stable code,
+so one bad item never costs the good ones beside it. A plain loop over dicts: this is
+the gateway's hot path.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from ingest.errors import Malformed, NothingValid, TooLarge
+from vitals.catalog import METRICS
+from vitals.contract import Reading
+
+MAX_ID_CHARS = 128  # device and patient ids; they become Kafka keys and database columns
+ITEM_FIELDS = ("metric", "t", "v", "unit")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What survives validation: at least one reading, in canonical units."""
+
+    device_id: str
+    patient_id: str
+    readings: tuple[Reading, ...]
+    rejected: tuple[Rejection, ...]
+
+
+def rejections_document(rejected: Iterable[Rejection]) -> list[dict[str, Any]]:
+    """Rejections as they appear in answers: [{"index", "code", "detail"}]."""
+    return [{"index": r.index, "code": r.code, "detail": r.detail} for r in rejected]
+
+
+class _Rejected(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        self.code, self.detail = code, detail
+
+
+def validate_upload(
+    body: bytes, *, now_ms: int, max_future_skew_s: float, max_readings: int
+) -> Batch:
+    """The upload's valid readings and per-item rejections; raises if nothing can be taken."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Malformed("malformed_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Malformed("not_an_object", f"body must be a JSON object, not {_kind(doc)}")
+    device_id = _identifier(doc, "device_id")
+    patient_id = _identifier(doc, "patient_id")
+    items = doc.get("readings")
+    if not isinstance(items, list):
+        raise Malformed("bad_envelope", f"readings must be a list, not {_kind(items)}")
+    if len(items) > max_readings:
+        raise TooLarge(
+            "too_many_readings",
+            f"{len(items)} readings in one upload; at most {max_readings}: split the batch",
+        )
+    if not items:
+        raise NothingValid("empty_batch", "readings is empty")
+
+    latest_ms = now_ms + int(max_future_skew_s * 1000)
+    readings: list[Reading] = []
+    rejected: list[Rejection] = []
+    for index, item in enumerate(items):
+        try:
+            readings.append(_reading(item, latest_ms))
+        except _Rejected as why:
+            rejected.append(Rejection(index, why.code, why.detail))
+    if not readings:
+        raise NothingValid("nothing_valid", "every reading was rejected", rejected)
+    return Batch(device_id, patient_id, tuple(readings), tuple(rejected))
+
+
+def _reading(item: Any, latest_ms: int) -> Reading:
+    if not isinstance(item, dict):
+        raise _Rejected("bad_item", f"a reading must be an object, not {_kind(item)}")
+    try:
+        name, t, value, unit = item["metric"], item["t"], item["v"], item["unit"]
+    except KeyError as missing:
+        raise _Rejected(
+            "bad_item", f"a reading needs {', '.join(ITEM_FIELDS)}; {missing.args[0]} is missing"
+        ) from None
+
+    metric = METRICS.get(name) if isinstance(name, str) else None
+    if metric is None:
+        raise _Rejected("unknown_metric", f"unknown metric {_show(name)}")
+
+    t_ms = _epoch_ms(t)
+    if t_ms > latest_ms:
+        raise _Rejected("future_timestamp", f"t {t} is ahead of the gateway's clock")
+
+    if not isinstance(unit, str) or (unit != metric.unit and unit not in metric.conversions):
+        accepted = ", ".join((metric.unit, *metric.conversions))
+        raise _Rejected(
+            "unknown_unit",
+            f"unit {_show(unit)} not accepted for {metric.name}; use one of: {accepted}",
+        )
+
+    # bool is an int subclass in Python: true/false are not measurements.
+    if type(value) is not int and type(value) is not float:
+        raise _Rejected("bad_value", f"v must be a number, not {_kind(value)}")
+    number = float(value)
+    canonical = number if unit == metric.unit else metric.conversions[unit](number)
+    if not metric.low <= canonical <= metric.high:
+        raise _Rejected(
+            "out_of_range",
+            f"{metric.name} {canonical:g} {metric.unit} is outside {metric.low:g}..{metric.high:g}",
+        )
+    return Reading(metric.name, t_ms, canonical, metric.unit)
+
+
+def _epoch_ms(t: Any) -> int:
+    if not isinstance(t, str):
+        raise _Rejected("bad_timestamp", f"t must be an ISO 8601 string, not {_kind(t)}")
+    try:
+        moment = datetime.fromisoformat(t)
+    except ValueError:
+        raise _Rejected("bad_timestamp", f"t {_show(t)} is not an ISO 8601 timestamp") from None
+    if moment.tzinfo is None:
+        raise _Rejected(
+            "timestamp_without_offset", f"t {_show(t)} has no UTC offset (add Z or +hh:mm)"
+        )
+    # timedelta arithmetic is exact; a float timestamp() could round 1 ms away.
+    return (moment - _EPOCH) // _MS
+
+
+def _identifier(doc: dict[str, Any], field: str) -> str:
+    value = doc.get(field)
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise Malformed("bad_envelope", f"{field} {problem}")
+    return value  # type: ignore[return-value]  # identifier_problem checked it is a str
+
+
+# Control, format (zero-width, bidi overrides), surrogate, private-use and unassigned
+# characters, and line/paragraph separators: invisible or reordering characters let two
+# identifiers that look the same name different patients, and NUL is refused by PostgreSQL.
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def identifier_problem(value: Any) -> str | None:
+    """Why `value` is not a usable device or patient id, or None when it is."""
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
+        return f"must be a non-empty string of at most {MAX_ID_CHARS} characters"
+    if value != value.strip():
+        return "must not start or end with whitespace"
+    if any(unicodedata.category(c) in _HIDDEN for c in value):
+        return "must not contain control, invisible or unassigned characters"
+    if not unicodedata.is_normalized("NFC", value):
+        # Two spellings of one visible name would be two patients.
+        return "must be in Unicode normal form NFC"
+    return None
+
+
+def _kind(value: Any) -> str:
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(value), "a number")
+
+
+def _show(value: Any) -> str:
+    """A client's value quoted back to it, cut short so a detail stays a line."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

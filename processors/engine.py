@@ -1,0 +1,207 @@
+"""The processor's pure core: decoded uploads in, detections out. No Kafka, no clock.
+
+State is kept per partition (the unit a processor is assigned, replays and drops), then per
+series of a patient: one per metric that has a threshold rule, one for NEWS2 (fed by its
+seven parameters) and one for rhythm (rr_interval); each an event-time window whose samples
+carry its track's state (windows.py, tracks.py, episodes.py). Which rules apply is the
+patient's (rules.py: defaults, cohort, own overrides). Per (patient, device): the last
+arrival for device silence (silence.py).
+
+A detection is retrospective when its state change happened more than the allowed lateness
+before the processor learned of it (the upload's arrival, or the processing time if the
+processor lags): recorded, not paged.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors.news2 import PARAMETERS as NEWS2_PARAMETERS
+from processors.news2 import News2Track
+from processors.rhythm import RhythmTrack
+from processors.rules import PatientRules, Rules
+from processors.silence import DeviceSilence
+from processors.tracks import Found, ThresholdTrack, Track
+from processors.windows import EventWindow, Sample
+from vitals.contract import Detection, Upload, alert_id
+
+NEWS2 = "news2"
+RHYTHM = "rhythm"
+RR_METRIC = "rr_interval"
+
+
+class Series:
+    """One patient's series (a metric, or NEWS2's or rhythm's inputs): window and track."""
+
+    __slots__ = ("patient_id", "track", "window", "last_arrival")
+
+    def __init__(self, patient_id: str, track: Track, horizon_ms: int) -> None:
+        self.patient_id = patient_id
+        self.track = track
+        self.window: EventWindow[Any] = EventWindow(horizon_ms, track.initial)
+        self.last_arrival = 0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing pending or open: forgetting it loses nothing a future reading needs."""
+        return self.track.idle(self.window.state) and all(m.is_quiet for m in self.track.machines)
+
+    def add(self, samples: list[Sample]) -> tuple[list[Found], Counter[str]]:
+        """Place an upload's samples and run the track from the earliest new one.
+
+        Returns the state changes emitted, and counts of readings left out and of
+        decisions late data contradicted.
+        """
+        counts: Counter[str] = Counter()
+        inserted = self.window.insert(samples)
+        counts["duplicate"] += inserted.duplicates
+        counts["beyond_horizon"] += inserted.too_old
+        if inserted.first is None:
+            return [], counts
+        found: list[Found] = []
+        track = self.track
+
+        def step(state: Any, sample: Sample, prev_t: int | None) -> Any:
+            return track.step(state, sample, prev_t, found)
+
+        machines = track.machines
+        conflicts = sum(m.conflicts for m in machines)
+        self.window.recompute(inserted.first, step)
+        counts["late_conflict"] += sum(m.conflicts for m in machines) - conflicts
+        self.window.evict()
+        cutoff = self.window.cutoff
+        if cutoff is not None:
+            for machine in machines:
+                machine.log.prune(cutoff)
+        return found, counts
+
+
+def routes(rules: PatientRules, metric: str) -> list[str]:
+    """The series of a patient a reading of `metric` goes to."""
+    found = [metric] if rules.for_metric(metric) else []
+    if rules.news2 is not None and metric in NEWS2_PARAMETERS:
+        found.append(NEWS2)
+    if rules.rhythm is not None and metric == RR_METRIC:
+        found.append(RHYTHM)
+    return found
+
+
+def track_for(rules: PatientRules, kind: str) -> Track:
+    if kind == NEWS2:
+        assert rules.news2 is not None
+        return News2Track(rules.news2)
+    if kind == RHYTHM:
+        assert rules.rhythm is not None
+        return RhythmTrack(rules.rhythm)
+    return ThresholdTrack(rules.for_metric(kind))
+
+
+@dataclass(slots=True)
+class PartitionState:
+    silence: DeviceSilence
+    series: dict[tuple[str, str], Series] = field(default_factory=dict)
+
+
+class Engine:
+    """Feeds uploads to the detectors, per partition; returns the detections they emit."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self._partitions: dict[Hashable, PartitionState] = {}
+        # Readings left out of the windows, and decisions late data contradicted, by kind.
+        self.counts: Counter[str] = Counter()
+
+    def feed(self, partition: Hashable, upload: Upload, *, now: int) -> list[Detection]:
+        """One upload, in the order it came from its partition. `now`: wall clock, ms."""
+        state = self._partition(partition)
+        detections: list[Detection] = []
+        resolved = state.silence.arrived(upload.patient_id, upload.device_id, upload.received, now)
+        if resolved is not None:
+            detections.append(resolved)
+        rules = self.rules.for_patient(upload.patient_id)
+        by_series: defaultdict[str, list[Sample]] = defaultdict(list)
+        for reading in upload.readings:
+            for kind in routes(rules, reading.metric):
+                sample = Sample(reading.t, upload.device_id, reading.v, reading.metric)
+                by_series[kind].append(sample)
+        learned = max(upload.received, now)
+        for kind, samples in by_series.items():
+            series = state.series.get((upload.patient_id, kind))
+            if series is None:
+                track = track_for(rules, kind)
+                # Each series holds only what its own detectors look back over.
+                horizon = track.span_ms + self.rules.lateness_ms
+                series = Series(upload.patient_id, track, horizon)
+                state.series[(upload.patient_id, kind)] = series
+            series.last_arrival = max(series.last_arrival, upload.received)
+            found, counts = series.add(samples)
+            if kind == NEWS2:
+                # NEWS2 shares its readings with the metrics' own series: its counts are
+                # kept apart so that one retried reading is not counted twice.
+                counts = Counter({f"news2_{reason}": n for reason, n in counts.items()})
+            self.counts.update(counts)
+            detections.extend(self._detection(upload.patient_id, f, learned, now) for f in found)
+        return detections
+
+    def check_silence(self, clocks: Mapping[Hashable, int], now: int) -> list[Detection]:
+        """Device silence for each partition, judged at that partition's clock."""
+        found: list[Detection] = []
+        for partition, clock in clocks.items():
+            state = self._partitions.get(partition)
+            if state is not None:
+                found.extend(state.silence.check(clock, now))
+        return found
+
+    def forget_idle(self, now: int) -> int:
+        """Drop series with nothing pending that heard nothing for a horizon; how many."""
+        dropped = 0
+        for state in self._partitions.values():
+            stale = [
+                key
+                for key, s in state.series.items()
+                if now - s.last_arrival > self.rules.horizon_ms and s.idle
+            ]
+            for key in stale:
+                del state.series[key]
+            dropped += len(stale)
+        return dropped
+
+    def drop_partition(self, partition: Hashable) -> None:
+        self._partitions.pop(partition, None)
+
+    def partitions(self) -> Iterable[Hashable]:
+        return self._partitions.keys()
+
+    def windows_held(self) -> int:
+        return sum(len(state.series) for state in self._partitions.values())
+
+    def readings_held(self) -> int:
+        return sum(len(s.window) for p in self._partitions.values() for s in p.series.values())
+
+    def _partition(self, partition: Hashable) -> PartitionState:
+        state = self._partitions.get(partition)
+        if state is None:
+            state = PartitionState(DeviceSilence(self.rules.silence_after_ms))
+            self._partitions[partition] = state
+        return state
+
+    def _detection(self, patient_id: str, found: Found, learned: int, now: int) -> Detection:
+        change = found.change
+        return Detection(
+            alert_id=alert_id(patient_id, found.rule, change.start),
+            patient_id=patient_id,
+            rule=found.rule,
+            state=change.state,
+            severity=found.severity,
+            episode_start=change.start,
+            at=change.at,
+            detected=now,
+            retrospective=learned - change.at > self.rules.lateness_ms,
+            metric=found.metric,
+            value=change.value,
+            device_id=change.device_id,
+            detail=found.detail,
+        )

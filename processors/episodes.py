@@ -1,0 +1,263 @@
+"""The episode state machine shared by the detectors that watch a condition over time.
+
+An episode opens once the condition holds without a break for `for_ms` of event time (its
+start is the first reading of that run, its id `contract.alert_id(patient, rule, start)`),
+and resolves once the readings are back beyond the clear level (hysteresis) without a
+break for `clear_for_ms`. Readings that neither breach nor clear (between the two levels)
+break a pending run and restart the clear delay, nothing else.
+
+The machine runs over a window in event-time order and runs again from a late reading's
+place (windows.py). What it emitted is a fact that late data cannot take back, so every
+run is reconciled with the `EpisodeLog` of emitted episodes:
+
+- an episode the log already holds is not emitted again (recompute, silent replay);
+- a run that reaches persistence inside an emitted episode's span joins that episode
+  (late data moved the run's start: no second alert for the same desaturation);
+- an earlier episode revealed by late data is emitted as an opened/resolved pair once it
+  resolves before the next emitted episode starts, and joins that episode otherwise;
+- at an emitted episode's opening (or resolution) time the machine is put into that
+  episode (or out of it) even where late data now tell another story.
+
+So emitted episodes of one series and rule never overlap in event time, each id is
+opened at most once and resolved at most once, after its opening. Where late data do not
+contradict an emitted decision, the result is the same as for ordered input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from enum import IntEnum
+from typing import Protocol
+
+from processors.windows import Sample
+
+
+class Condition(Protocol):
+    """What a detector watches: a per-reading condition with persistence and hysteresis."""
+
+    @property
+    def rule(self) -> str: ...
+    @property
+    def for_ms(self) -> int: ...
+    @property
+    def clear_for_ms(self) -> int: ...
+    def breaches(self, value: float) -> bool: ...
+    def clears(self, value: float) -> bool: ...
+    def worse(self, a: float, b: float) -> float: ...
+
+
+class Phase(IntEnum):
+    IDLE = 0
+    PENDING = 1  # the condition holds, not yet for long enough
+    OPEN = 2
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeState:
+    phase: Phase = Phase.IDLE
+    start: int = 0  # PENDING: first reading of the run; OPEN: the episode's start (its id)
+    worst: float = 0.0
+    clear_since: int | None = None  # OPEN: first reading of the current clear run
+    # OPEN but not emitted yet: an earlier episode that late data revealed (see module doc)
+    tentative: bool = False
+    opened_at: int = 0
+    opened_value: float = 0.0
+    opened_device: str = ""
+
+
+IDLE = EpisodeState()
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A state change the machine emitted: becomes a contract.Detection in the engine."""
+
+    state: str  # "opened" | "resolved"
+    start: int
+    at: int
+    value: float  # the worst value of the episode so far
+    device_id: str
+
+
+@dataclass(slots=True)
+class Episode:
+    """An emitted episode."""
+
+    start: int
+    opened_at: int
+    value: float
+    resolved_at: int | None = None
+
+    @property
+    def end(self) -> float:
+        return math.inf if self.resolved_at is None else self.resolved_at
+
+
+class EpisodeLog:
+    """The episodes of one series and rule already emitted: facts late data cannot undo."""
+
+    __slots__ = ("_episodes",)
+
+    def __init__(self) -> None:
+        self._episodes: dict[int, Episode] = {}
+
+    def __len__(self) -> int:
+        return len(self._episodes)
+
+    def get(self, start: int) -> Episode | None:
+        return self._episodes.get(start)
+
+    def add(self, episode: Episode) -> None:
+        self._episodes[episode.start] = episode
+
+    def open_episode(self) -> Episode | None:
+        return next((e for e in self._episodes.values() if e.resolved_at is None), None)
+
+    def overlapping(self, lo: int, hi: int) -> Episode | None:
+        """An emitted episode whose span [start, end) meets [lo, hi]."""
+        return next((e for e in self._episodes.values() if e.start <= hi and e.end > lo), None)
+
+    def next_after(self, t: int) -> Episode | None:
+        later = [e for e in self._episodes.values() if e.start > t]
+        return min(later, key=lambda e: e.start) if later else None
+
+    def pins(self, after: int | None, upto: int) -> list[tuple[int, bool, Episode]]:
+        """Emitted openings (True) and resolutions (False) in (after, upto], in time order."""
+        lo = -math.inf if after is None else after
+        found: list[tuple[int, bool, Episode]] = []
+        for e in self._episodes.values():
+            if lo < e.opened_at <= upto:
+                found.append((e.opened_at, True, e))
+            if e.resolved_at is not None and lo < e.resolved_at <= upto:
+                found.append((e.resolved_at, False, e))
+        found.sort(key=lambda pin: (pin[0], not pin[1]))
+        return found
+
+    def prune(self, before: int) -> None:
+        """Forget resolved episodes that ended before `before` (out of every window)."""
+        for start in [s for s, e in self._episodes.items() if e.end < before]:
+            del self._episodes[start]
+
+
+class EpisodeMachine:
+    """Runs one condition over one series; `step` is the windows' recompute step."""
+
+    __slots__ = ("condition", "log", "conflicts")
+
+    def __init__(self, condition: Condition) -> None:
+        self.condition = condition
+        self.log = EpisodeLog()
+        self.conflicts = 0  # decisions late data contradicted (kept, see module doc)
+
+    @property
+    def is_quiet(self) -> bool:
+        """No emitted episode is open (the series may be forgotten when idle)."""
+        return self.log.open_episode() is None
+
+    def step(
+        self, state: EpisodeState, sample: Sample, prev_t: int | None, out: list[Change]
+    ) -> EpisodeState:
+        state = self._advance(state, sample, out)
+        for at, opening, episode in self.log.pins(prev_t, sample.t):
+            state = self._pin(state, at, opening, episode)
+        return state
+
+    # --- the machine ----------------------------------------------------------------------
+
+    def _advance(self, state: EpisodeState, sample: Sample, out: list[Change]) -> EpisodeState:
+        cond, t, v = self.condition, sample.t, sample.v
+        if state.phase is Phase.OPEN:
+            if cond.clears(v):
+                since = t if state.clear_since is None else state.clear_since
+                if t - since >= cond.clear_for_ms:
+                    return self._resolve(state, t, sample.device_id, out)
+                return replace(state, clear_since=since)
+            worst = cond.worse(state.worst, v) if cond.breaches(v) else state.worst
+            return replace(state, clear_since=None, worst=worst)
+        if not cond.breaches(v):
+            return IDLE
+        if state.phase is Phase.IDLE:
+            state = EpisodeState(Phase.PENDING, start=t, worst=v)
+        else:
+            state = replace(state, worst=cond.worse(state.worst, v))
+        if t - state.start >= cond.for_ms:
+            return self._open(state, t, v, sample.device_id, out)
+        return state
+
+    def _open(
+        self, run: EpisodeState, t: int, v: float, device_id: str, out: list[Change]
+    ) -> EpisodeState:
+        known = self.log.get(run.start)
+        if known is not None:  # emitted before: recompute or silent replay
+            if known.resolved_at is not None and known.resolved_at <= t:
+                self.conflicts += 1
+                return IDLE
+            return EpisodeState(Phase.OPEN, start=known.start, worst=run.worst)
+        other = self.log.overlapping(run.start, t)
+        if other is not None:
+            self.conflicts += 1
+            if other.resolved_at is None or other.resolved_at > t:
+                # Late data moved this run's start: it is the episode already alerted.
+                worst = self.condition.worse(other.value, run.worst)
+                return EpisodeState(Phase.OPEN, start=other.start, worst=worst)
+            # `other` resolved inside this run: the breach from here on is a new run.
+            restarted = EpisodeState(Phase.PENDING, start=t, worst=v)
+            if self.condition.for_ms == 0:
+                return self._open(restarted, t, v, device_id, out)
+            return restarted
+        if self.log.next_after(t) is not None:
+            # An earlier episode than one already emitted: wait for how it ends.
+            return EpisodeState(
+                Phase.OPEN,
+                start=run.start,
+                worst=run.worst,
+                tentative=True,
+                opened_at=t,
+                opened_value=run.worst,
+                opened_device=device_id,
+            )
+        self.log.add(Episode(run.start, t, run.worst))
+        out.append(Change("opened", run.start, t, run.worst, device_id))
+        return EpisodeState(Phase.OPEN, start=run.start, worst=run.worst)
+
+    def _resolve(
+        self, state: EpisodeState, t: int, device_id: str, out: list[Change]
+    ) -> EpisodeState:
+        episode = self.log.get(state.start)
+        if episode is None and state.tentative:
+            later = self.log.next_after(state.opened_at)
+            if later is None or t <= later.start:
+                self.log.add(Episode(state.start, state.opened_at, state.opened_value, t))
+                out.append(
+                    Change(
+                        "opened",
+                        state.start,
+                        state.opened_at,
+                        state.opened_value,
+                        state.opened_device,
+                    )
+                )
+                out.append(Change("resolved", state.start, t, state.worst, device_id))
+            else:
+                self.conflicts += 1
+            return IDLE
+        if episode is not None and episode.resolved_at is None:
+            episode.resolved_at = t
+            out.append(Change("resolved", episode.start, t, state.worst, device_id))
+        return IDLE
+
+    def _pin(self, state: EpisodeState, at: int, opening: bool, episode: Episode) -> EpisodeState:
+        inside = state.phase is Phase.OPEN and state.start == episode.start
+        if opening:
+            if inside:
+                return replace(state, tentative=False)
+            if episode.end <= at:  # a recompute already resolved it before this time
+                return state
+            # The data now disagree with what was emitted: the emitted episode stands.
+            self.conflicts += 1
+            return EpisodeState(Phase.OPEN, start=episode.start, worst=episode.value)
+        if inside:  # emitted as resolved here, though the data now say otherwise
+            self.conflicts += 1
+            return IDLE
+        return state

@@ -1,0 +1,164 @@
+"""`vitals process`: the Kafka shell around the engine.
+
+vitals.readings (group settings.processor_group) -> engine -> vitals.detections, keyed by
+patient. A batch's detections are produced and acknowledged before the handler returns;
+only then does the consumer loop commit, and only for live partitions (replay.py). Bad
+messages go to vitals.deadletter with their origin. The loop's tick checks device silence
+on live partitions and forgets idle series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from processors import metrics
+from processors.engine import Engine
+from processors.replay import ReplayOnAssign
+from processors.rules import rules_from_settings
+from vitals import contract
+from vitals.consumer import ConsumerLoop
+from vitals.errors import ContractError
+from vitals.lifecycle import stop_on_signals
+from vitals.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STAGE = "processor"
+
+
+async def run(settings: Settings) -> None:
+    """What `vitals process` runs: until SIGTERM or SIGINT."""
+    await run_processor(settings, stop_on_signals())
+
+
+async def run_processor(
+    settings: Settings, stop: asyncio.Event, *, clock: Callable[[], int] = contract.now_ms
+) -> None:
+    await Processor(settings, clock=clock).run(stop)
+
+
+class Processor:
+    """The processor stage: a consumer loop, the engine, and replay on assignment."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], int] = contract.now_ms) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.rules = rules_from_settings(settings)  # ConfigError before touching Kafka
+        self.engine = Engine(self.rules)
+        self.replay = ReplayOnAssign(self.engine, self.rules.horizon_ms, clock)
+        self.loop = ConsumerLoop(
+            settings,
+            stage=STAGE,
+            group_id=settings.processor_group,
+            topics=[contract.READINGS],
+            listener=self.replay,
+            tick=self.tick,
+            tick_interval_s=settings.silence_check_interval_s,
+        )
+        self.replay.bind(self.loop.consumer)
+        self._detections_topic = settings.topic(contract.DETECTIONS)
+        self._exporter = metrics.CountsExporter()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.loop.run(self.handle, stop)
+
+    async def handle(self, records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
+        """Feed a batch; publish its live detections; return the offsets safe to commit."""
+        self._check_replay()
+        # The partitions' progress at this batch: a rebalance during the awaits below
+        # replaces it, and the batch's remaining records for that partition are left to
+        # the new assignment's replay.
+        batch_progress = dict(self.replay.progress)
+        now = self.clock()
+        detections: list[contract.Detection] = []
+        touched: set[TopicPartition] = set()
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            progress = batch_progress.get(tp)
+            if progress is None or self.replay.progress.get(tp) is not progress:
+                continue
+            if record.offset < progress.next_offset:  # fetched before a seek
+                continue
+            live = record.offset >= progress.live_from
+            touched.add(tp)
+            progress.next_offset = record.offset + 1
+            progress.last_timestamp = record.timestamp
+            if not live:
+                progress.replayed += 1
+                metrics.REPLAYED.inc()
+            if progress.skips(record.offset, record.timestamp):
+                metrics.SKIPPED.labels("beyond_horizon").inc()
+            else:
+                try:
+                    upload = contract.decode_upload(record.value)
+                except ContractError as exc:
+                    # Parked when first seen live; a replay only skips it again.
+                    if live:
+                        await self.loop.park(record, exc)
+                    else:
+                        metrics.SKIPPED.labels("undecodable").inc()
+                else:
+                    found = self.engine.feed(tp, upload, now=now)
+                    if live:
+                        detections.extend(found)
+            if not live and not progress.replaying:
+                log.info(
+                    "partition live",
+                    extra={"partition": tp.partition, "replayed": progress.replayed},
+                )
+        await self._publish(detections)
+        self._export()
+        return {
+            tp: progress.next_offset
+            for tp in touched
+            if self.replay.progress.get(tp) is (progress := batch_progress[tp])
+            and not progress.replaying
+        }
+
+    async def tick(self) -> None:
+        """Device silence on live partitions; forget idle series; gauges."""
+        self._check_replay()
+        now = self.clock()
+        clocks: dict[TopicPartition, int] = {}
+        for tp, progress in self.replay.progress.items():
+            if progress.replaying:
+                continue  # its silence state is not rebuilt yet
+            end = self.loop.consumer.highwater(tp)
+            if end is not None and progress.next_offset >= end:
+                clocks[tp] = now
+            elif progress.last_timestamp is not None:
+                # Lagging: judge at the arrival time read up to, not at the wall clock,
+                # or every device whose uploads are still queued would look silent.
+                clocks[tp] = progress.last_timestamp
+        await self._publish(self.engine.check_silence(clocks, now))
+        self.engine.forget_idle(now)
+        self._export()
+
+    async def _publish(self, detections: list[contract.Detection]) -> None:
+        if not detections:
+            return
+        producer = self.loop.producer
+        sent = [
+            await producer.send(
+                self._detections_topic, contract.encode_detection(d), key=d.patient_id.encode()
+            )
+            for d in detections
+        ]
+        await asyncio.gather(*sent)  # acknowledged (acks=all) before anything is committed
+        for d in detections:
+            metrics.DETECTIONS.labels(d.rule, d.state, d.severity).inc()
+        log.info("detections published", extra={"count": len(detections)})
+
+    def _check_replay(self) -> None:
+        if self.replay.failure is not None:
+            raise self.replay.failure
+
+    def _export(self) -> None:
+        metrics.WINDOWS.set(self.engine.windows_held())
+        metrics.READINGS_HELD.set(self.engine.readings_held())
+        metrics.REPLAYING.set(sum(p.replaying for p in self.replay.progress.values()))
+        self._exporter.export(self.engine.counts)

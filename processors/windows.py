@@ -1,0 +1,153 @@
+"""Per-series event-time windows: readings in event-time order, each with a state checkpoint.
+
+A window belongs to one series (one patient, one metric). It keeps the readings of the
+last `horizon_ms` of event time (the longest detector window plus the allowed lateness,
+measured back from the newest reading) and, after each reading, the detectors' state.
+A late reading is put in its place and the detectors run again from there, starting from
+the checkpoint just before it; in-order readings only run the new ones.
+"""
+
+from __future__ import annotations
+
+import bisect
+import operator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Sample:
+    """One reading of a series: event time (ms), the device that measured it, the value.
+
+    `metric` tells readings apart in series fed by several metrics (NEWS2).
+    """
+
+    t: int
+    device_id: str
+    v: float
+    metric: str = ""
+
+
+# Sample's own order as a plain tuple: comparing tuples is several times cheaper than the
+# dataclass's generated __lt__, and placing samples is the window's hot path.
+_order = operator.attrgetter("t", "device_id", "v", "metric")
+
+
+@dataclass(frozen=True, slots=True)
+class Inserted:
+    first: int | None  # index of the earliest new sample; None when nothing was new
+    added: int
+    duplicates: int  # same (t, device, metric) already held: retried uploads
+    too_old: int  # older than the horizon behind the newest reading
+
+
+# step(state before, sample, event time of the sample before or None) -> state after
+Step = Callable[[S, Sample, int | None], S]
+
+
+class EventWindow(Generic[S]):
+    """One series' samples in event-time order, with the state after each sample."""
+
+    __slots__ = ("horizon_ms", "_samples", "_keys", "_states", "_base", "_base_t")
+
+    def __init__(self, horizon_ms: int, initial: S) -> None:
+        self.horizon_ms = horizon_ms
+        self._samples: list[Sample] = []
+        self._keys: set[tuple[int, str, str]] = set()
+        self._states: list[S | None] = []
+        # State after the last evicted sample (the start of every recompute from 0).
+        self._base: S = initial
+        self._base_t: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @property
+    def samples(self) -> tuple[Sample, ...]:
+        return tuple(self._samples)
+
+    @property
+    def frontier(self) -> int | None:
+        """Event time of the newest reading seen (kept across evictions)."""
+        return self._samples[-1].t if self._samples else self._base_t
+
+    @property
+    def cutoff(self) -> int | None:
+        """Readings before this event time are no longer held."""
+        frontier = self.frontier
+        return None if frontier is None else frontier - self.horizon_ms
+
+    @property
+    def state(self) -> S:
+        """The state after the newest sample."""
+        if self._states:
+            last = self._states[-1]
+            assert last is not None, "recompute() after insert()"
+            return last
+        return self._base
+
+    def insert(self, samples: Iterable[Sample]) -> Inserted:
+        """Add new samples in event-time order; call recompute(result.first) next."""
+        fresh: list[Sample] = []
+        duplicates = 0
+        seen: set[tuple[int, str, str]] = set()
+        for sample in samples:
+            key = (sample.t, sample.device_id, sample.metric)
+            if key in self._keys or key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            fresh.append(sample)
+        if not fresh:
+            return Inserted(None, 0, duplicates, 0)
+        newest = max(s.t for s in fresh)
+        frontier = self.frontier
+        cutoff = (newest if frontier is None else max(frontier, newest)) - self.horizon_ms
+        # The state before a sample older than the cutoff may already be evicted: such a
+        # sample cannot be placed, so it is counted and left out (the sinks still store it).
+        kept = [s for s in fresh if s.t >= cutoff]
+        first: int | None = None
+        for sample in sorted(kept, key=_order):
+            order = _order(sample)
+            if not self._samples or _order(self._samples[-1]) <= order:
+                index = len(self._samples)  # in order: the common case
+                self._samples.append(sample)
+                self._states.append(None)
+            else:
+                index = bisect.bisect_right(self._samples, order, key=_order)
+                self._samples.insert(index, sample)
+                self._states.insert(index, None)
+            self._keys.add((sample.t, sample.device_id, sample.metric))
+            first = index if first is None else min(first, index)
+        return Inserted(first, len(kept), duplicates, len(fresh) - len(kept))
+
+    def recompute(self, start: int, step: Step[S]) -> None:
+        """Run `step` over the samples from `start` on, from the checkpoint before it."""
+        state = self._base if start == 0 else self._states[start - 1]
+        prev_t = self._base_t if start == 0 else self._samples[start - 1].t
+        assert state is not None
+        for index in range(start, len(self._samples)):
+            sample = self._samples[index]
+            state = step(state, sample, prev_t)
+            self._states[index] = state
+            prev_t = sample.t
+
+    def evict(self) -> int:
+        """Drop samples older than the horizon behind the newest; returns how many."""
+        cutoff = self.cutoff
+        if cutoff is None:
+            return 0
+        count = bisect.bisect_left(self._samples, cutoff, key=lambda s: s.t)
+        if count == 0:
+            return 0
+        last_state = self._states[count - 1]
+        assert last_state is not None
+        self._base, self._base_t = last_state, self._samples[count - 1].t
+        for sample in self._samples[:count]:
+            self._keys.discard((sample.t, sample.device_id, sample.metric))
+        del self._samples[:count]
+        del self._states[:count]
+        return count

@@ -1,0 +1,1 @@
+"""The alerts sink: stores detections once and publishes each episode state once."""

@@ -1,0 +1,140 @@
+"""`vitals sink alerts`: vitals.detections -> the alerts table and the public vitals.alerts.
+
+For each batch: store the detections (ON CONFLICT (alert_id, state) DO NOTHING); select
+those of the batch not yet published; produce each as the public alert document, keyed
+by patient, and await every acknowledgement; mark them published; return (offsets
+commit). A redelivered or duplicated detection finds its row published and is not sent
+again. Only a crash between the acknowledgements and the UPDATE can publish a state
+twice, with the same alert_id: subscribers dedupe on (alert_id, state), see
+docs/alert-schema.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter, Histogram
+
+from sinks.alerts.store import (
+    AlertRow,
+    key_of,
+    keys_of,
+    mark_published,
+    row_of,
+    store,
+    unpublished,
+)
+from sinks.database import Database
+from sinks.loop import SinkLoop
+from sinks.outage import Outage
+from sinks.pgtime import from_ms
+from vitals import contract
+from vitals.consumer import Commit
+from vitals.lifecycle import stop_on_signals
+from vitals.settings import Settings
+
+STAGE = "sink-alerts"
+BATCH = 500  # detections are rare next to readings; a fixed batch is plenty
+
+STORED = Counter(
+    "vitals_alerts_stored_total", "Detections stored, new or already stored", ["result"]
+)
+PUBLISHED = Counter(
+    "vitals_alerts_published_total",
+    "Alerts acknowledged on vitals.alerts",
+    ["rule", "severity", "state", "retrospective"],
+)
+# End-to-end latency, ending when vitals.alerts acknowledged the alert. since="event": from
+# the reading that changed the episode's state (its event time; for device silence, last
+# arrival + the silence delay), the clinically meaningful figure; retrospective alerts are
+# left out, being late by definition (they are counted in PUBLISHED). since="detected":
+# from the processor's decision, i.e. the detections topic and this sink alone.
+LATENCY = Histogram(
+    "vitals_alert_latency_seconds",
+    "Seconds from a reading's event time (or the processor's decision) to alert publication",
+    ["since"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+
+
+def decode(record: ConsumerRecord) -> AlertRow:
+    return row_of(contract.decode_detection(record.value))
+
+
+class AlertsSink:
+    """The handler: store, publish the unpublished, mark them, in that order."""
+
+    def __init__(self, loop: SinkLoop, db: Database, stop: asyncio.Event) -> None:
+        self._loop, self._db, self._stop = loop, db, stop
+        self._topic = loop.settings.topic(contract.ALERTS)
+
+    async def handle(self, records: Sequence[ConsumerRecord]) -> Commit:
+        return await self._loop.write_durably(records, decode, self.write, self._stop)
+
+    async def write(self, rows: list[AlertRow]) -> None:
+        async with self._db.connection() as conn:
+            new = await store(conn, rows)
+            STORED.labels("new").inc(new)
+            STORED.labels("duplicate").inc(len(rows) - new)
+            pending = await unpublished(conn, keys_of(rows))
+            if not pending:
+                return
+            published = contract.now_ms()
+            await _publish(self._loop.producer, self._topic, pending, published)
+            await mark_published(conn, [key_of(d) for d in pending], from_ms(published))
+        for detection in pending:
+            observe_published(detection, published)
+
+
+def observe_published(detection: contract.Detection, published: int) -> None:
+    """Count one acknowledged alert and how long it took to get there."""
+    retrospective = str(detection.retrospective).lower()
+    PUBLISHED.labels(detection.rule, detection.severity, detection.state, retrospective).inc()
+    # Device clocks may run ahead of ours (up to VITALS_MAX_FUTURE_SKEW_S): clamp at 0.
+    if not detection.retrospective:
+        LATENCY.labels("event").observe(max(0, published - detection.at) / 1000)
+    LATENCY.labels("detected").observe(max(0, published - detection.detected) / 1000)
+
+
+async def _publish(
+    producer: AIOKafkaProducer, topic: str, pending: list[contract.Detection], published: int
+) -> None:
+    """Send all, then await every acknowledgement; raise the first failure."""
+    acks = [
+        await producer.send(
+            topic,
+            orjson.dumps(contract.alert_document(detection, published)),
+            key=detection.patient_id.encode(),
+        )
+        for detection in pending
+    ]
+    outcomes = await asyncio.gather(*acks, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+async def run_sink(settings: Settings, stop: asyncio.Event) -> None:
+    """Consume until `stop` is set; the current batch finishes (or stays uncommitted)."""
+    outage = Outage(STAGE)
+    async with Database(settings, outage, migrate_first=settings.migrate_on_start) as db:
+        loop = SinkLoop(
+            settings,
+            outage=outage,
+            stage=STAGE,
+            group_id=settings.alerts_group,
+            topics=[contract.DETECTIONS],
+            max_records=lambda: BATCH,
+            tick=db.check,
+        )
+        sink = AlertsSink(loop, db, stop)
+        await db.check()
+        await loop.run(sink.handle, stop)
+
+
+async def run(settings: Settings) -> None:
+    await run_sink(settings, stop_on_signals())

@@ -1,0 +1,148 @@
+"""The alerts table: store detections once, find the unpublished, mark them published."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+import asyncpg
+
+from sinks.pgtime import from_ms, to_ms
+from vitals.contract import Detection
+from vitals.errors import ContractError
+
+# (alert_id, state, patient_id, rule, severity, retrospective, episode_start, at,
+#  detected_at, metric, value, device_id, detail): the column order of _STORE's arrays.
+AlertRow = tuple[
+    uuid.UUID,
+    str,
+    str,
+    str,
+    str,
+    bool,
+    datetime,
+    datetime,
+    datetime,
+    str | None,
+    float | None,
+    str | None,
+    str,
+]
+Key = tuple[uuid.UUID, str]  # (alert_id, state): one row, one publication
+
+_STORE = """
+INSERT INTO alerts (alert_id, state, patient_id, rule, severity, retrospective,
+                    episode_start, at, detected_at, metric, value, device_id, detail)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::boolean[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[],
+                     $10::text[], $11::float8[], $12::text[], $13::text[])
+ON CONFLICT (alert_id, state) DO NOTHING
+"""
+
+# Opened before resolved, earlier before later: subscribers see an episode in order
+# (all of a patient's alerts share a partition).
+_UNPUBLISHED = """
+SELECT a.* FROM alerts a
+JOIN unnest($1::uuid[], $2::text[]) AS k(alert_id, state) USING (alert_id, state)
+WHERE a.published_at IS NULL
+ORDER BY a.at, a.state = 'resolved', a.detected_at
+"""
+
+_MARK = """
+UPDATE alerts a SET published_at = $3
+FROM unnest($1::uuid[], $2::text[]) AS k(alert_id, state)
+WHERE a.alert_id = k.alert_id AND a.state = k.state AND a.published_at IS NULL
+"""
+
+
+def row_of(detection: Detection) -> AlertRow:
+    """ContractError when the detection cannot be stored or published as it is."""
+    try:
+        alert_id = uuid.UUID(detection.alert_id)
+    except ValueError as exc:
+        raise ContractError(f"alert_id is not a UUID: {exc}") from exc
+    _check_optional_fields(detection)
+    return (
+        alert_id,
+        detection.state,
+        detection.patient_id,
+        detection.rule,
+        detection.severity,
+        detection.retrospective,
+        from_ms(detection.episode_start),
+        from_ms(detection.at),
+        from_ms(detection.detected),
+        detection.metric,
+        detection.value,
+        detection.device_id,
+        detection.detail,
+    )
+
+
+def _check_optional_fields(detection: Detection) -> None:
+    # decode_detection checks the identifying fields; these would otherwise reach the
+    # database (or, worse, the public document) with the wrong type.
+    if not isinstance(detection.retrospective, bool):
+        raise ContractError("retrospective must be true or false")
+    for name in ("metric", "device_id"):
+        if not isinstance(getattr(detection, name), str | None):
+            raise ContractError(f"{name} must be a string or null")
+    if not isinstance(detection.detail, str):
+        raise ContractError("detail must be a string")
+    value = detection.value
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ContractError("value must be a number or null")
+
+
+def key_of(detection: Detection) -> Key:
+    return uuid.UUID(detection.alert_id), detection.state
+
+
+def keys_of(rows: Iterable[AlertRow]) -> list[Key]:
+    """Distinct (alert_id, state) keys, first-seen order."""
+    return list(dict.fromkeys((row[0], row[1]) for row in rows))
+
+
+async def store(conn: asyncpg.Connection, rows: Sequence[AlertRow]) -> int:
+    """Insert what is not stored yet; returns how many rows were new."""
+    if not rows:
+        return 0
+    status = await conn.execute(_STORE, *(list(column) for column in zip(*rows, strict=True)))
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def unpublished(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Detection]:
+    """The stored detections among `keys` whose publication was never acknowledged."""
+    found = await conn.fetch(_UNPUBLISHED, *_columns(keys))
+    return [_detection(record) for record in found]
+
+
+async def mark_published(conn: asyncpg.Connection, keys: Sequence[Key], at: datetime) -> int:
+    status = await conn.execute(_MARK, *_columns(keys), at)
+    return int(status.rsplit(" ", 1)[1])
+
+
+def _columns(keys: Sequence[Key]) -> tuple[list[uuid.UUID], list[str]]:
+    return [k[0] for k in keys], [k[1] for k in keys]
+
+
+def _detection(record: asyncpg.Record) -> Detection:
+    # Rebuilt from the stored row, not from the message: if a redelivered detection
+    # differs (a processor replayed it later), the first stored version is the one
+    # published.
+    return Detection(
+        alert_id=str(record["alert_id"]),
+        patient_id=record["patient_id"],
+        rule=record["rule"],
+        state=record["state"],
+        severity=record["severity"],
+        episode_start=to_ms(record["episode_start"]),
+        at=to_ms(record["at"]),
+        detected=to_ms(record["detected_at"]),
+        retrospective=record["retrospective"],
+        metric=record["metric"],
+        value=record["value"],
+        device_id=record["device_id"],
+        detail=record["detail"],
+    )

@@ -1,0 +1,3 @@
+-- How long raw readings live, and how big their chunks are. TimescaleDB only: the work is
+-- in 0003_readings_lifecycle.timescale.sql. Plain PostgreSQL has no scheduler to drop old
+-- rows; an operator deletes them by hand there (docs/storage.md, "Retention").

@@ -1,0 +1,6 @@
+-- Per-minute and per-hour rollups of readings: readings_1m and readings_1h, with the same
+-- columns on both servers so every read query runs on either:
+--   bucket timestamptz, patient_id text, metric text,
+--   min_value, max_value, avg_value double precision, n bigint (readings in the bucket)
+-- TimescaleDB: continuous aggregates (0004_readings_rollups.timescale.sql).
+-- Plain PostgreSQL: plain views over readings (0004_readings_rollups.plain.sql).

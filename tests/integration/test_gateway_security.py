@@ -1,0 +1,698 @@
+"""Gateway security over real HTTP, a real broker and a real PostgreSQL registry.
+
+Keys are issued into the test database, the gateway loads them (and the device registry)
+into memory, and every refusal is checked to have produced nothing on the readings topic.
+The attacks tried here are the table in docs/security.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+
+from ingest import registry_store
+from ingest.app import create_app
+from ingest.audit import AuditTrail
+from ingest.refresher import RegistryCache
+from ingest.server import build_server
+from tests.integration.test_gateway import (
+    assert_problem,
+    eventually,
+    is_ready,
+    limits,
+    metric_value,
+    produced,
+)
+from vitals import contract
+from vitals.logs import JsonFormatter
+from vitals.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+CLI = ("cli", "pytest")
+T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def body(device: str, patient: str, *times: datetime, v: float = 72) -> bytes:
+    return orjson.dumps(
+        {
+            "device_id": device,
+            "patient_id": patient,
+            "readings": [
+                {"metric": "heart_rate", "t": t.isoformat(), "v": v, "unit": "/min"}
+                for t in (times or (T0,))
+            ],
+        }
+    )
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+
+@dataclass
+class Gateway:
+    client: httpx.AsyncClient
+    app: FastAPI
+    port: int
+
+    async def post(self, key: str, content: bytes) -> httpx.Response:
+        headers = bearer(key) if key else {"Content-Type": "application/json"}
+        return await self.client.post("/v1/readings", content=content, headers=headers)
+
+    async def reload(self) -> None:
+        registry: RegistryCache = self.app.state.registry
+        assert await registry.refresh(self.app.state.pool)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Gateway]:
+    app = create_app(settings)
+    server = build_server(settings, app)
+    serving = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                if serving.done():
+                    serving.result()
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            await eventually(lambda: is_ready(client), 10)
+            yield Gateway(client, app, port)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 15)
+
+
+def secured(settings: Settings, **update: Any) -> Settings:
+    """The registry on and enforced; no environment credentials."""
+    return limits(
+        settings,
+        **{
+            "gateway_registry": True,
+            "require_device_registry": True,
+            "gateway_credentials": "",
+            "registry_refresh_s": 60.0,  # tests reload explicitly, or shorten it
+            "audit_flush_s": 0.05,
+            **update,
+        },
+    )
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def issue(db: asyncpg.Connection, gateway_id: str, **kw: Any) -> str:
+    _, key = await registry_store.issue_key(
+        db, "gateway", gateway_id, expires_at=kw.get("expires_at"), actor=CLI
+    )
+    return key
+
+
+@pytest.fixture
+async def fleet(db: asyncpg.Connection) -> dict[str, str]:
+    """Two gateways with a key each, and a device of gateway A worn by one patient."""
+    names = {"gw_a": uid("gw-a"), "gw_b": uid("gw-b"), "device": uid("dev"), "patient": uid("p")}
+    await registry_store.register_device(
+        db,
+        names["device"],
+        names["patient"],
+        [names["gw_a"]],
+        since=T0 - timedelta(days=1),
+        actor=CLI,
+    )
+    names["key_a"] = await issue(db, names["gw_a"])
+    names["key_b"] = await issue(db, names["gw_b"])
+    return names
+
+
+@pytest.fixture
+async def gateway(settings: Settings, fleet: dict[str, str]) -> AsyncIterator[Gateway]:
+    """The gateway, started after the fleet exists so its first load has it."""
+    async with running(secured(settings)) as gw:
+        yield gw
+
+
+# --- gateway identity ----------------------------------------------------------------
+
+
+async def test_an_issued_key_is_accepted_and_its_gateway_is_on_the_message(
+    gateway: Gateway, settings: Settings, fleet: dict[str, str]
+) -> None:
+    response = await gateway.post(fleet["key_a"], body(fleet["device"], fleet["patient"]))
+    assert response.status_code == 202, response.text
+    (record,) = await produced(settings)
+    assert contract.decode_upload(record.value).gateway_id == fleet["gw_a"]
+
+
+async def test_keys_are_stored_only_as_sha256_digests(
+    db: asyncpg.Connection, fleet: dict[str, str]
+) -> None:
+    stored = await db.fetch("SELECT key_sha256::text AS h, key_id FROM api_keys")
+    text = repr([dict(r) for r in stored])
+    assert fleet["key_a"] not in text and fleet["key_a"].split("_")[-1] not in text
+    columns = await db.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'api_keys'"
+    )
+    assert {c["column_name"] for c in columns} == {
+        "key_id",
+        "kind",
+        "principal",
+        "key_sha256",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "code"),
+    [
+        ("vk_0000abcd_" + "A" * 43, "invalid_credential"),  # forged: well-formed, never issued
+        ("", "missing_credential"),
+    ],
+)
+async def test_a_forged_or_missing_key_is_401(
+    gateway: Gateway, settings: Settings, fleet: dict[str, str], key: str, code: str
+) -> None:
+    response = await gateway.post(key, body(fleet["device"], fleet["patient"]))
+    assert_problem(response, 401, code)
+    assert response.headers["www-authenticate"].startswith('Bearer realm="vitals"')
+    assert await produced(settings) == []
+
+
+async def test_an_expired_key_is_401_at_once_without_a_reload(
+    settings: Settings, db: asyncpg.Connection, fleet: dict[str, str]
+) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=1.5)
+    key = await issue(db, fleet["gw_a"], expires_at=soon)
+    async with running(secured(settings)) as gw:
+        content = body(fleet["device"], fleet["patient"])
+        assert (await gw.post(key, content)).status_code == 202
+        await asyncio.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.1)
+        assert_problem(await gw.post(key, content), 401, "expired_credential")
+    assert len(await produced(settings)) == 1
+
+
+async def test_rotation_two_keys_work_then_the_revoked_one_stops_within_a_refresh(
+    settings: Settings, db: asyncpg.Connection, fleet: dict[str, str]
+) -> None:
+    content = body(fleet["device"], fleet["patient"])
+    async with running(secured(settings, registry_refresh_s=0.2)) as gw:
+        new_key = await issue(db, fleet["gw_a"])  # rotation: a second live key
+        old_id = fleet["key_a"].split("_")[1]
+
+        async def new_key_works() -> bool:
+            return (await gw.post(new_key, content)).status_code == 202
+
+        await eventually(new_key_works, 5)
+        assert (await gw.post(fleet["key_a"], content)).status_code == 202
+        await registry_store.revoke_key(db, old_id, actor=CLI)
+
+        async def old_key_refused() -> bool:
+            return (await gw.post(fleet["key_a"], content)).status_code == 401
+
+        await eventually(old_key_refused, 5)
+        assert_problem(await gw.post(fleet["key_a"], content), 401, "revoked_credential")
+        assert (await gw.post(new_key, content)).status_code == 202
+
+
+async def test_the_last_good_registry_is_kept_when_the_database_is_down(
+    database_url: str, fleet: dict[str, str]
+) -> None:
+    cache = RegistryCache({})
+    pool = await asyncpg.create_pool(database_url, min_size=0, max_size=1)
+    assert await cache.refresh(pool)
+    await pool.close()
+    gone = database_url.rsplit("/", 1)[0] + "/no_such_database"
+    broken = await asyncpg.create_pool(gone, min_size=0, max_size=1)
+    try:
+        assert not await cache.refresh(broken)
+    finally:
+        await broken.close()
+    snapshot = cache.current()
+    assert snapshot.loaded and fleet["device"] in snapshot.devices
+
+
+async def test_admin_tokens_and_gateway_keys_do_not_open_each_others_doors(
+    gateway: Gateway, db: asyncpg.Connection, fleet: dict[str, str]
+) -> None:
+    _, admin_key = await registry_store.issue_key(db, "admin", "ops", expires_at=None, actor=CLI)
+    await gateway.reload()
+    content = body(fleet["device"], fleet["patient"])
+    assert_problem(await gateway.post(admin_key, content), 401, "invalid_credential")
+    listing = await gateway.client.get("/v1/admin/devices", headers=bearer(fleet["key_a"]))
+    assert_problem(listing, 401, "invalid_credential")
+    assert (await gateway.client.get("/v1/admin/devices", headers=bearer(admin_key))).is_success
+
+
+def test_the_cli_issues_lists_and_revokes_keys(settings: Settings) -> None:
+    env = {**os.environ, "VITALS_DATABASE_URL": settings.database_url}
+    gw = uid("gw-cli")
+
+    def vitals(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "vitals.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    issued = vitals("gateways", "issue", gw)
+    key_id = issued.split("key_id: ")[1].split()[0]
+    key = issued.split("key:    ")[1].split()[0]
+    listed = vitals("gateways", "list")
+    assert key_id in listed and key not in listed
+    vitals("gateways", "revoke", key_id)
+    rows = [orjson.loads(line) for line in vitals("gateways", "list").splitlines()]
+    (mine,) = [r for r in rows if r["key_id"] == key_id]
+    assert mine["principal"] == gw and mine["revoked_at"] is not None
+    for refused, why in (
+        (("gateways", "issue", ""), "1 to 128 characters"),
+        (("devices", "register", "d\u202e1", "--patient", "p", "--gateway", gw), "invisible"),
+        (("devices", "move", uid("dev"), "--patient", "p"), "not registered"),
+    ):
+        failed = subprocess.run(
+            [sys.executable, "-m", "vitals.cli", *refused],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (failed.returncode, why in failed.stderr) == (1, True), failed.stderr
+    again = subprocess.run(
+        [sys.executable, "-m", "vitals.cli", "gateways", "revoke", key_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 1 and "no live key" in again.stderr
+
+
+# --- device registry and binding -------------------------------------------------------
+
+
+async def test_an_upload_for_someone_elses_device_is_403_whole_and_produces_nothing(
+    gateway: Gateway, settings: Settings, db: asyncpg.Connection, fleet: dict[str, str]
+) -> None:
+    good = body(fleet["device"], fleet["patient"])
+    cases = [
+        (fleet["key_b"], good, "gateway_not_bound"),
+        (fleet["key_a"], body(uid("dev"), fleet["patient"]), "device_not_registered"),
+        (fleet["key_a"], body(fleet["device"], uid("p")), "patient_not_bound"),
+    ]
+    for key, content, code in cases:
+        doc = assert_problem(await gateway.post(key, content), 403, code)
+        assert fleet["patient"] not in str(doc) and fleet["device"] not in str(doc)
+    assert await produced(settings) == []
+
+
+async def test_a_moved_device_keeps_old_readings_with_the_old_patient(
+    gateway: Gateway, settings: Settings, db: asyncpg.Connection, fleet: dict[str, str]
+) -> None:
+    device, old, new = fleet["device"], fleet["patient"], uid("p")
+    moved_at = T0 + timedelta(hours=1)
+    await registry_store.move_device(db, device, new, since=moved_at, actor=CLI)
+    await gateway.reload()
+    before, after = moved_at - timedelta(minutes=1), moved_at + timedelta(minutes=1)
+
+    # The old patient's backlog, uploaded after the move: taken for the time it was theirs.
+    backlog = await gateway.post(fleet["key_a"], body(device, old, before, after))
+    assert backlog.status_code == 202, backlog.text
+    assert [(r["index"], r["code"]) for r in backlog.json()["rejected"]] == [(1, "outside_binding")]
+    assert (await gateway.post(fleet["key_a"], body(device, new, after))).status_code == 202
+    assert_problem(
+        await gateway.post(fleet["key_a"], body(device, new, before)), 422, "nothing_valid"
+    )
+    records = [contract.decode_upload(r.value) for r in await produced(settings)]
+    got = sorted((u.patient_id, [r.t for r in u.readings]) for u in records)
+    assert got == sorted(
+        [(old, [int(before.timestamp() * 1000)]), (new, [int(after.timestamp() * 1000)])]
+    )
+
+
+async def test_the_admin_api_registers_binds_moves_and_audits(
+    gateway: Gateway, db: asyncpg.Connection, fleet: dict[str, str]
+) -> None:
+    _, admin_key = await registry_store.issue_key(
+        db, "admin", "nurse-ops", expires_at=None, actor=CLI
+    )
+    await gateway.reload()
+    admin = bearer(admin_key)
+    device, patient = uid("dev"), uid("p")
+    created = await gateway.client.post(
+        "/v1/admin/devices",
+        json={
+            "device_id": device,
+            "patient_id": patient,
+            "gateways": [fleet["gw_b"]],
+            "since": (T0 - timedelta(days=1)).isoformat(),
+        },
+        headers=admin,
+    )
+    assert created.status_code == 204, created.text
+    # Registered on this replica at once: gateway B may upload for it, A may not.
+    assert (await gateway.post(fleet["key_b"], body(device, patient))).status_code == 202
+    assert_problem(
+        await gateway.post(fleet["key_a"], body(device, patient)), 403, "gateway_not_bound"
+    )
+    bound = await gateway.client.put(
+        f"/v1/admin/devices/{device}/gateways/{fleet['gw_a']}", headers=admin
+    )
+    assert bound.status_code == 204
+    assert (await gateway.post(fleet["key_a"], body(device, patient))).status_code == 202
+
+    again = await gateway.client.post(
+        "/v1/admin/devices",
+        json={"device_id": device, "patient_id": patient, "gateways": [fleet["gw_b"]]},
+        headers=admin,
+    )
+    assert_problem(again, 409, "device_exists")
+    missing = await gateway.client.post(
+        f"/v1/admin/devices/{uid('dev')}/moves", json={"patient_id": patient}, headers=admin
+    )
+    assert_problem(missing, 404, "no_such_device")
+    early = await gateway.client.post(
+        f"/v1/admin/devices/{device}/moves",
+        json={"patient_id": uid("p"), "since": (T0 - timedelta(days=2)).isoformat()},
+        headers=admin,
+    )
+    assert_problem(early, 409, "move_before_binding")
+    hidden = await gateway.client.post(
+        "/v1/admin/devices",
+        json={"device_id": "dev\u202egnp.exe", "patient_id": patient, "gateways": ["g"]},
+        headers=admin,
+    )
+    assert_problem(hidden, 400, "invalid_request")
+
+    listing = (await gateway.client.get("/v1/admin/devices", headers=admin)).json()["devices"]
+    (row,) = [d for d in listing if d["device_id"] == device]
+    assert row == {
+        "device_id": device,
+        "patient_id": patient,
+        "gateways": sorted([fleet["gw_a"], fleet["gw_b"]]),
+    }
+    actions = await db.fetch(
+        "SELECT action, actor_kind, actor FROM audit_log"
+        " WHERE detail->>'device_id' = $1 ORDER BY id",
+        device,
+    )
+    assert [tuple(a) for a in actions] == [
+        ("device_registered", "admin", "nurse-ops"),
+        ("gateway_bound", "admin", "nurse-ops"),
+    ]
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM audit_log WHERE detail::text LIKE $1", f"%{patient}%"
+        )
+        == 0
+    )
+
+
+# --- limits ---------------------------------------------------------------------------
+
+
+async def test_a_gateway_over_its_rate_is_429_with_retry_after_and_others_are_not(
+    settings: Settings, fleet: dict[str, str], db: asyncpg.Connection
+) -> None:
+    await registry_store.bind_gateway(db, fleet["device"], fleet["gw_b"], actor=CLI)
+    async with running(secured(settings, rate_limit_per_s=0.5, rate_limit_burst=2)) as gw:
+        content = body(fleet["device"], fleet["patient"])
+        answers = [await gw.post(fleet["key_a"], content) for _ in range(3)]
+        assert [a.status_code for a in answers] == [202, 202, 429]
+        assert_problem(answers[2], 429, "rate_limited")
+        assert 1 <= int(answers[2].headers["retry-after"]) <= 2
+        assert (await gw.post(fleet["key_b"], content)).status_code == 202
+    assert len(await produced(settings)) == 3
+
+
+async def test_a_slow_body_is_cut_off_with_408_and_produces_nothing(
+    settings: Settings, fleet: dict[str, str]
+) -> None:
+    async with running(secured(settings, body_timeout_s=0.5)) as gw:
+        content = body(fleet["device"], fleet["patient"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        head = (
+            f"POST /v1/readings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {fleet['key_a']}\r\nContent-Length: {len(content)}\r\n\r\n"
+        )
+        writer.write(head.encode())
+        try:
+            for byte in content[:20]:  # a byte every 0.1 s: slower than the deadline allows
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        except ConnectionError:
+            pass
+        answer = await asyncio.wait_for(reader.read(4096), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert b"body_timeout" in answer
+    assert await produced(settings) == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({"X-Flood": "a" * 20_000}, 431, id="one-large-header"),
+        pytest.param({f"X-H{i}": "a" for i in range(100)}, 431, id="many-headers"),
+        pytest.param({"X-Flood": "a" * 200_000}, 400, id="one-huge-header"),
+        pytest.param({f"X-H{i}": "a" * 100 for i in range(5_000)}, 400, id="header-flood"),
+    ],
+)
+async def test_a_header_flood_is_refused_before_the_route(
+    gateway: Gateway,
+    settings: Settings,
+    fleet: dict[str, str],
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    headers = {"Authorization": f"Bearer {fleet['key_a']}", **headers}
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    writer.write(f"POST /v1/readings HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode())
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(4096), 5)
+    writer.close()
+    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:100]
+    assert await produced(settings) == []
+
+
+# --- hostile bodies and identifiers -------------------------------------------------------
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"device_id":' + b"[" * depth + b"]" * depth + b"}"
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [
+        pytest.param(_nested(5_000), 400, "malformed_json", id="deep-nesting"),
+        pytest.param(
+            b'{"device_id":"d","patient_id":"p","readings":[{"metric":"heart_rate",'
+            b'"t":"2026-01-01T10:00:00Z","v":1e999999,"unit":"/min"}]}',
+            400,
+            "malformed_json",
+            id="huge-float",
+        ),
+        pytest.param(
+            b'{"device_id":"d","patient_id":"p","readings":[{"metric":"heart_rate",'
+            b'"t":"2026-01-01T10:00:00Z","v":' + b"9" * 5000 + b',"unit":"/min"}]}',
+            400,
+            "malformed_json",
+            id="huge-integer",
+        ),
+        pytest.param(
+            orjson.dumps({"device_id": "dev\u202e1", "patient_id": "p", "readings": []}),
+            400,
+            "bad_envelope",
+            id="bidi-override-id",
+        ),
+        pytest.param(
+            orjson.dumps({"device_id": "dev\u200b1", "patient_id": "p", "readings": []}),
+            400,
+            "bad_envelope",
+            id="zero-width-id",
+        ),
+        pytest.param(
+            orjson.dumps({"device_id": "d\x00", "patient_id": "p", "readings": []}),
+            400,
+            "bad_envelope",
+            id="nul-in-id",
+        ),
+        pytest.param(
+            orjson.dumps({"device_id": "e\u0301", "patient_id": "p", "readings": []}),
+            400,
+            "bad_envelope",
+            id="non-nfc-id",
+        ),
+    ],
+)
+async def test_hostile_json_and_tricky_identifiers_are_refused(
+    gateway: Gateway,
+    settings: Settings,
+    fleet: dict[str, str],
+    content: bytes,
+    status: int,
+    code: str,
+) -> None:
+    assert_problem(await gateway.post(fleet["key_a"], content), status, code)
+    assert await produced(settings) == []
+
+
+async def test_a_sql_looking_identifier_is_only_ever_data(
+    gateway: Gateway, settings: Settings, db: asyncpg.Connection, fleet: dict[str, str]
+) -> None:
+    device = "x'); DROP TABLE readings; --" + uuid.uuid4().hex[:6]
+    await registry_store.register_device(
+        db, device, fleet["patient"], [fleet["gw_a"]], since=T0 - timedelta(days=1), actor=CLI
+    )
+    await gateway.reload()
+    assert (await gateway.post(fleet["key_a"], body(device, fleet["patient"]))).status_code == 202
+    assert await db.fetchval("SELECT device_id FROM devices WHERE device_id = $1", device) == device
+    assert await db.fetchval("SELECT to_regclass('readings') IS NOT NULL")
+
+
+# --- privacy and audit ------------------------------------------------------------------
+
+
+async def test_audit_records_wait_out_a_database_outage_then_are_written(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    gateway_id = uid("gw-audit")
+    down = await asyncpg.create_pool(
+        database_url.rsplit("/", 1)[0] + "/absent", min_size=0, max_size=1
+    )
+    trail = AuditTrail(down, queue_max=3, batch_max=2, flush_s=60)
+    dropped_before = _counter("vitals_gateway_audit_records_total", fate="dropped")
+    for n in range(4):  # the fourth does not fit the queue
+        trail.upload(gateway_id, outcome="accepted", status=202, upload_id=str(n), accepted=1)
+    assert await trail.flush() == 0 and len(trail) == 3  # kept for the next flush
+    await down.close()
+    assert _counter("vitals_gateway_audit_records_total", fate="dropped") == dropped_before + 1
+
+    up = await asyncpg.create_pool(database_url, min_size=0, max_size=1)
+    try:
+        trail._pool = up  # the database is back
+        assert await trail.flush() == 3 and len(trail) == 0
+    finally:
+        await up.close()
+    ids = await db.fetch("SELECT upload_id FROM audit_log WHERE actor = $1 ORDER BY id", gateway_id)
+    assert [r["upload_id"] for r in ids] == ["0", "1", "2"]
+
+
+def _counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_every_upload_is_audited_with_counts_and_no_identity_or_value(
+    gateway: Gateway,
+    db: asyncpg.Connection,
+    fleet: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    value = 123.25
+    ok = await gateway.post(fleet["key_a"], body(fleet["device"], fleet["patient"], v=value))
+    refused = await gateway.post(fleet["key_b"], body(fleet["device"], fleet["patient"], v=value))
+    assert (ok.status_code, refused.status_code) == (202, 403)
+
+    async def audited() -> bool:
+        n = await db.fetchval(
+            "SELECT count(*) FROM audit_log WHERE actor = ANY($1::text[])",
+            [fleet["gw_a"], fleet["gw_b"]],
+        )
+        return n == 2
+
+    await eventually(audited, 5)
+    rows = await db.fetch(
+        "SELECT actor, action, outcome, status, upload_id, accepted, rejected, detail::text"
+        " FROM audit_log WHERE actor = ANY($1::text[]) ORDER BY id",
+        [fleet["gw_a"], fleet["gw_b"]],
+    )
+    assert [tuple(r)[:7] for r in rows] == [
+        (fleet["gw_a"], "upload", "accepted", 202, ok.json()["upload_id"], 1, 0),
+        (
+            fleet["gw_b"],
+            "upload",
+            "gateway_not_bound",
+            403,
+            refused.json()["upload_id"],
+            None,
+            None,
+        ),
+    ]
+    # Neither the audit trail, the logs nor the metrics name the patient, device or value.
+    metrics = (await gateway.client.get("/metrics")).text
+    logs = "\n".join(JsonFormatter().format(r) for r in caplog.records)
+    for text in (repr([tuple(r) for r in rows]), logs, metrics):
+        for secret in (fleet["patient"], fleet["device"], str(value)):
+            assert secret not in text
+    assert metric_value(metrics, "vitals_gateway_uploads_total", outcome="gateway_not_bound") >= 1
+
+
+async def test_readiness_and_enforced_uploads_wait_for_the_first_registry_load(
+    settings: Settings,
+) -> None:
+    broken = secured(
+        settings,
+        database_url=settings.database_url.rsplit("/", 1)[0] + "/absent",
+        gateway_credentials="gw-env:env-token-123",
+    )
+    app = create_app(broken)
+    server = build_server(broken, app)
+    serving = asyncio.create_task(server.serve())
+    try:
+
+        async def started() -> bool:
+            return server.started
+
+        await eventually(started, 10)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            await asyncio.sleep(0.5)
+            doc = assert_problem(await client.get("/readyz"), 503, "not_ready")
+            assert "registry" in doc["detail"]
+            refused = await client.post(
+                "/v1/readings", content=body("d", "p"), headers=bearer("env-token-123")
+            )
+            assert_problem(refused, 503, "registry_unavailable")
+            assert refused.headers["retry-after"]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 15)

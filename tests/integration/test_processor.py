@@ -1,0 +1,416 @@
+"""The processor on a real broker (tansu): detections, dead letters, restarts, silence."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import httpx
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from prometheus_client import REGISTRY
+
+from processors.runner import Processor, run_processor
+from tests.polling import WAIT_S, until
+from vitals import contract, kafka, localinfra
+from vitals.contract import Detection, Reading, Upload
+from vitals.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+STEP_MS = 10_000
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def own(settings: Settings) -> Settings:
+    """The test's settings with a processor group of its own and a quick tick."""
+    own = settings.model_copy(
+        update={
+            "processor_group": f"proc-{uuid.uuid4().hex[:8]}",
+            "silence_check_interval_s": 0.5,
+        }
+    )
+    await take_first_generation(own)
+    return own
+
+
+def spo2(
+    patient: str,
+    start: int,
+    values: Sequence[float],
+    *,
+    device: str = "oxi-1",
+    received: int | None = None,
+) -> Upload:
+    """One upload of SpO2 readings every 10 s from `start` (ms)."""
+    readings = tuple(Reading("spo2", start + i * STEP_MS, v, "%") for i, v in enumerate(values))
+    return Upload(
+        str(uuid.uuid4()),
+        "gw-test",
+        device,
+        patient,
+        received if received is not None else contract.now_ms(),
+        readings,
+    )
+
+
+async def produce(
+    settings: Settings, messages: Sequence[tuple[bytes, bytes]], timestamp_ms: int | None = None
+) -> None:
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        for key, value in messages:
+            await producer.send_and_wait(
+                settings.topic(contract.READINGS), value, key=key, timestamp_ms=timestamp_ms
+            )
+    finally:
+        await producer.stop()
+
+
+async def send(settings: Settings, *uploads: Upload, timestamp_ms: int | None = None) -> None:
+    await produce(
+        settings,
+        [(u.patient_id.encode(), contract.encode_upload(u)) for u in uploads],
+        timestamp_ms,
+    )
+
+
+class TopicReader:
+    """Reads a whole topic from the beginning, without a group."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.topic = settings.topic(name)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+        self.partitions = [TopicPartition(self.topic, p) for p in range(settings.topic_partitions)]
+        self.records: list[ConsumerRecord] = []
+
+    async def __aenter__(self) -> TopicReader:
+        await self.consumer.start()
+        self.consumer.assign(self.partitions)
+        await self.consumer.seek_to_beginning(*self.partitions)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def poll(self) -> list[ConsumerRecord]:
+        batches = await self.consumer.getmany(timeout_ms=100)
+        self.records += [r for part in batches.values() for r in part]
+        return self.records
+
+    async def to_end(self) -> list[ConsumerRecord]:
+        """Everything up to the current end offsets."""
+        ends = await self.consumer.end_offsets(self.partitions)
+
+        async def at_end() -> bool:
+            await self.poll()
+            positions = [await self.consumer.position(tp) for tp in ends]
+            return all(at >= end for at, end in zip(positions, ends.values(), strict=True))
+
+        await until(at_end, f"the end of {self.topic}")
+        return self.records
+
+
+def detections(records: Sequence[ConsumerRecord]) -> list[Detection]:
+    return [contract.decode_detection(r.value) for r in records]
+
+
+async def wait_for_detection(reader: TopicReader, rule: str, state: str) -> Detection:
+    async def seen() -> bool:
+        return any(d.rule == rule and d.state == state for d in detections(await reader.poll()))
+
+    await until(seen, f"{rule} {state}")
+    return next(d for d in detections(reader.records) if d.rule == rule and d.state == state)
+
+
+async def committed_offsets(settings: Settings) -> dict[int, int]:
+    topic = settings.topic(contract.READINGS)
+    # A member that never subscribes only reads the group's offsets.
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.processor_group,
+        enable_auto_commit=False,
+    )
+    await reader.start()
+    try:
+        found = {}
+        for p in range(settings.topic_partitions):
+            offset = await reader.committed(TopicPartition(topic, p))
+            if offset is not None:
+                found[p] = offset
+        return found
+    finally:
+        await reader.stop()
+
+
+async def all_committed(settings: Settings) -> None:
+    topic = settings.topic(contract.READINGS)
+    probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await probe.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        ends = {tp.partition: o for tp, o in (await probe.end_offsets(parts)).items() if o}
+    finally:
+        await probe.stop()
+
+    async def caught_up() -> bool:
+        return await committed_offsets(settings) == ends
+
+    await until(caught_up, "the processor to commit every offset")
+
+
+async def take_first_generation(settings: Settings) -> None:
+    """Join the group once with a short session, and go.
+
+    tansu numbers a group's first generation 0, and aiokafka sends LeaveGroup only for
+    generations above 0: the first member of a group never leaves it, and whoever joins
+    next waits for its session to expire. A throwaway member with a 1 s session takes
+    that generation so the processors under test come and go as they would on Kafka.
+    """
+    member = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.processor_group,
+        session_timeout_ms=1_000,
+        heartbeat_interval_ms=300,
+        enable_auto_commit=False,
+    )
+    await member.start()
+    try:
+        member.subscribe([settings.topic(contract.READINGS)])
+
+        async def assigned() -> bool:
+            await member.getmany(timeout_ms=100)
+            return bool(member.assignment())
+
+        await until(assigned, "the throwaway member's assignment")
+    finally:
+        await member.stop()
+
+
+@asynccontextmanager
+async def processor(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
+    """A processor running until the block ends, then stopped as SIGTERM would."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_processor(settings, stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def episode(patient: str, start: int, received: int | None = None) -> list[Upload]:
+    """A desaturation as three uploads: onset, 130 s below 90 % (opens), 70 s at 95 %."""
+    low = [86, 85, 84, 85, 86, 85, 87, 86, 85, 84, 85, 86, 85, 86]
+    return [
+        spo2(patient, start, [96, 95, 95], received=received),
+        spo2(patient, start + 3 * STEP_MS, low, received=received),
+        spo2(patient, start + 17 * STEP_MS, [95, 95, 96, 95, 95, 96, 95, 96], received=received),
+    ]
+
+
+# --- tests ---------------------------------------------------------------------------
+
+
+async def test_a_desaturation_gives_one_opened_and_one_resolved(own: Settings) -> None:
+    own = own.model_copy(update={"probe_port": localinfra.free_port()})
+    start = contract.now_ms() - 20 * 60_000
+    hr = Upload(
+        str(uuid.uuid4()),
+        "gw-test",
+        "watch-1",
+        "p-calm",
+        contract.now_ms(),
+        tuple(Reading("heart_rate", start + i * STEP_MS, 72, "/min") for i in range(40)),
+    )
+    await send(own, hr, *episode("p-desat", start))
+    opened_before = sample(
+        "vitals_processor_detections_total", rule="spo2_low", state="opened", severity="high"
+    )
+
+    async with processor(own), TopicReader(own, contract.DETECTIONS) as reader:
+        await wait_for_detection(reader, "spo2_low", "resolved")
+        await all_committed(own)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{own.probe_port}") as http:
+            ready = await http.get("/readyz")
+            scraped = (await http.get("/metrics")).text
+        found = detections(await reader.to_end())
+
+    assert ready.status_code == 200
+    assert [(d.patient_id, d.rule, d.state) for d in found] == [
+        ("p-desat", "spo2_low", "opened"),
+        ("p-desat", "spo2_low", "resolved"),
+    ]
+    opened, resolved = found
+    assert (
+        opened.alert_id
+        == resolved.alert_id
+        == contract.alert_id("p-desat", "spo2_low", start + 3 * STEP_MS)
+    )
+    assert (opened.at, opened.value, opened.device_id) == (start + 15 * STEP_MS, 84, "oxi-1")
+    assert resolved.at == start + 23 * STEP_MS and not resolved.retrospective
+    assert reader.records[0].key == b"p-desat"
+    line = 'vitals_processor_detections_total{rule="spo2_low",severity="high",state="opened"}'
+    scraped_opened = next(float(x.split()[-1]) for x in scraped.splitlines() if x.startswith(line))
+    assert scraped_opened == opened_before + 1
+    assert "vitals_processor_windows " in scraped
+
+
+async def test_a_poison_message_is_parked_with_its_origin_and_processing_goes_on(
+    own: Settings,
+) -> None:
+    start = contract.now_ms() - 20 * 60_000
+    await produce(own, [(b"p-poison", b'{"v": 1, "readings": "nope"}')])
+    await send(own, *episode("p-poison", start))
+
+    async with processor(own), TopicReader(own, contract.DETECTIONS) as reader:
+        await wait_for_detection(reader, "spo2_low", "resolved")
+        await all_committed(own)
+    # A restarted processor replays the poison message silently: it is not parked twice.
+    async with processor(own):
+        await send(own, spo2("p-poison", start + 30 * STEP_MS, [97]))
+        await all_committed(own)
+    async with TopicReader(own, contract.DEADLETTER) as parked:
+        [letter] = await parked.to_end()
+
+    doc = orjson.loads(letter.value)
+    assert doc["stage"] == "processor" and doc["error"].startswith("ContractError")
+    readings = own.topic(contract.READINGS)
+    assert doc["origin"]["topic"] == readings and doc["origin"]["offset"] == 0
+    assert letter.key == b"p-poison"
+
+
+async def test_restart_mid_episode_neither_loses_it_nor_opens_it_again(own: Settings) -> None:
+    start = contract.now_ms() - 20 * 60_000
+    onset, breach, recovery = episode("p-restart", start)
+    replayed_before = sample("vitals_processor_replayed_records_total")
+    skipped_before = sample("vitals_processor_skipped_records_total", reason="beyond_horizon")
+    # A record that arrived three hours ago, older than the replay horizon: it would open
+    # an episode of its own if anything fed it to the detectors.
+    hours_ago = contract.now_ms() - 3 * 3600_000
+    await send(
+        own,
+        spo2("p-restart", hours_ago - 600_000, [80] * 20, received=hours_ago),
+        timestamp_ms=hours_ago,
+    )
+
+    async with processor(own), TopicReader(own, contract.DETECTIONS) as reader:
+        await send(own, onset, breach)
+        await wait_for_detection(reader, "spo2_low", "opened")
+        await all_committed(own)
+    # Stopped gracefully. The rest of the episode arrives while no processor runs: the
+    # desaturation goes on for a while, then SpO2 recovers.
+    more = spo2("p-restart", start + 17 * STEP_MS, [85, 86, 84, 85])
+    late_recovery = spo2("p-restart", start + 21 * STEP_MS, [95] * 8)
+    await send(own, more, late_recovery)
+
+    async with processor(own), TopicReader(own, contract.DETECTIONS) as reader:
+        await wait_for_detection(reader, "spo2_low", "resolved")
+        await all_committed(own)
+        found = detections(await reader.to_end())
+
+    assert [d.state for d in found] == ["opened", "resolved"]
+    assert found[0].alert_id == found[1].alert_id
+    assert found[1].at == start + 27 * STEP_MS and found[1].value == 84
+    # The second instance replayed the three records before its offset, fed the two
+    # within the horizon to the detectors and skipped the old one (as the first did).
+    assert sample("vitals_processor_replayed_records_total") - replayed_before == 3
+    skipped = sample("vitals_processor_skipped_records_total", reason="beyond_horizon")
+    assert skipped - skipped_before == 2
+
+
+async def test_a_failed_replay_set_up_stops_the_processor(own: Settings) -> None:
+    # aiokafka only logs what a rebalance listener raises; the processor must not go on
+    # without knowing where to replay from. Here the lookup fails for real: the consumer
+    # was never started, so it has no assignment to pause.
+    failing = Processor(own)
+    await failing.replay.on_partitions_assigned({TopicPartition(own.topic(contract.READINGS), 0)})
+    assert failing.replay.failure is not None
+    with pytest.raises(type(failing.replay.failure)):
+        await failing.tick()
+    with pytest.raises(type(failing.replay.failure)):
+        await failing.handle([])
+
+
+async def test_killed_before_commit_the_episode_is_published_again_with_the_same_id(
+    own: Settings,
+) -> None:
+    start = contract.now_ms() - 20 * 60_000
+    onset, breach, recovery = episode("p-killed", start)
+    await send(own, onset)
+    async with processor(own):
+        await all_committed(own)
+
+    # The next instance publishes "opened", then dies before committing that batch.
+    doomed = Processor(own)
+    published = asyncio.Event()
+
+    async def die_before_commit(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
+        offsets = await doomed.handle(records)
+        if any(r.offset >= 1 for r in records):  # the breach: "opened" is published
+            published.set()
+            await asyncio.Event().wait()  # never returns: the loop never commits
+        return offsets
+
+    await send(own, breach)
+    task = asyncio.create_task(doomed.loop.run(die_before_commit, asyncio.Event()))
+    await asyncio.wait_for(published.wait(), WAIT_S)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, WAIT_S)
+    await send(own, recovery)
+
+    async with processor(own), TopicReader(own, contract.DETECTIONS) as reader:
+        await wait_for_detection(reader, "spo2_low", "resolved")
+        await all_committed(own)
+        found = detections(await reader.to_end())
+
+    # At least once: the uncommitted batch is processed again and its "opened" published
+    # again, with the same deterministic id (the alerts sink dedupes on id and state).
+    assert [d.state for d in found] == ["opened", "opened", "resolved"]
+    assert len({d.alert_id for d in found}) == 1
+
+
+async def test_a_new_group_skips_history_older_than_the_replay_horizon(own: Settings) -> None:
+    hours_ago = contract.now_ms() - 3 * 3600_000
+    old = episode("p-history", hours_ago - 20 * 60_000, received=hours_ago)
+    for upload in old:
+        await send(own, upload, timestamp_ms=hours_ago)
+    await send(own, *episode("p-today", contract.now_ms() - 20 * 60_000))
+
+    async with processor(own), TopicReader(own, contract.DETECTIONS) as reader:
+        await wait_for_detection(reader, "spo2_low", "resolved")
+        await all_committed(own)
+        found = detections(await reader.to_end())
+
+    assert {d.patient_id for d in found} == {"p-today"}
+
+
+async def test_a_silent_device_opens_device_silence_and_resolves_on_its_next_upload(
+    own: Settings,
+) -> None:
+    own = own.model_copy(update={"silence_after_s": 2.0})
+    first = spo2("p-quiet", contract.now_ms() - 60_000, [97, 97])
+
+    async with processor(own), TopicReader(own, contract.DETECTIONS) as reader:
+        await send(own, first)
+        opened = await wait_for_detection(reader, "device_silence", "opened")
+        await send(own, spo2("p-quiet", contract.now_ms() - 5_000, [98]))
+        resolved = await wait_for_detection(reader, "device_silence", "resolved")
+
+    assert (opened.patient_id, opened.device_id, opened.severity) == ("p-quiet", "oxi-1", "low")
+    assert opened.episode_start == first.received
+    assert opened.at == first.received + 2_000
+    assert resolved.alert_id == opened.alert_id

@@ -1,0 +1,440 @@
+"""The read API over real HTTP (uvicorn in this process) on a real, migrated PostgreSQL.
+
+Readings go in through the sink's writer (copy_then_upsert), alerts through the alerts
+sink's store, so the API reads exactly what the pipeline stores. Every test uses patient
+ids of its own: the session's database is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from ingest.readapi.params import Cursor, encode_cursor
+from ingest.readapi.server import build_server
+from sinks.alerts import store
+from sinks.timescale.rows import Row
+from sinks.timescale.writer import copy_then_upsert
+from vitals import contract
+from vitals.catalog import METRICS
+from vitals.settings import LOCAL_GATEWAY_TOKEN, LOCAL_READER_TOKEN, Settings
+
+pytestmark = pytest.mark.integration
+
+AUTH = {"Authorization": f"Bearer {LOCAL_READER_TOKEN}"}
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+S, M, H, D = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
+UPLOAD = uuid.uuid4()
+
+
+def row(patient: str, metric: str, t: datetime, v: float, device: str = "w1") -> Row:
+    return (patient, metric, t, device, v, METRICS[metric].unit, UPLOAD, t + M)
+
+
+async def store_rows(database_url: str, rows: Sequence[Row]) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await copy_then_upsert(conn, rows)
+    finally:
+        await conn.close()
+
+
+def patient() -> str:
+    return f"p-{uuid.uuid4().hex[:8]}"
+
+
+def iso(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    server = build_server(settings)
+    serving = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                if serving.done():
+                    serving.result()
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 15)
+
+
+@pytest.fixture(scope="module")
+async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(database_url=database_url, api_port=0, api_page_max=500)
+    async with running(settings) as client:
+        yield client
+
+
+async def get(client: httpx.AsyncClient, path: str, **query: Any) -> httpx.Response:
+    return await client.get(path, params=query, headers=AUTH)
+
+
+async def ok(client: httpx.AsyncClient, path: str, **query: Any) -> dict[str, Any]:
+    answer = await get(client, path, **query)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+async def all_pages(client: httpx.AsyncClient, path: str, **query: Any) -> list[dict[str, Any]]:
+    """Follows next_cursor to the end; every page but the last is full."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(1000):
+        page = await ok(client, path, **query, **({"cursor": cursor} if cursor else {}))
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+        assert len(page["items"]) == int(query["limit"])
+    raise AssertionError("paging did not end")
+
+
+# --- auth, probes ------------------------------------------------------------------------
+
+
+async def test_readers_only(api: httpx.AsyncClient) -> None:
+    path, query = (
+        "/v1/patients/p-1/readings",
+        {"metric": "spo2", "from": iso(T0), "to": iso(T0 + H)},
+    )
+    missing = await api.get(path, params=query)
+    assert missing.status_code == 401
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["code"] == "missing_credential"
+    assert missing.headers["www-authenticate"] == 'Bearer realm="vitals"'
+    for token in ("not-a-reader-token", LOCAL_GATEWAY_TOKEN):  # a gateway key never reads
+        wrong = await api.get(path, params=query, headers={"Authorization": f"Bearer {token}"})
+        assert wrong.status_code == 401
+        assert wrong.json()["code"] == "invalid_credential"
+    basic = await api.get(path, params=query, headers={"Authorization": "Basic eDp5"})
+    assert basic.json()["code"] == "missing_credential"
+    for route in ("alerts", "news2"):
+        assert (await api.get(f"/v1/patients/p-1/{route}")).status_code == 401
+    assert (await get(api, path, **query)).status_code == 200
+
+
+async def test_probes_and_metrics(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/healthz")).json() == {"status": "ok"}
+    assert (await api.get("/readyz")).json() == {"ready": True}
+    await api.get("/v1/patients/p-1/alerts")  # a 401, counted by route template
+    metrics = (await api.get("/metrics")).text
+    assert 'vitals_api_requests_total{route="/v1/patients/{patient_id}/alerts",status="401"}' in (
+        metrics
+    )
+
+
+async def test_not_ready_while_the_database_is_unreachable() -> None:
+    settings = Settings(database_url="postgresql://postgres@127.0.0.1:1/none", api_port=0)
+    async with running(settings) as client:
+        answer = await client.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.json()["code"] == "not_ready"
+        assert "retry-after" in answer.headers
+        assert (await client.get("/healthz")).status_code == 200
+
+
+# --- readings ----------------------------------------------------------------------------
+
+
+async def test_raw_readings_of_one_series_in_a_half_open_range(
+    api: httpx.AsyncClient, database_url: str
+) -> None:
+    p = patient()
+    await store_rows(
+        database_url,
+        [
+            row(p, "spo2", T0 - S, 90.0),  # before from
+            row(p, "spo2", T0, 97.0),  # from: included
+            row(p, "spo2", T0, 96.0, device="w0"),  # same instant, another device
+            row(p, "spo2", T0 + 30 * S, 95.5),
+            row(p, "spo2", T0 + M, 94.0),  # to: excluded
+            row(p, "heart_rate", T0 + S, 70.0),  # another metric
+            row(patient(), "spo2", T0 + S, 88.0),  # another patient
+        ],
+    )
+    page = await ok(
+        api, f"/v1/patients/{p}/readings", metric="spo2", **{"from": iso(T0)}, to=iso(T0 + M),
+        resolution="raw",
+    )  # fmt: skip
+    assert page["resolution"] == "raw" and page["next_cursor"] is None
+    assert page["items"] == [
+        {"t": "2026-03-01T08:00:00+00:00", "value": 96.0, "unit": "%", "device_id": "w0"},
+        {"t": "2026-03-01T08:00:00+00:00", "value": 97.0, "unit": "%", "device_id": "w1"},
+        {"t": "2026-03-01T08:00:30+00:00", "value": 95.5, "unit": "%", "device_id": "w1"},
+    ]
+    # Offsets other than Z mean the same instant.
+    same = await ok(
+        api, f"/v1/patients/{p}/readings", metric="spo2", **{"from": "2026-03-01T16:00:00+08:00"},
+        to="2026-03-01T16:01:00+08:00", resolution="raw",
+    )  # fmt: skip
+    assert same["items"] == page["items"]
+
+
+async def test_buckets_per_minute_and_per_hour(api: httpx.AsyncClient, database_url: str) -> None:
+    p = patient()
+    await store_rows(
+        database_url,
+        [row(p, "heart_rate", T0, 60.0), row(p, "heart_rate", T0 + 20 * S, 70.0),
+         row(p, "heart_rate", T0 + 30 * S, 100.0, device="w2"),
+         row(p, "heart_rate", T0 + M, 90.0), row(p, "heart_rate", T0 + H, 40.0)],
+    )  # fmt: skip
+    path, window = f"/v1/patients/{p}/readings", {"from": iso(T0), "to": iso(T0 + 2 * H)}
+    minutes = await ok(api, path, metric="heart_rate", resolution="1m", **window)
+    assert minutes["items"] == [
+        {"bucket": "2026-03-01T08:00:00+00:00", "min": 60.0, "max": 100.0, "avg": 230 / 3, "n": 3},
+        {"bucket": "2026-03-01T08:01:00+00:00", "min": 90.0, "max": 90.0, "avg": 90.0, "n": 1},
+        {"bucket": "2026-03-01T09:00:00+00:00", "min": 40.0, "max": 40.0, "avg": 40.0, "n": 1},
+    ]
+    hours = await ok(api, path, metric="heart_rate", resolution="1h", **window)
+    assert hours["items"] == [
+        {"bucket": "2026-03-01T08:00:00+00:00", "min": 60.0, "max": 100.0, "avg": 80.0, "n": 4},
+        {"bucket": "2026-03-01T09:00:00+00:00", "min": 40.0, "max": 40.0, "avg": 40.0, "n": 1},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("span", "chosen"),
+    [(6 * H, "raw"), (6 * H + S, "1m"), (7 * D, "1m"), (7 * D + S, "1h"), (365 * D, "1h")],
+)
+async def test_auto_resolution_follows_the_length_of_the_range(
+    api: httpx.AsyncClient, span: timedelta, chosen: str
+) -> None:
+    window = {"from": iso(T0), "to": iso(T0 + span)}
+    for query in ({}, {"resolution": "auto"}):  # auto is the default
+        page = await ok(api, "/v1/patients/p-none/readings", metric="spo2", **window, **query)
+        assert page["resolution"] == chosen
+
+
+async def test_a_long_range_read_as_buckets_agrees_with_its_raw_readings(
+    api: httpx.AsyncClient, database_url: str
+) -> None:
+    """Three days, one reading every 7 minutes from two devices: auto picks minute buckets,
+    and they hold exactly the raw readings of the range, paged through either way."""
+    p = patient()
+    rows = [
+        row(p, "resp_rate", T0 + i * 7 * M, 12.0 + i % 9, device=f"w{i % 2}")
+        for i in range(3 * 24 * 60 // 7)
+    ]
+    await store_rows(database_url, rows)
+    path = f"/v1/patients/{p}/readings"
+    window = {"from": iso(T0 + 5 * H), "to": iso(T0 + 2 * D + 5 * H)}
+    buckets = await all_pages(api, path, metric="resp_rate", limit=100, **window)
+    raw = await all_pages(api, path, metric="resp_rate", limit=100, resolution="raw", **window)
+    start, end = T0 + 5 * H, T0 + 2 * D + 5 * H
+    expected = [r for r in rows if start <= r[2] < end]
+    assert [(x["value"], x["device_id"]) for x in raw] == [(r[4], r[3]) for r in expected]
+    assert sum(b["n"] for b in buckets) == len(expected) == len(buckets)
+    assert [b["min"] for b in buckets] == [r[4] for r in expected]
+    hours = await all_pages(api, path, metric="resp_rate", limit=7, resolution="1h", **window)
+    assert sum(h["n"] for h in hours) == len(expected) and len(hours) == 48
+
+
+async def test_paging_has_no_gaps_or_duplicates(api: httpx.AsyncClient, database_url: str) -> None:
+    """Readings of two devices at shared instants: page boundaries fall between rows with
+    the same time, and the keyset (t, device) neither skips nor repeats one."""
+    p = patient()
+    rows = [
+        row(p, "spo2", T0 + (i // 3) * S, 90.0 + i % 10, device=f"w{i % 3}") for i in range(301)
+    ]
+    await store_rows(database_url, rows)
+    path, window = f"/v1/patients/{p}/readings", {"from": iso(T0), "to": iso(T0 + H)}
+    expected = [(r[2], r[3]) for r in sorted(rows, key=lambda r: (r[2], r[3]))]
+    for limit in (1, 7, 100, 301):
+        items = await all_pages(api, path, metric="spo2", resolution="raw", limit=limit, **window)
+        got = [(datetime.fromisoformat(x["t"]), x["device_id"]) for x in items]
+        assert got == expected, limit
+    one = await ok(api, path, metric="spo2", resolution="raw", limit=301, **window)
+    assert one["next_cursor"] is None and len(one["items"]) == 301
+    default = await ok(api, path, metric="spo2", resolution="raw", **window)
+    assert len(default["items"]) == 301  # the default limit (1000) capped at the max (500)
+
+
+# --- alerts ------------------------------------------------------------------------------
+
+
+async def store_alerts(database_url: str, p: str, starts: Sequence[datetime]) -> None:
+    """An episode per start: opened then, resolved ten minutes later."""
+    detections = []
+    for start in starts:
+        ms = contract.now_ms() if start is None else int(start.timestamp() * 1000)
+        common = dict(
+            alert_id=contract.alert_id(p, "spo2_low", ms), patient_id=p, rule="spo2_low",
+            severity="high", episode_start=ms, retrospective=False, metric="spo2",
+            device_id="w1",
+        )  # fmt: skip
+        detections.append(
+            contract.Detection(**common, state="opened", at=ms, detected=ms + 5, value=88.0)
+        )
+        detections.append(
+            contract.Detection(
+                **common, state="resolved", at=ms + 600_000, detected=ms + 600_005, value=93.0
+            )
+        )
+    conn = await asyncpg.connect(database_url)
+    try:
+        await store.store(conn, [store.row_of(d) for d in detections])
+    finally:
+        await conn.close()
+
+
+async def test_alerts_newest_first_by_range_and_state_with_paging(
+    api: httpx.AsyncClient, database_url: str
+) -> None:
+    p = patient()
+    starts = [T0 + i * H for i in range(12)]
+    await store_alerts(database_url, p, starts)
+    await store_alerts(database_url, patient(), [T0])  # someone else's
+    path = f"/v1/patients/{p}/alerts"
+    everything = await ok(api, path)
+    assert len(everything["items"]) == 24 and everything["next_cursor"] is None
+    ats = [x["at"] for x in everything["items"]]
+    assert ats == sorted(ats, reverse=True)
+    first = everything["items"][-1]
+    assert first == {
+        "alert_id": contract.alert_id(p, "spo2_low", int(T0.timestamp() * 1000)),
+        "state": "opened", "rule": "spo2_low", "severity": "high", "retrospective": False,
+        "episode_start": "2026-03-01T08:00:00+00:00", "at": "2026-03-01T08:00:00+00:00",
+        "detected_at": "2026-03-01T08:00:00.005000+00:00", "metric": "spo2", "value": 88.0,
+        "device_id": "w1", "detail": "",
+    }  # fmt: skip
+    window = {"from": iso(T0 + 2 * H), "to": iso(T0 + 5 * H)}
+    ranged = await ok(api, path, **window)
+    assert [x["at"][11:19] for x in ranged["items"]] == [
+        "12:10:00", "12:00:00", "11:10:00", "11:00:00", "10:10:00", "10:00:00",
+    ]  # fmt: skip
+    opened = await ok(api, path, state="opened", **window)
+    assert [x["state"] for x in opened["items"]] == ["opened"] * 3
+    for limit in (1, 5, 24):
+        paged = await all_pages(api, path, limit=limit)
+        assert paged == everything["items"], limit
+    paged_opened = await all_pages(api, path, limit=4, state="resolved")
+    assert paged_opened == [x for x in everything["items"] if x["state"] == "resolved"]
+
+
+# --- NEWS2 -------------------------------------------------------------------------------
+
+# RCP 2017: resp 22 -> 2, SpO2 95 (scale 1) -> 1, air -> 0, systolic 105 -> 1,
+# pulse 115 -> 2, alert -> 0, 38.5 °C -> 1: 7, high.
+VITALS = {
+    "resp_rate": 22.0, "spo2": 95.0, "supplemental_o2": 0.0, "systolic_bp": 105.0,
+    "heart_rate": 115.0, "consciousness": 0.0, "body_temp": 38.5,
+}  # fmt: skip
+
+
+async def test_current_news2_from_the_latest_readings(
+    api: httpx.AsyncClient, database_url: str
+) -> None:
+    p = patient()
+    rows = [row(p, metric, T0 - 10 * M, v) for metric, v in VITALS.items()]
+    rows.append(row(p, "heart_rate", T0 - 2 * H, 40.0))  # older: superseded
+    rows.append(row(p, "heart_rate", T0 + 20 * M, 40.0))  # after `at`: not yet
+    await store_rows(database_url, rows)
+    path = f"/v1/patients/{p}/news2"
+    score = await ok(api, path, at=iso(T0))
+    assert score["patient_id"] == p and score["at"] == "2026-03-01T08:00:00+00:00"
+    assert (score["news2"], score["band"], score["red"], score["partial"]) == (
+        7,
+        "high",
+        False,
+        False,
+    )
+    assert score["parameters"]["heart_rate"] == {
+        "points": 2, "value": 115.0, "t": "2026-03-01T07:50:00+00:00", "age_s": 600,
+    }  # fmt: skip
+    assert {k: v["points"] for k, v in score["parameters"].items()} == {
+        "resp_rate": 2, "spo2": 1, "supplemental_o2": 0, "systolic_bp": 1, "heart_rate": 2,
+        "consciousness": 0, "body_temp": 1,
+    }  # fmt: skip
+    # 70 minutes on, every parameter is older than the rules' staleness (3600 s) but the
+    # newer heart rate (40 /min -> 3, a red score): one parameter is under the minimum of 2.
+    gone = await get(api, path, at=iso(T0 + 70 * M))
+    assert gone.status_code == 404 and gone.json()["code"] == "news2_not_available"
+    assert "1 of 7 parameters" in gone.json()["detail"]
+    await store_rows(database_url, [row(p, "spo2", T0 + 65 * M, 97.0)])
+    partial = await ok(api, path, at=iso(T0 + 70 * M))
+    assert (partial["news2"], partial["band"], partial["partial"]) == (3, "low-medium", True)
+    assert partial["missing"] == [
+        "resp_rate", "supplemental_o2", "systolic_bp", "consciousness", "body_temp",
+    ]  # fmt: skip
+    nobody = await get(api, f"/v1/patients/{patient()}/news2")  # default at: now
+    assert nobody.status_code == 404 and "0 of 7" in nobody.json()["detail"]
+
+
+# --- every bad parameter -----------------------------------------------------------------
+
+GOOD = {"metric": "spo2", "from": "2026-03-01T08:00:00Z", "to": "2026-03-01T09:00:00Z"}
+RAW_CURSOR = encode_cursor(Cursor("readings:spo2:raw", T0, ("w1",)))
+
+
+@pytest.mark.parametrize(
+    ("route", "query", "code"),
+    [
+        ("readings", {**GOOD, "metric": None}, "missing_parameter"),
+        ("readings", {**GOOD, "metric": "mood"}, "unknown_metric"),
+        ("readings", {**GOOD, "from": None}, "missing_parameter"),
+        ("readings", {**GOOD, "to": None}, "missing_parameter"),
+        ("readings", {**GOOD, "from": "yesterday"}, "bad_time"),
+        ("readings", {**GOOD, "to": "2026-03-01T09:00:00"}, "bad_time"),  # no offset
+        ("readings", {**GOOD, "to": GOOD["from"]}, "bad_range"),
+        ("readings", {**GOOD, "resolution": "5m"}, "bad_resolution"),
+        ("readings", {**GOOD, "limit": "0"}, "bad_limit"),
+        ("readings", {**GOOD, "limit": "501"}, "bad_limit"),
+        ("readings", {**GOOD, "limit": "ten"}, "bad_limit"),
+        ("readings", {**GOOD, "cursor": "not a cursor"}, "bad_cursor"),
+        ("readings", {**GOOD, "cursor": "WzEsMiwzXQ"}, "bad_cursor"),  # [1,2,3]
+        ("readings", {**GOOD, "cursor": RAW_CURSOR, "resolution": "1m"}, "bad_cursor"),
+        ("readings", {**GOOD, "cursor": RAW_CURSOR, "metric": "heart_rate"}, "bad_cursor"),
+        ("readings", {**GOOD, "form": "2026-01-01T00:00:00Z"}, "unknown_parameter"),
+        ("alerts", {"state": "closed"}, "bad_state"),
+        ("alerts", {"from": "2026-03-02T00:00:00Z", "to": "2026-03-01T00:00:00Z"}, "bad_range"),
+        ("alerts", {"to": "soon"}, "bad_time"),
+        ("alerts", {"limit": "-1"}, "bad_limit"),
+        ("alerts", {"cursor": RAW_CURSOR}, "bad_cursor"),
+        ("alerts", {"cursor": encode_cursor(Cursor("alerts:any", T0, ("x", "opened")))},
+         "bad_cursor"),
+        ("alerts", {"metric": "spo2"}, "unknown_parameter"),
+        ("news2", {"at": "noon"}, "bad_time"),
+        ("news2", {"from": GOOD["from"]}, "unknown_parameter"),
+    ],
+)  # fmt: skip
+async def test_every_bad_parameter_is_a_400_problem(
+    api: httpx.AsyncClient, route: str, query: dict[str, str | None], code: str
+) -> None:
+    given = {k: v for k, v in query.items() if v is not None}
+    answer = await get(api, f"/v1/patients/p-1/{route}", **given)
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    problem = answer.json()
+    assert problem["code"] == code and problem["type"] == f"urn:vitals:problem:{code}"
+    assert problem["status"] == 400 and problem["detail"]
+
+
+async def test_repeated_parameters_and_long_patient_ids_are_refused(
+    api: httpx.AsyncClient,
+) -> None:
+    twice = await api.get(
+        "/v1/patients/p-1/readings?metric=spo2&metric=heart_rate&from=2026-03-01T08:00:00Z"
+        "&to=2026-03-01T09:00:00Z",
+        headers=AUTH,
+    )
+    assert twice.status_code == 400 and twice.json()["code"] == "repeated_parameter"
+    long = await get(api, f"/v1/patients/{'p' * 129}/readings", **GOOD)
+    assert long.status_code == 400 and long.json()["code"] == "bad_patient_id"
+    unknown_route = await get(api, "/v1/patients/p-1/vitals")
+    assert unknown_route.status_code == 404
+    assert unknown_route.headers["content-type"] == "application/problem+json"

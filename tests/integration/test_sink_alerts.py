@@ -1,0 +1,463 @@
+"""The alerts sink on a real broker (tansu) and a real PostgreSQL, and the public schema."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord, RecordMetadata
+from prometheus_client import REGISTRY
+
+from sinks.alerts.runner import STAGE, run_sink
+from sinks.alerts.store import row_of
+from sinks.pgtime import to_ms
+from tests.polling import WAIT_S, until
+from vitals import contract, localinfra
+from vitals.errors import ContractError
+from vitals.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_795_000_000_000  # 2026-11-18, ms
+SCHEMA = orjson.loads(
+    (Path(__file__).resolve().parents[2] / "docs" / "alert.schema.json").read_bytes()
+)
+
+
+# --- a validator for the subset of JSON Schema that alert.schema.json uses ---------------
+
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "number": (int, float),
+    "boolean": bool,
+    "null": type(None),
+    "object": dict,
+}
+_KEYWORDS = {
+    "$schema",
+    "$id",
+    "title",
+    "description",
+    "type",
+    "additionalProperties",
+    "required",
+    "properties",
+    "const",
+    "enum",
+    "format",
+    "minLength",
+}
+_RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+
+
+def violations(doc: Any, schema: dict[str, Any] = SCHEMA, path: str = "$") -> list[str]:
+    """What in `doc` breaks `schema`; a keyword this validator does not know is one too."""
+    if unknown := set(schema) - _KEYWORDS:
+        return [f"{path}: the test's validator does not know {sorted(unknown)}"]
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(
+            isinstance(doc, _TYPES[t]) and not (t == "number" and isinstance(doc, bool))
+            for t in types
+        ):
+            return [f"{path}: {doc!r} is not of type {types}"]
+    problems = []
+    if "const" in schema and doc != schema["const"]:
+        problems.append(f"{path}: {doc!r} is not {schema['const']!r}")
+    if "enum" in schema and doc not in schema["enum"]:
+        problems.append(f"{path}: {doc!r} is not one of {schema['enum']}")
+    if isinstance(doc, str):
+        if len(doc) < schema.get("minLength", 0):
+            problems.append(f"{path}: too short")
+        if schema.get("format") == "uuid" and not _is_uuid(doc):
+            problems.append(f"{path}: {doc!r} is not a UUID")
+        if schema.get("format") == "date-time" and not _is_datetime(doc):
+            problems.append(f"{path}: {doc!r} is not an RFC 3339 date-time")
+    if isinstance(doc, dict):
+        properties = schema.get("properties", {})
+        problems += [
+            f"{path}: {name} missing" for name in schema.get("required", []) if name not in doc
+        ]
+        if schema.get("additionalProperties") is False:
+            problems += [f"{path}: {name} not allowed" for name in doc if name not in properties]
+        for name, sub in properties.items():
+            if name in doc:
+                problems += violations(doc[name], sub, f"{path}.{name}")
+    return problems
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+def _is_datetime(text: str) -> bool:
+    try:
+        return bool(_RFC3339.match(text)) and datetime.fromisoformat(text).tzinfo is not None
+    except ValueError:
+        return False
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _detection(patient: str, rule: str = "spo2_low", **changes: Any) -> contract.Detection:
+    start = changes.pop("episode_start", T0)
+    fields: dict[str, Any] = {
+        "alert_id": contract.alert_id(patient, rule, start),
+        "patient_id": patient,
+        "rule": rule,
+        "state": "opened",
+        "severity": "high",
+        "episode_start": start,
+        "at": start + 120_000,
+        "detected": start + 121_000,
+        "retrospective": False,
+        "metric": "spo2",
+        "value": 87.0,
+        "device_id": "watch-1",
+        "detail": "spo2 < 90",
+    }
+    return contract.Detection(**(fields | changes))
+
+
+async def _produce(
+    settings: Settings, messages: Sequence[tuple[bytes, bytes]]
+) -> list[RecordMetadata]:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        return [
+            await producer.send_and_wait(settings.topic(contract.DETECTIONS), value, key=key)
+            for key, value in messages
+        ]
+    finally:
+        await producer.stop()
+
+
+async def _read_all(settings: Settings, name: str) -> list[ConsumerRecord]:
+    """Every record of a topic, up to its end offsets at the time of the call."""
+    topic = settings.topic(name)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = await consumer.end_offsets(parts)
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        found: list[ConsumerRecord] = []
+        async with asyncio.timeout(WAIT_S):
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                batches = await consumer.getmany(timeout_ms=200)
+                found += [r for part in batches.values() for r in part]
+        return sorted(found, key=lambda r: (r.partition, r.offset))
+    finally:
+        await consumer.stop()
+
+
+@asynccontextmanager
+async def _group_offsets(settings: Settings) -> AsyncIterator[Callable[[], Any]]:
+    """committed() -> {partition: offset} of the alerts group on the detections topic."""
+    topic = settings.topic(contract.DETECTIONS)
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.alerts_group,
+        enable_auto_commit=False,
+    )
+    await reader.start()
+
+    async def committed() -> dict[int, int]:
+        found = {}
+        for partition in reader.partitions_for_topic(topic) or ():
+            offset = await reader.committed(TopicPartition(topic, partition))
+            if offset is not None and offset >= 0:
+                found[partition] = offset
+        return found
+
+    try:
+        yield committed
+    finally:
+        await reader.stop()
+
+
+@asynccontextmanager
+async def _sink(settings: Settings) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_sink(settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+
+
+async def _sink_until_committed(settings: Settings) -> None:
+    """Run a sink until its group committed every detection, then stop it."""
+    ends = {r.partition: r.offset + 1 for r in await _read_all(settings, contract.DETECTIONS)}
+    async with _group_offsets(settings) as committed, _sink(settings):
+
+        async def caught_up() -> bool:
+            return await committed() == ends
+
+        await until(caught_up, "the alerts sink to commit every detection")
+
+
+async def _rows(database_url: str, alert_ids: Sequence[str]) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetch(
+            "SELECT * FROM alerts WHERE alert_id = ANY($1::uuid[]) ORDER BY alert_id, state",
+            list(alert_ids),
+        )
+    finally:
+        await conn.close()
+
+
+def _consumed() -> float:
+    return REGISTRY.get_sample_value("vitals_consumed_records_total", {"stage": STAGE}) or 0.0
+
+
+@pytest.fixture
+def own(settings: Settings) -> Settings:
+    return settings.model_copy(update={"alerts_group": f"alerts-{uuid.uuid4().hex[:8]}"})
+
+
+# --- the schema ----------------------------------------------------------------------
+
+
+def test_alert_documents_of_every_shape_match_the_published_schema() -> None:
+    threshold = _detection("p-1")
+    silence = _detection(
+        "p-1",
+        rule="device_silence",
+        severity="low",
+        metric=None,
+        value=None,
+        detail="no upload from the device for >= 900 s",
+    )
+    late = _detection(
+        "p-1", rule="hr_high", metric="heart_rate", value=141, retrospective=True, state="resolved"
+    )
+
+    for detection in (threshold, silence, late):
+        assert violations(contract.alert_document(detection, T0 + 200_000)) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        (lambda d: d.pop("rule"), "rule missing"),
+        (lambda d: d.update(value="87"), "is not of type"),
+        (lambda d: d.update(retrospective=0), "is not of type"),
+        (lambda d: d.update(state="closed"), "is not one of"),
+        (lambda d: d.update(schema="vitals.alert/2"), "is not 'vitals.alert/1'"),
+        (lambda d: d.update(at="2026-11-22T10:00:00"), "not an RFC 3339 date-time"),
+        (lambda d: d.update(alert_id="episode-7"), "is not a UUID"),
+        (lambda d: d.update(ward="4B"), "ward not allowed"),
+    ],
+)
+def test_the_schema_check_rejects_documents_that_break_it(
+    change: Callable[[dict[str, Any]], object], complaint: str
+) -> None:
+    document = contract.alert_document(_detection("p-1"), T0 + 200_000)
+    change(document)
+
+    assert any(complaint in problem for problem in violations(document))
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"alert_id": "episode-7"}, "not a UUID"),
+        ({"retrospective": "yes"}, "retrospective"),
+        ({"metric": 5}, "metric"),
+        ({"device_id": ["watch-1"]}, "device_id"),
+        ({"detail": None}, "detail"),
+        ({"value": "87"}, "value"),
+        ({"value": True}, "value"),
+        ({"at": 10**18}, "out of range"),
+    ],
+)
+def test_detections_that_cannot_be_stored_or_published_are_contract_errors(
+    change: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(ContractError, match=complaint):
+        row_of(_detection("p-1", **change))
+
+
+# --- the sink on the broker ----------------------------------------------------------
+
+
+async def test_each_episode_state_is_stored_and_published_once_even_after_a_restart(
+    own: Settings,
+) -> None:
+    a, b = f"p-{uuid.uuid4().hex[:8]}", f"p-{uuid.uuid4().hex[:8]}"
+    opened = _detection(a)
+    # A processor that replays after a restart decides the same episode again, later.
+    duplicate = dataclasses.replace(opened, detected=opened.detected + 60_000)
+    resolved = dataclasses.replace(
+        opened, state="resolved", at=T0 + 600_000, detected=T0 + 601_000, value=93.0
+    )
+    late = _detection(
+        b, rule="hr_high", severity="medium", metric="heart_rate", value=140.0, retrospective=True
+    )
+    silence = _detection(
+        b, rule="device_silence", severity="low", metric=None, value=None, episode_start=T0 + 5_000
+    )
+    # Decodes, but PostgreSQL refuses it (NUL is not valid in text): parked, not retried
+    # forever, and the rest of the batch is stored.
+    refused = _detection(b, rule="spo2_low", episode_start=T0 + 9_000, detail="spo2\x00low")
+    messages = [
+        (a.encode(), contract.encode_detection(opened)),
+        (a.encode(), b'{"v": 1, "alert_id": "only this"}'),
+        (a.encode(), contract.encode_detection(duplicate)),
+        (b.encode(), contract.encode_detection(late)),
+        (b.encode(), contract.encode_detection(refused)),
+        (a.encode(), contract.encode_detection(resolved)),
+        (b.encode(), contract.encode_detection(silence)),
+    ]
+    sent = await _produce(own, messages)
+
+    await _sink_until_committed(own)
+
+    published = await _read_all(own, contract.ALERTS)
+    documents = [orjson.loads(r.value) for r in published]
+    assert sorted((d["alert_id"], d["state"]) for d in documents) == sorted(
+        (x.alert_id, x.state) for x in (opened, resolved, late, silence)
+    )
+    for record, document in zip(published, documents, strict=True):
+        assert violations(document) == []
+        assert record.key == document["patient_id"].encode()
+    of_a = [d for d in documents if d["patient_id"] == a]
+    assert [d["state"] for d in of_a] == ["opened", "resolved"]  # one partition, in order
+    # The first stored version is the one published, not the later duplicate.
+    assert of_a[0]["detected_at"] == contract.iso(opened.detected)
+    assert {d["rule"]: d["retrospective"] for d in documents if d["patient_id"] == b} == {
+        "hr_high": True,
+        "device_silence": False,
+    }
+
+    ids = [opened.alert_id, late.alert_id, silence.alert_id, refused.alert_id]
+    rows = await _rows(own.database_url, ids)
+    stored = {
+        (str(r["alert_id"]), r["state"]): contract.iso(to_ms(r["published_at"])) for r in rows
+    }
+    assert stored == {(d["alert_id"], d["state"]): d["published_at"] for d in documents}
+
+    letters = [orjson.loads(r.value) for r in await _read_all(own, contract.DEADLETTER)]
+    parked = {}
+    for letter in letters:
+        origin = letter["origin"]
+        parked[origin["topic"], origin["partition"], origin["offset"]] = letter["error"]
+    topic = own.topic(contract.DETECTIONS)
+    assert {origin: error.split(":")[0] for origin, error in parked.items()} == {
+        (topic, sent[1].partition, sent[1].offset): "ContractError",
+        (topic, sent[4].partition, sent[4].offset): "CharacterNotInRepertoireError",
+    }
+
+    # Restart, as if the offsets had been lost (a new group reads every detection again),
+    # with one more redelivered duplicate: nothing is published again.
+    await _produce(own, [(a.encode(), contract.encode_detection(duplicate))])
+    again = own.model_copy(update={"alerts_group": f"alerts-{uuid.uuid4().hex[:8]}"})
+    await _sink_until_committed(again)
+
+    assert [r.value for r in await _read_all(own, contract.ALERTS)] == [r.value for r in published]
+    assert await _rows(own.database_url, ids) == rows
+
+
+async def test_a_sink_stopped_during_a_database_outage_publishes_and_commits_nothing(
+    own: Settings,
+) -> None:
+    patient = f"p-{uuid.uuid4().hex[:8]}"
+    detection = _detection(patient)
+    await _produce(own, [(patient.encode(), contract.encode_detection(detection))])
+    down = own.model_copy(
+        update={
+            "database_url": f"postgresql://postgres@127.0.0.1:{localinfra.free_port()}/vitals",
+        }
+    )
+    consumed = _consumed()
+
+    async with _group_offsets(own) as committed:
+        async with _sink(down):
+            await until(
+                lambda: _consumed() >= consumed + 2,
+                "the detection to be tried twice",
+            )
+        # Stopped while the database is still down: it left without committing.
+        assert await committed() == {}
+
+    assert await _read_all(own, contract.ALERTS) == []
+    assert await _rows(own.database_url, [detection.alert_id]) == []
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_published_alerts_are_counted_by_rule_and_severity_with_their_latency(
+    own: Settings,
+) -> None:
+    now = contract.now_ms()
+    patient = f"p-{uuid.uuid4().hex[:8]}"
+    # Live: the reading that opened it is 40 s old, the processor decided 2 s ago.
+    live = _detection(patient, episode_start=now - 160_000, at=now - 40_000, detected=now - 2_000)
+    # Retrospective: hours late by definition, so not an end-to-end latency sample.
+    late = _detection(
+        patient,
+        rule="hr_high",
+        severity="medium",
+        metric="heart_rate",
+        value=140.0,
+        retrospective=True,
+        episode_start=now - 7_300_000,
+        at=now - 7_200_000,
+        detected=now - 3_000,
+    )
+    counted = {
+        "live": ("spo2_low", "high", "opened", "false"),
+        "late": ("hr_high", "medium", "opened", "true"),
+    }
+    keys = ("rule", "severity", "state", "retrospective")
+    published = "vitals_alerts_published_total"
+    before = {k: _sample(published, dict(zip(keys, v, strict=True))) for k, v in counted.items()}
+    event = {
+        s: _sample(f"vitals_alert_latency_seconds_{s}", {"since": "event"})
+        for s in ("count", "sum")
+    }
+    decided = {
+        s: _sample(f"vitals_alert_latency_seconds_{s}", {"since": "detected"})
+        for s in ("count", "sum")
+    }
+    await _produce(own, [(patient.encode(), contract.encode_detection(d)) for d in (live, late)])
+
+    await _sink_until_committed(own)
+    elapsed_s = (contract.now_ms() - now) / 1000
+
+    for k, v in counted.items():
+        assert _sample(published, dict(zip(keys, v, strict=True))) == before[k] + 1, k
+    assert _sample("vitals_alert_latency_seconds_count", {"since": "event"}) == event["count"] + 1
+    event_s = _sample("vitals_alert_latency_seconds_sum", {"since": "event"}) - event["sum"]
+    assert 40 <= event_s <= 40 + elapsed_s
+    assert (
+        _sample("vitals_alert_latency_seconds_count", {"since": "detected"}) == decided["count"] + 2
+    )
+    decided_s = _sample("vitals_alert_latency_seconds_sum", {"since": "detected"}) - decided["sum"]
+    assert 2 + 3 <= decided_s <= 2 + 3 + 2 * elapsed_s

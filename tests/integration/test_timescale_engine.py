@@ -1,0 +1,155 @@
+"""The storage on a real TimescaleDB engine, and the same reads on plain PostgreSQL.
+
+No TimescaleDB server runs on the development machines, so by default the TimescaleDB
+checks run on PGlite with TimescaleDB 2.23 compiled to WASM (tests/timescale/engine.mjs):
+the migrations migrate.py would choose there, then the sinks' statements and the read
+queries. With VITALS_TEST_CONTAINERS=1 the same checks run on the timescale/timescaledb
+server that `pg_server` starts, migrated by migrate.py itself. Without Node (and without
+containers) these tests fail with what to install; they never skip.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+
+from sinks.timescale.migrate import TIMESCALE_AVAILABLE, discover, migrate, plan
+from tests.conftest import USE_CONTAINERS
+from tests.timescale import checks
+from tests.timescale.databases import Database, Pglite, Server, engine_problem
+from vitals import localinfra
+
+pytestmark = pytest.mark.integration
+
+# Files written before "every DDL idempotent" was the rule: CREATE TABLE/INDEX without
+# IF NOT EXISTS. migrate.py never applies a file twice; these are not re-run below.
+BEFORE_IDEMPOTENCE = {"0001_readings", "0001_readings.plain", "0002_alerts"}
+
+
+@dataclass
+class Storage:
+    db: Database
+    applied: list[str]  # migration names, in the order applied
+
+
+@pytest.fixture(scope="session")
+async def pglite() -> AsyncIterator[Pglite | None]:
+    """The WASM engine's process, started once; each test resets it to an empty database."""
+    if USE_CONTAINERS:  # the container's server stands in for it
+        yield None
+        return
+    problem = engine_problem()
+    if problem:
+        pytest.fail(problem)
+    async with Pglite.started() as engine:
+        yield engine
+
+
+@pytest.fixture
+async def timescale(
+    pglite: Pglite | None, request: pytest.FixtureRequest
+) -> AsyncIterator[Storage]:
+    """A fresh, migrated TimescaleDB database: WASM engine, or the container's server."""
+    if pglite is None:
+        async with _server_storage(request.getfixturevalue("pg_server"), True) as storage:
+            yield storage
+        return
+    db = pglite
+    await db.reset()
+    # What migrate.py asks the server before choosing the companions.
+    assert len(await db.fetch(TIMESCALE_AVAILABLE)) == 1
+    await db.script("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    yield Storage(db, await checks.apply(db, plan(discover(), timescale=True)))
+
+
+@pytest.fixture
+async def postgresql(pg_server: str) -> AsyncIterator[Storage]:
+    """A fresh database on the plain PostgreSQL server, migrated by migrate.py."""
+    async with _server_storage(pg_server, False) as storage:
+        yield storage
+
+
+# With containers the only server has TimescaleDB, so the plain runs are not collected.
+ENGINES = ["timescale"] if USE_CONTAINERS else ["timescale", "postgresql"]
+
+
+@pytest.fixture(params=ENGINES)
+def storage(request: pytest.FixtureRequest) -> Storage:
+    return request.getfixturevalue(request.param)
+
+
+@asynccontextmanager
+async def _server_storage(server: str, timescale: bool) -> AsyncIterator[Storage]:
+    """A database made on `server` for one test, migrated by migrate.py, then dropped."""
+    name = f"vitals_engine_{uuid.uuid4().hex[:10]}"
+    url = localinfra.create_database(server, name, exist_ok=False)
+    try:
+        applied = migrate(url)
+        async with Server.connected(url, timescale=timescale) as db:
+            yield Storage(db, applied)
+    finally:
+        localinfra.drop_database(server, name)
+
+
+# --- tests -------------------------------------------------------------------------------
+
+
+async def test_migrations_apply_the_companions_that_fit_the_engine(storage: Storage) -> None:
+    db = storage.db
+    expected = [m.name for m in plan(discover(), timescale=db.timescale)]
+    assert storage.applied == expected
+    assert f"0004_readings_rollups.{'timescale' if db.timescale else 'plain'}" in expected
+
+    if db.timescale:
+        await checks.check_timescale_schema(db)
+    else:
+        await checks.check_plain_schema(db)
+
+
+async def test_every_newer_migration_can_be_applied_again(storage: Storage) -> None:
+    again = [
+        m
+        for m in plan(discover(), timescale=storage.db.timescale)
+        if m.name not in BEFORE_IDEMPOTENCE
+    ]
+
+    assert again, "no migration after 0002 to re-apply"
+    assert await checks.apply(storage.db, again) == [m.name for m in again]
+    if storage.db.timescale:
+        await checks.check_timescale_schema(storage.db)  # nothing doubled or changed
+
+
+async def test_rollups_have_the_same_columns_on_every_engine(storage: Storage) -> None:
+    await checks.check_rollup_columns(storage.db)
+
+
+async def test_the_readings_sink_statement_stores_each_reading_once(storage: Storage) -> None:
+    await checks.check_readings_stored_once(storage.db)
+
+
+async def test_the_alerts_sink_statements_store_list_and_mark_alerts(storage: Storage) -> None:
+    await checks.check_alert_statements(storage.db)
+
+
+async def test_rollups_per_minute_and_hour_answer_the_read_queries(storage: Storage) -> None:
+    await checks.check_rollups(storage.db)
+
+
+async def test_the_read_api_queries_page_across_materialized_and_recent_data(
+    storage: Storage,
+) -> None:
+    await checks.check_read_api_queries(storage.db)
+
+
+async def test_retention_drops_old_raw_chunks_and_keeps_their_aggregates(
+    timescale: Storage,
+) -> None:
+    await checks.check_retention_keeps_rollups(timescale.db)
+
+
+async def test_a_late_upload_into_a_compressed_chunk_is_stored_once(timescale: Storage) -> None:
+    await checks.check_late_upload_into_compressed_chunk(timescale.db)

@@ -1,0 +1,472 @@
+"""Storage checks shared by every engine: TimescaleDB in WASM, a TimescaleDB server
+(testcontainers) and plain PostgreSQL. Each takes a migrated, otherwise empty database.
+
+Readings go in through the sink's own statements (sinks/timescale/writer.py), alerts
+through the alerts sink's (sinks/alerts/store.py). Only COPY is replaced, by an INSERT into
+the same staging table: COPY is a protocol feature the WASM engine cannot serve.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from ingest.readapi import queries
+from ingest.readapi.params import EARLIEST
+from sinks.alerts import store
+from sinks.pgtime import to_ms
+from sinks.timescale import writer
+from sinks.timescale.migrate import Migration
+from sinks.timescale.rows import COLUMNS, rows_of
+from tests.timescale.databases import Database, Row, values
+from vitals import contract
+
+# The read queries of docs/storage.md: one patient's series of one metric, per minute or
+# per hour, over [from, to). The same text runs on TimescaleDB and plain PostgreSQL.
+SERIES_1M = """
+SELECT bucket, min_value, max_value, avg_value, n FROM readings_1m
+WHERE patient_id = $1 AND metric = $2 AND bucket >= $3 AND bucket < $4
+ORDER BY bucket"""
+SERIES_1H = SERIES_1M.replace("readings_1m", "readings_1h")
+# What `vitals dev` prints as rows stored (vitals/dev.py).
+ROWS_STORED = "SELECT count(*) AS n FROM readings"
+
+# Stands in for the sink's COPY into its staging table.
+_FILL_STAGING = (
+    f"INSERT INTO {writer.STAGING} ({', '.join(COLUMNS)}) SELECT * FROM unnest("
+    "$1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::float8[], $6::text[], "
+    "$7::uuid[], $8::timestamptz[])"
+)
+_SERIES = ("bucket", "min_value", "max_value", "avg_value", "n")
+_POLICY_JOBS = """
+SELECT j.job_id, coalesce(c.view_name, j.hypertable_name) AS relation, j.proc_name,
+       j.schedule_interval::text AS every, j.scheduled,
+       j.config->>'compress_after' AS compress_after, j.config->>'drop_after' AS drop_after,
+       j.config->>'start_offset' AS start_offset, j.config->>'end_offset' AS end_offset
+FROM timescaledb_information.jobs j
+LEFT JOIN timescaledb_information.continuous_aggregates c
+       ON j.hypertable_name IN (c.view_name, c.materialization_hypertable_name)
+WHERE j.proc_name IN
+      ('policy_compression', 'policy_retention', 'policy_refresh_continuous_aggregate')
+ORDER BY relation, j.proc_name"""
+SECOND, MINUTE = timedelta(seconds=1), timedelta(minutes=1)
+HOUR, DAY = timedelta(hours=1), timedelta(days=1)
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+async def apply(db: Database, migrations: Sequence[Migration]) -> list[str]:
+    """Each file in its own transaction, as sinks/timescale/migrate.py applies them."""
+    for m in migrations:
+        async with db.transaction():
+            await db.script(m.sql())
+    return [m.name for m in migrations]
+
+
+_UNITS = {"heart_rate": "/min", "spo2": "%"}
+
+
+def upload(
+    patient: str, metric: str, readings: Sequence[tuple[datetime, float]], device: str = "w1"
+) -> contract.Upload:
+    return contract.Upload(
+        upload_id=str(uuid.uuid4()),
+        gateway_id="gw-test",
+        device_id=device,
+        patient_id=patient,
+        received=to_ms(readings[-1][0]) + 60_000,
+        readings=tuple(contract.Reading(metric, to_ms(t), v, _UNITS[metric]) for t, v in readings),
+    )
+
+
+async def store_readings(db: Database, up: contract.Upload) -> int:
+    """The sink's write of one upload (writer.copy_then_upsert); returns the new rows."""
+    rows = rows_of(up)
+    async with db.transaction():
+        await db.script(writer._CREATE_STAGING)
+        await db.execute(_FILL_STAGING, *(list(c) for c in zip(*rows, strict=True)))
+        return await db.execute(writer._UPSERT)
+
+
+async def hour_ago(db: Database, hours: int) -> datetime:
+    """The start of the hour `hours` before the engine's clock: a whole, past bucket."""
+    rows = await db.fetch(
+        "SELECT date_trunc('hour', now()) - make_interval(hours => $1::int) AS at", hours
+    )
+    return rows[0]["at"]
+
+
+async def series(
+    db: Database, query: str, patient: str, metric: str, start: datetime
+) -> list[tuple[Any, ...]]:
+    """Two hours of one series from `start`, as (bucket, min, max, avg, n) tuples."""
+    rows = await db.fetch(query, patient, metric, start, start + 2 * HOUR)
+    return values(rows, *_SERIES)
+
+
+async def policy_jobs(db: Database) -> list[Row]:
+    return await db.fetch(_POLICY_JOBS)
+
+
+async def hold_jobs(db: Database) -> None:
+    """Unschedule the policies so only the test runs them (a server's background workers
+    would otherwise refresh or compress in the middle of a check)."""
+    for job in await policy_jobs(db):
+        await db.fetch("SELECT alter_job($1, scheduled => false)", job["job_id"])
+
+
+async def run_job(db: Database, relation: str, proc_name: str) -> None:
+    (job,) = [
+        j for j in await policy_jobs(db) if (j["relation"], j["proc_name"]) == (relation, proc_name)
+    ]
+    await db.script(f"CALL run_job({int(job['job_id'])})")
+
+
+async def refresh(db: Database, view: str) -> None:
+    # Whole range: fine on a test database, wrong on one whose raw chunks were dropped
+    # (see docs/storage.md, "Retention"): it would delete their aggregates.
+    await db.script(f"CALL refresh_continuous_aggregate('{view}', NULL, NULL)")
+
+
+# --- schema ------------------------------------------------------------------------------
+
+
+async def check_timescale_schema(db: Database) -> None:
+    """Hypertable, chunk interval, compression, policies and continuous aggregates."""
+    hypertables = await db.fetch(
+        """SELECT hypertable_name, primary_dimension, compression_enabled
+           FROM timescaledb_information.hypertables WHERE hypertable_schema = 'public'"""
+    )
+    # alerts stays a plain table: see docs/storage.md, "Alerts".
+    assert values(hypertables, "hypertable_name", "primary_dimension", "compression_enabled") == [
+        ("readings", "t", True)
+    ]
+    chunks = await db.fetch(
+        """SELECT time_interval::text AS every FROM timescaledb_information.dimensions
+           WHERE hypertable_schema = 'public' AND hypertable_name = 'readings'"""
+    )
+    assert values(chunks, "every") == [("1 day",)]
+    compression = await db.fetch(
+        """SELECT segmentby, orderby FROM timescaledb_information.hypertable_columnstore_settings
+           WHERE hypertable = 'readings'::regclass"""
+    )
+    assert values(compression, "segmentby", "orderby") == [
+        ("patient_id,metric", "t DESC,device_id")
+    ]
+    aggregates = await db.fetch(
+        """SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates
+           WHERE hypertable_name = 'readings' ORDER BY view_name"""
+    )
+    assert values(aggregates, "view_name", "materialized_only") == [
+        ("readings_1h", False),
+        ("readings_1m", True),
+    ]
+    jobs = await policy_jobs(db)
+    assert values(jobs, "relation", "proc_name", "scheduled", "compress_after", "drop_after") == [
+        ("readings", "policy_compression", True, "7 days", None),
+        ("readings", "policy_retention", True, None, "365 days"),
+        ("readings_1h", "policy_refresh_continuous_aggregate", True, None, None),
+        ("readings_1m", "policy_refresh_continuous_aggregate", True, None, None),
+    ]
+    assert values(jobs[2:], "every", "start_offset", "end_offset") == [
+        ("00:30:00", "30 days", "01:00:00"),
+        ("00:01:00", "7 days", "00:01:00"),
+    ]
+    # A refresh over dropped raw chunks would delete their aggregates: every refresh window
+    # must end its reach well inside the raw retention.
+    (guard,) = await db.fetch(
+        """SELECT max((config->>'start_offset')::interval) AS reach,
+                  min((config->>'drop_after')::interval) AS kept
+           FROM timescaledb_information.jobs
+           WHERE proc_name IN ('policy_refresh_continuous_aggregate', 'policy_retention')"""
+    )
+    assert guard["reach"] is not None and guard["kept"] is not None
+    assert _days(guard["reach"]) * 2 < _days(guard["kept"]), guard
+
+
+async def check_plain_schema(db: Database) -> None:
+    """Plain views stand in for the continuous aggregates."""
+    views = await db.fetch("SELECT viewname FROM pg_views WHERE schemaname = 'public' ORDER BY 1")
+    assert values(views, "viewname") == [("readings_1h",), ("readings_1m",)]
+
+
+def _days(interval: object) -> float:
+    # asyncpg gives a timedelta, the WASM engine the text form ("30 days").
+    if isinstance(interval, timedelta):
+        return interval / DAY
+    number, unit = str(interval).split()
+    assert unit == "days", interval
+    return float(number)
+
+
+async def check_rollup_columns(db: Database) -> None:
+    """readings_1m and readings_1h have the same columns on every engine."""
+    columns = await db.fetch(
+        """SELECT table_name, column_name, data_type FROM information_schema.columns
+           WHERE table_schema = 'public' AND table_name IN ('readings_1m', 'readings_1h')
+           ORDER BY table_name, ordinal_position"""
+    )
+    expected = [
+        ("bucket", "timestamp with time zone"),
+        ("patient_id", "text"),
+        ("metric", "text"),
+        ("min_value", "double precision"),
+        ("max_value", "double precision"),
+        ("avg_value", "double precision"),
+        ("n", "bigint"),
+    ]
+    assert values(columns, "table_name", "column_name", "data_type") == [
+        (view, *column) for view in ("readings_1h", "readings_1m") for column in expected
+    ]
+
+
+# --- the sinks' statements ---------------------------------------------------------------
+
+
+async def check_readings_stored_once(db: Database) -> None:
+    """Retried uploads add nothing; the first write of a key wins; the device is in the key."""
+    t0 = await hour_ago(db, 3)
+    first = upload("p-sink", "heart_rate", [(t0, 60.0), (t0 + MINUTE, 61.0)])
+    retry = upload(
+        "p-sink", "heart_rate", [(t0, 99.0), (t0 + MINUTE, 99.0), (t0 + 2 * MINUTE, 62.0)]
+    )
+    other_device = upload("p-sink", "heart_rate", [(t0, 70.0)], device="w2")
+
+    assert await store_readings(db, first) == 2
+    assert await store_readings(db, first) == 0
+    assert await store_readings(db, retry) == 1
+    assert await store_readings(db, other_device) == 1
+
+    assert await db.fetch(ROWS_STORED) == [{"n": 4}]
+    stored = await db.fetch(
+        "SELECT t, device_id, value, upload_id FROM readings WHERE patient_id = $1"
+        " ORDER BY t, device_id",
+        "p-sink",
+    )
+    assert values(stored, "t", "device_id", "value") == [
+        (t0, "w1", 60.0),
+        (t0, "w2", 70.0),
+        (t0 + MINUTE, "w1", 61.0),
+        (t0 + 2 * MINUTE, "w1", 62.0),
+    ]
+    assert stored[0]["upload_id"] == uuid.UUID(first.upload_id)
+
+
+async def check_alert_statements(db: Database) -> None:
+    """Store each (alert_id, state) once, list the unpublished in order, mark them published."""
+    start = to_ms(await hour_ago(db, 2))
+    alert_id = contract.alert_id("p-alert", "spo2_low", start)
+    common = dict(
+        alert_id=alert_id, patient_id="p-alert", rule="spo2_low", severity="high",
+        episode_start=start, retrospective=False, metric="spo2", device_id="w1",
+    )  # fmt: skip
+    opened = contract.Detection(**common, state="opened", at=start, detected=start + 5, value=88.0)
+    resolved = contract.Detection(
+        **common, state="resolved", at=start + 600_000, detected=start + 600_005, value=93.0
+    )
+    rows = [store.row_of(resolved), store.row_of(opened)]
+    arrays = [list(c) for c in zip(*rows, strict=True)]
+    keys = [list(c) for c in zip(*store.keys_of(rows), strict=True)]
+
+    assert await db.execute(store._STORE, *arrays) == 2
+    assert await db.execute(store._STORE, *arrays) == 0
+    pending = await db.fetch(store._UNPUBLISHED, *keys)
+    assert values(pending, "alert_id", "state", "value") == [
+        (uuid.UUID(alert_id), "opened", 88.0),
+        (uuid.UUID(alert_id), "resolved", 93.0),
+    ]
+    assert await db.execute(store._MARK, *keys, await hour_ago(db, 0)) == 2
+    assert await db.execute(store._MARK, *keys, await hour_ago(db, 0)) == 0
+    assert await db.fetch(store._UNPUBLISHED, *keys) == []
+
+
+# --- rollups -----------------------------------------------------------------------------
+
+
+async def check_rollups(db: Database) -> None:
+    """Per-minute and per-hour min, max, avg and count per patient and metric, through the
+    documented read queries; on TimescaleDB also what is visible before a refresh."""
+    if db.timescale:
+        await hold_jobs(db)
+    b = await hour_ago(db, 2)
+    await store_readings(
+        db,
+        upload("p-roll", "heart_rate", [(b, 60.0), (b + 20 * SECOND, 70.0), (b + 40 * SECOND, 80.0),
+                                        (b + MINUTE, 90.0), (b + HOUR, 40.0)]),
+    )  # fmt: skip
+    await store_readings(
+        db, upload("p-roll", "heart_rate", [(b + 30 * SECOND, 100.0)], device="w2")
+    )
+    await store_readings(db, upload("p-roll", "spo2", [(b, 97.0)]))
+    await store_readings(db, upload("p-other", "heart_rate", [(b, 50.0)]))
+
+    if db.timescale:
+        # Not refreshed yet: the minute view (materialized only) shows none of it; the
+        # hourly one (real-time) shows the newest hour from raw readings.
+        assert await series(db, SERIES_1M, "p-roll", "heart_rate", b) == []
+        assert (await series(db, SERIES_1H, "p-roll", "heart_rate", b))[-1][:2] == (b + HOUR, 40.0)
+        await refresh(db, "readings_1m")
+        await refresh(db, "readings_1h")
+
+    assert await series(db, SERIES_1M, "p-roll", "heart_rate", b) == [
+        (b, 60.0, 100.0, 77.5, 4),
+        (b + MINUTE, 90.0, 90.0, 90.0, 1),
+        (b + HOUR, 40.0, 40.0, 40.0, 1),
+    ]
+    assert await series(db, SERIES_1H, "p-roll", "heart_rate", b) == [
+        (b, 60.0, 100.0, 80.0, 5),
+        (b + HOUR, 40.0, 40.0, 40.0, 1),
+    ]
+    assert await series(db, SERIES_1H, "p-roll", "spo2", b) == [(b, 97.0, 97.0, 97.0, 1)]
+    assert await series(db, SERIES_1M, "p-other", "heart_rate", b) == [(b, 50.0, 50.0, 50.0, 1)]
+
+    # A late reading in an hour already materialized shows after the next refresh.
+    await store_readings(db, upload("p-roll", "heart_rate", [(b + 59 * MINUTE, 20.0)]))
+    if db.timescale:
+        assert (await series(db, SERIES_1H, "p-roll", "heart_rate", b))[0][-1] == 5
+        await refresh(db, "readings_1h")
+    assert (await series(db, SERIES_1H, "p-roll", "heart_rate", b))[0] == (b, 20.0, 100.0, 70.0, 6)
+
+
+# --- TimescaleDB policies at work --------------------------------------------------------
+
+
+async def check_retention_keeps_rollups(db: Database) -> None:
+    """The retention job drops raw chunks past 365 days; the aggregates of those days stay,
+    also after the refresh policies run again."""
+    await hold_jobs(db)
+    old, recent = await hour_ago(db, 400 * 24), await hour_ago(db, 2)
+    await store_readings(
+        db, upload("p-old", "heart_rate", [(old, 60.0), (old + 10 * MINUTE, 62.0)])
+    )
+    await store_readings(db, upload("p-new", "heart_rate", [(recent, 70.0)]))
+    await refresh(db, "readings_1m")
+    await refresh(db, "readings_1h")
+
+    await run_job(db, "readings", "policy_retention")
+
+    raw = await db.fetch("SELECT patient_id, count(*) AS n FROM readings GROUP BY 1")
+    assert values(raw, "patient_id", "n") == [("p-new", 1)]
+    await run_job(db, "readings_1m", "policy_refresh_continuous_aggregate")
+    await run_job(db, "readings_1h", "policy_refresh_continuous_aggregate")
+    assert await series(db, SERIES_1H, "p-old", "heart_rate", old) == [(old, 60.0, 62.0, 61.0, 2)]
+    assert await series(db, SERIES_1M, "p-old", "heart_rate", old) == [
+        (old, 60.0, 60.0, 60.0, 1),
+        (old + 10 * MINUTE, 62.0, 62.0, 62.0, 1),
+    ]
+    assert await series(db, SERIES_1H, "p-new", "heart_rate", recent) == [
+        (recent, 70.0, 70.0, 70.0, 1)
+    ]
+
+
+async def check_late_upload_into_compressed_chunk(db: Database) -> None:
+    """A backlog for a chunk the compression job already compressed is stored once, and the
+    hourly refresh policy (30-day window) picks it up."""
+    await hold_jobs(db)
+    c = await hour_ago(db, 10 * 24)
+    await store_readings(db, upload("p-late", "heart_rate", [(c, 70.0), (c + MINUTE, 71.0)]))
+
+    await run_job(db, "readings", "policy_compression")
+
+    chunks = await db.fetch(
+        """SELECT is_compressed FROM timescaledb_information.chunks
+           WHERE hypertable_name = 'readings' AND range_start <= $1 AND $1 < range_end""",
+        c,
+    )
+    assert chunks == [{"is_compressed": True}]
+    backlog = upload(
+        "p-late", "heart_rate", [(c, 99.0), (c + MINUTE, 99.0), (c + 2 * MINUTE, 72.0)]
+    )
+    assert await store_readings(db, backlog) == 1
+    assert await store_readings(db, backlog) == 0
+    await run_job(db, "readings_1h", "policy_refresh_continuous_aggregate")
+    assert await series(db, SERIES_1H, "p-late", "heart_rate", c) == [(c, 70.0, 72.0, 71.0, 3)]
+
+
+# --- the read API's queries (ingest/readapi/queries.py) ------------------------------------
+
+
+async def check_read_api_queries(db: Database) -> None:
+    """Every query the read API issues, with its keyset paging. On TimescaleDB the hourly
+    range spans a materialized bucket and buckets only real-time aggregation answers."""
+    if db.timescale:
+        await hold_jobs(db)
+    b = await hour_ago(db, 3)
+    await store_readings(db, upload("p-api", "heart_rate", [(b, 60.0), (b + 10 * MINUTE, 80.0)]))
+    await store_readings(db, upload("p-api", "heart_rate", [(b, 61.0)], device="w0"))
+    if db.timescale:  # materialize the first hour only
+        await db.script(
+            f"CALL refresh_continuous_aggregate('readings_1h', '{b.isoformat()}',"
+            f" '{(b + HOUR).isoformat()}')"
+        )
+        await refresh(db, "readings_1m")
+    await store_readings(
+        db, upload("p-api", "heart_rate", [(b + HOUR + 5 * MINUTE, 90.0), (b + 2 * HOUR, 50.0)])
+    )
+    await store_readings(db, upload("p-api", "spo2", [(b + 5 * MINUTE, 95.0)]))
+
+    hours = await db.fetch(queries.BUCKETS_1H, "p-api", "heart_rate", b, b + 3 * HOUR, EARLIEST, 10)
+    assert values(hours, *_SERIES) == [
+        (b, 60.0, 80.0, 67.0, 3),  # materialized (TimescaleDB)
+        (b + HOUR, 90.0, 90.0, 90.0, 1),  # real-time, from raw rows
+        (b + 2 * HOUR, 50.0, 50.0, 50.0, 1),
+    ]
+    page = await db.fetch(queries.BUCKETS_1H, "p-api", "heart_rate", b, b + 3 * HOUR, b, 1)
+    assert values(page, "bucket") == [(b + HOUR,)]
+    minutes = await db.fetch(queries.BUCKETS_1M, "p-api", "heart_rate", b, b + HOUR, EARLIEST, 10)
+    assert values(minutes, "bucket", "n") == [(b, 2), (b + 10 * MINUTE, 1)]
+
+    raw: list[tuple[Any, ...]] = []
+    after: tuple[datetime, str] = (EARLIEST, "")
+    while True:  # two rows a page, strictly after the last (t, device) seen
+        rows = await db.fetch(queries.RAW, "p-api", "heart_rate", b, b + 3 * HOUR, *after, 2)
+        raw += values(rows, "t", "device_id", "value", "unit")
+        if len(rows) < 2:
+            break
+        after = (rows[-1]["t"], rows[-1]["device_id"])
+    assert raw == [
+        (b, "w0", 61.0, "/min"), (b, "w1", 60.0, "/min"), (b + 10 * MINUTE, "w1", 80.0, "/min"),
+        (b + HOUR + 5 * MINUTE, "w1", 90.0, "/min"), (b + 2 * HOUR, "w1", 50.0, "/min"),
+    ]  # fmt: skip
+
+    latest = await db.fetch(
+        queries.LATEST, "p-api", ["heart_rate", "spo2", "resp_rate"], b + HOUR + 30 * MINUTE
+    )
+    assert sorted(values(latest, "metric", "t", "value")) == [
+        ("heart_rate", b + HOUR + 5 * MINUTE, 90.0),
+        ("spo2", b + 5 * MINUTE, 95.0),
+    ]
+
+    starts = [to_ms(b + i * MINUTE) for i in range(3)]
+    detections = [
+        contract.Detection(
+            alert_id=contract.alert_id("p-api", "spo2_low", start), patient_id="p-api",
+            rule="spo2_low", state=state, severity="high", episode_start=start,
+            at=start + (30_000 if state == "resolved" else 0), detected=start + 40_000,
+            retrospective=False,
+        )
+        for start in starts
+        for state in ("opened", "resolved")
+    ]  # fmt: skip
+    rows = [store.row_of(d) for d in detections]
+    await db.execute(store._STORE, *[list(c) for c in zip(*rows, strict=True)])
+    seen: list[tuple[Any, ...]] = []
+    before: tuple[Any, ...] = (b + HOUR, str(uuid.UUID(int=0)), "")
+    while True:  # newest first, two a page, strictly before the last (at, id, state)
+        page = await db.fetch(queries.ALERTS, "p-api", b, b + HOUR, None, *before, 2)
+        seen += values(page, "at", "state")
+        if len(page) < 2:
+            break
+        before = (page[-1]["at"], page[-1]["alert_id"], page[-1]["state"])
+    assert seen == sorted(
+        [(b + i * MINUTE + (30 * SECOND if s == "resolved" else 0 * SECOND), s)
+         for i in range(3) for s in ("opened", "resolved")],
+        reverse=True,
+    )  # fmt: skip
+    resolved = await db.fetch(
+        queries.ALERTS, "p-api", b, b + HOUR, "resolved", b + HOUR, str(uuid.UUID(int=0)), "", 10
+    )
+    assert [r["state"] for r in resolved] == ["resolved"] * 3

@@ -1,0 +1,146 @@
+"""The benchmark harness's own arithmetic and reporting (vitals.bench): the figures it
+writes under bench/results/ must mean what the table says."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from vitals.bench import loadgen, machine, profile
+from vitals.bench.report import Results, Row
+from vitals.bench.stats import Summary, Target, median, percentile, ratio
+
+
+def test_percentile_is_nearest_rank_of_observed_values() -> None:
+    values = list(range(100, 0, -1))  # unsorted on purpose
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile(values, 0) == 1
+    assert percentile([3.0, 1.0, 2.0], 99) == 3.0  # few samples: p99 is the worst seen
+
+
+@pytest.mark.parametrize("values,q", [([], 50), ([1.0], -1), ([1.0], 101)])
+def test_percentile_refuses_nonsense(values: list[float], q: float) -> None:
+    with pytest.raises(ValueError):
+        percentile(values, q)
+
+
+def test_median_and_spread() -> None:
+    assert median([5.0, 1.0, 3.0]) == 3.0
+    assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    s = Summary((90.0, 100.0, 120.0))
+    assert s.median == 100.0
+    assert s.spread_pct == pytest.approx(30.0)
+    assert Summary((0.0, 0.0)).spread_pct == 0.0
+    with pytest.raises(ValueError):
+        median([])
+
+
+def test_ratio_and_targets() -> None:
+    assert ratio(60.0, 100.0) == pytest.approx(0.6)
+    assert math.isinf(ratio(1.0, 0.0))
+    at_least = Target("ratio_at_least", 0.6)
+    assert at_least.met(0.0, 0.6) and not at_least.met(0.0, 0.59)
+    assert at_least.describe("readings/s") == "≥ 60% of peer"
+    assert Target("ratio_at_least", 10).describe("x") == "≥ 10× peer"
+    below = Target("below", 500)
+    assert below.met(499.0, None) and not below.met(500.0, None)
+    assert below.describe("ms") == "< 500 ms"
+    with pytest.raises(ValueError):
+        at_least.met(1.0, None)  # a ratio target without a peer is a harness bug
+    with pytest.raises(ValueError):
+        Target("above", 1)
+
+
+def _results() -> Results:
+    results = Results({"date": "2026-11-23T00:00:00+00:00", "cores": 2, "shared": True}, "quick")
+    results.rows = [
+        Row(
+            "gateway",
+            "accepted readings/s",
+            "readings/s",
+            Summary((50.0, 70.0, 60.0)),
+            Summary((100.0, 100.0, 100.0)),
+            "bare FastAPI",
+            Target("ratio_at_least", 0.6),
+            "32 connections",
+        ),
+        Row("end to end", "POST → alert p99", "ms", Summary((600.0,)), target=Target("below", 500)),
+    ]
+    results.notes.append("machine busy")
+    results.profiles["gateway: self time"] = [("validate_upload (ingest/validation.py)", 12.5)]
+    return results
+
+
+def test_rows_report_median_ratio_and_verdict() -> None:
+    gateway, e2e = (row.as_dict() for row in _results().rows)
+    assert gateway["project"] == {"median": 60.0, "spread_pct": 33.3, "runs": [50.0, 70.0, 60.0]}
+    assert gateway["ratio"] == 0.6
+    assert gateway["target_met"] is True
+    assert e2e["peer"] is None and e2e["ratio"] is None
+    assert e2e["target_met"] is False
+
+
+def test_table_markdown_and_files_agree(tmp_path) -> None:
+    results = _results()
+    table = results.table()
+    assert (
+        "| gateway | accepted readings/s (readings/s) | 60.0 ±33% | bare FastAPI: 100 ±0% " in table
+    )
+    assert "| 0.60 | ≥ 60% of peer | yes |" in table
+    assert "| < 500 ms | **no** |" in table
+    json_path, md_path = results.write(tmp_path, "run")
+    doc = orjson.loads(json_path.read_bytes())
+    assert doc["mode"] == "quick" and doc["machine"]["shared"] is True
+    assert [r["target_met"] for r in doc["rows"]] == [True, False]
+    assert doc["profiles"]["gateway: self time"][0]["share_pct"] == 12.5
+    markdown = md_path.read_text()
+    assert table in markdown
+    assert "shared with other work: yes" in markdown and "- machine busy" in markdown
+
+
+FOLDED = (
+    "process 1:python;main (vitals/cli.py:10);feed (processors/engine.py:5);"
+    "insert (processors/windows.py:7) 6\n"
+    "process 1:python;main (vitals/cli.py:10);feed (processors/engine.py:9) 2\n"
+    "process 1:python;main (vitals/cli.py:11);select (/usr/lib/python3.11/selectors.py:1) 2\n"
+)
+
+
+def test_profile_shares_and_compaction() -> None:
+    total, inclusive, own = profile.summarise(FOLDED)
+    assert total == 10
+    assert inclusive["feed (processors/engine.py)"] == 8  # both lines, counted once each
+    assert own["insert (processors/windows.py)"] == 6
+    assert profile.top(FOLDED, 1) == [("insert (processors/windows.py)", 60.0)]
+    assert profile.top(FOLDED, 1, by="inclusive") == [("main (vitals/cli.py)", 100.0)]
+    assert profile.frame_name("f (/x/site-packages/aiokafka/c.py:3)") == "f (aiokafka/c.py)"
+    compact = profile.compact(FOLDED)
+    # Stacks that differ only by line number merge; counts are kept.
+    assert "main (vitals/cli.py);feed (processors/engine.py) 2" in compact
+    assert sum(int(line.rsplit(" ", 1)[1]) for line in compact.splitlines()) == 10
+
+
+def test_shared_machine_threshold() -> None:
+    assert machine.shared(0.5, 2) is True
+    assert machine.shared(0.4, 2) is False
+    described = machine.describe()
+    assert {"date", "cores", "memory_gib", "cpu_model", "python"} <= set(described)
+
+
+def test_load_generator_parses_split_and_pipelined_answers() -> None:
+    gen = loadgen.Generator([b""], rate=0.0, warmup_s=-10.0, duration_s=3600.0)
+    gen.stopping = True  # record answers only; send nothing further
+    conn = loadgen.Connection(gen)
+    ok = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}"
+    problem = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nretry-after: 5\r\n\r\nbusy"
+    conn.started = gen.measure_from
+    for chunk in (ok[:10], ok[10:30], ok[30:] + problem[:5], problem[5:]):
+        conn.data_received(chunk)
+    assert gen.statuses == {202: 1, 503: 1}
+    conn.data_received(ok + ok)  # two answers in one read
+    assert gen.statuses[202] == 3
+    assert len(gen.latencies) == 4 and not conn.buf

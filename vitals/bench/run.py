@@ -1,0 +1,138 @@
+"""`vitals bench` (what `make bench` runs): every scenario, the project and its peer in the
+same run, alternating, several times; prints the table and writes JSON and markdown under
+bench/results/ (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitals.bench import e2e, gateway, hop, machine, processor, profile, sink
+from vitals.bench.infra import infrastructure
+from vitals.bench.report import Results
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How long and how often each scenario runs."""
+
+    reps: int
+    load: gateway.LoadSpec
+    sink_rows: int
+    processor_uploads: int
+    processor_window_s: float
+    e2e: e2e.E2ESpec
+    e2e_reps: int
+
+
+PLANS = {
+    "full": Plan(
+        reps=3,
+        load=gateway.LoadSpec(connections=32, warmup_s=1.0, duration_s=4.0),
+        sink_rows=200_000,
+        processor_uploads=8_000,
+        processor_window_s=8.0,
+        e2e=e2e.E2ESpec(readings_per_s=20_000, duration_s=8.0, injections_per_s=10),
+        e2e_reps=2,
+    ),
+    "quick": Plan(
+        reps=2,
+        load=gateway.LoadSpec(connections=32, warmup_s=0.5, duration_s=2.0),
+        sink_rows=50_000,
+        processor_uploads=4_000,
+        processor_window_s=4.0,
+        e2e=e2e.E2ESpec(readings_per_s=20_000, duration_s=4.0, injections_per_s=10),
+        e2e_reps=1,
+    ),
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    mode = "quick" if args.quick else "full"
+    plan = PLANS[mode]
+    reps = plan.reps if args.reps is None else args.reps
+    if reps < 1:
+        print("vitals bench: --reps must be at least 1", file=sys.stderr)
+        return 2
+    # The harness's own INFO lines (migrations, topics) would bury the table.
+    logging.getLogger().setLevel(logging.WARNING)
+    # SIGTERM unwinds like Ctrl-C, through the clean-up: children, broker, scratch database.
+    signal.signal(signal.SIGTERM, _interrupt)
+    described = machine.describe()
+    load_before = machine.load_average()
+    described["load_before"] = round(load_before, 2)
+    described["shared"] = machine.shared(load_before, described["cores"])  # type: ignore[arg-type]
+    results = Results(described, mode)
+    started = time.monotonic()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    logs = Path(".local") / "bench"
+    shutil.rmtree(logs, ignore_errors=True)
+    with infrastructure(logs) as infra:
+        if "gateway" in args.only:
+            _say("gateway: project, bare FastAPI, 2 processes, load generator alone")
+            results.rows += gateway.run(infra, reps, plan.load, results.notes)
+            if not args.no_profile:
+                raw = gateway.profile(infra, plan.load, logs / "profile-gateway.raw")
+                _profiles(results, "gateway", profile.read(raw), out)
+        if "sink" in args.only:
+            _say("sink: copy_then_upsert vs raw COPY")
+            results.rows += sink.run(infra, plan.sink_rows, 2_000, reps)
+        if "processor" in args.only:
+            _say("processor: vitals process vs Quix Streams, 1 and 2 instances")
+            folded_path = None if args.no_profile else logs / "profile-processor.raw"
+            results.rows += processor.run(
+                infra, plan.processor_uploads, reps, plan.processor_window_s, folded_path
+            )
+            if folded_path is not None:
+                _profiles(results, "processor", profile.read(folded_path), out)
+        if "e2e" in args.only:
+            _say("end to end: POST -> alert at a fixed offered load")
+            results.rows += e2e.run(infra, plan.e2e, plan.e2e_reps)
+            results.rows += hop.run(infra.settings("hop"), reps)
+    load_after = machine.load_average()
+    results.machine["load_after"] = round(load_after, 2)
+    results.machine["duration_s"] = round(time.monotonic() - started)
+    if results.machine["shared"]:
+        results.notes.append(
+            f"the machine was busy before the run (1-min load {load_before:.2f} on "
+            f"{described['cores']} cores): other work competed for the CPU; expect noise"
+        )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    json_path, md_path = results.write(out, f"{mode}-{stamp}")
+    results.write(out, f"latest-{mode}")
+    print(results.table())
+    for note in results.notes:
+        print(f"note: {note}")
+    print(f"written: {json_path}, {md_path} (and latest-{mode}.*)")
+    return 0
+
+
+def _profiles(results: Results, stage: str, folded: str, out: Path) -> None:
+    if not folded:
+        results.notes.append(f"no {stage} profile: py-spy wrote nothing (see .local/bench/)")
+        return
+    (out / f"profile-{stage}.folded").write_text(profile.compact(folded))
+    results.profiles[f"{stage}: self time"] = profile.top(folded, 12, by="self")
+    # The project's own functions below the entry point (cli, runner loop) that wraps all.
+    own_code = ("ingest/", "processors/", "sinks/", "vitals/")
+    inclusive = profile.top(folded, 400, by="inclusive")
+    results.profiles[f"{stage}: project functions, inclusive"] = [
+        (name, share)
+        for name, share in inclusive
+        if name.split("(")[-1].startswith(own_code) and "vitals/cli.py" not in name
+    ][:14]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _say(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True)

@@ -1,0 +1,157 @@
+"""The consume loop shared by the processor and both sinks.
+
+poll a batch -> the stage's handler makes its output durable -> commit offsets. The
+handler parks undecodable messages with `park()` and goes on; it raises only for failures
+that must stop the process (then nothing of the batch is committed and it is redelivered).
+SIGTERM finishes the current batch, commits, leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from vitals import kafka
+from vitals.probes import ProbeServer
+from vitals.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RECORDS = Counter("vitals_consumed_records_total", "Records consumed", ["stage"])
+BATCH_SECONDS = Histogram("vitals_batch_seconds", "Handle and commit time of one batch", ["stage"])
+BATCH_SIZE = Histogram(
+    "vitals_batch_records",
+    "Records per batch",
+    ["stage"],
+    buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000),
+)
+COMMITS_LOST = Counter(
+    "vitals_commits_lost_total",
+    "Commits refused because a rebalance moved the partitions",
+    ["stage"],
+)
+LAG = Gauge("vitals_consumer_lag", "Messages behind the partition's end", ["stage", "partition"])
+
+# What a handler returns: offsets to commit (next offset to read), or None for "the batch".
+Commit = Mapping[TopicPartition, int] | None
+Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[Commit]]
+
+
+class ConsumerLoop:
+    """Owns a consumer (and a producer for outputs and dead letters) for one stage."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        stage: str,
+        group_id: str,
+        topics: Sequence[str],
+        listener: ConsumerRebalanceListener | None = None,
+        max_records: Callable[[], int] = lambda: 500,
+        tick: Callable[[], Awaitable[None]] | None = None,
+        tick_interval_s: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.stage = stage
+        self.topics = [settings.topic(t) for t in topics]
+        self.consumer: AIOKafkaConsumer = kafka.consumer(settings, group_id)
+        self.producer: AIOKafkaProducer = kafka.producer(settings)
+        self._listener = listener
+        self._max_records = max_records
+        self._tick = tick
+        self._tick_interval_s = tick_interval_s
+        self._last_poll = 0.0
+
+    async def park(self, record: ConsumerRecord, error: Exception) -> None:
+        await kafka.park(self.producer, self.settings, self.stage, record, error)
+
+    async def ready(self) -> bool:
+        return time.monotonic() - self._last_poll < 30.0
+
+    async def run(self, handler: Handler, stop: asyncio.Event) -> None:
+        await self.producer.start()
+        try:
+            await self.consumer.start()
+            try:
+                if self._listener is not None:
+                    self.consumer.subscribe(self.topics, listener=self._listener)
+                else:
+                    self.consumer.subscribe(self.topics)
+                async with (
+                    ProbeServer(self.settings.probe_host, self.settings.probe_port, self.ready)
+                    if self.settings.probe_port
+                    else _nothing()
+                ):
+                    await self._loop(handler, stop)
+            finally:
+                await self.consumer.stop()  # leaves the group: partitions move at once
+        finally:
+            await self.producer.stop()
+        log.info("stopped", extra={"stage": self.stage})
+
+    async def _loop(self, handler: Handler, stop: asyncio.Event) -> None:
+        next_tick = time.monotonic() + self._tick_interval_s
+        log.info("consuming", extra={"stage": self.stage, "topics": self.topics})
+        while not stop.is_set():
+            try:
+                batches = await self.consumer.getmany(
+                    timeout_ms=500, max_records=self._max_records()
+                )
+            except KafkaError as exc:
+                log.warning("poll failed", extra={"stage": self.stage, "error": repr(exc)})
+                await asyncio.sleep(1)
+                continue
+            self._last_poll = time.monotonic()
+            records = [r for part in batches.values() for r in part]
+            if records:
+                started = time.perf_counter()
+                commit = await handler(records)
+                if commit is None:
+                    commit = {tp: part[-1].offset + 1 for tp, part in batches.items()}
+                if commit:
+                    await self._commit(commit)
+                RECORDS.labels(self.stage).inc(len(records))
+                BATCH_SIZE.labels(self.stage).observe(len(records))
+                BATCH_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
+                self._record_lag(batches)
+            if self._tick is not None and time.monotonic() >= next_tick:
+                await self._tick()
+                next_tick = time.monotonic() + self._tick_interval_s
+
+    async def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        # A rebalance between the handler and the commit moves the partitions away; their
+        # new owner starts from the last commit and redoes the batch (at-least-once), so
+        # this is not a reason to stop the process.
+        try:
+            await self.consumer.commit(dict(offsets))
+        except (CommitFailedError, IllegalStateError) as exc:
+            COMMITS_LOST.labels(self.stage).inc()
+            log.warning(
+                "commit lost to a rebalance",
+                extra={"stage": self.stage, "error": type(exc).__name__},
+            )
+
+    def _record_lag(self, batches: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
+        assigned = self.consumer.assignment()
+        for tp, part in batches.items():
+            if tp not in assigned:  # moved away by a rebalance meanwhile
+                continue
+            end = self.consumer.highwater(tp)
+            if end is not None:
+                LAG.labels(self.stage, str(tp.partition)).set(max(0, end - part[-1].offset - 1))
+
+
+class _nothing:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None

