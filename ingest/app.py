@@ -10,11 +10,12 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 from fastapi import FastAPI
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ingest import admin, openapi, problems, routes
 from ingest.audit import AuditTrail
 from ingest.auth import Authenticator
-from ingest.headerlimit import HeaderLimits
 from ingest.idempotency import IdempotencyCache
 from ingest.intake import Guards, Intake
 from ingest.metrics import RequestMetrics
@@ -26,7 +27,30 @@ from vitals.settings import Settings
 POOL_CONNECT_TIMEOUT_S = 5.0
 
 
-def create_app(settings: Settings) -> FastAPI:
+UPLOAD_PATH = "/v1/readings"
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, with POST /v1/readings taken before FastAPI's own layers.
+
+    FastAPI wraps every request in telemetry, body-limit and exception middleware, routing
+    and dependency injection: on the upload path that cost more than validating 50
+    readings. Uploads go straight to routes.PostReadings (counted like every other
+    request); everything else, including other methods on the same path (405), is FastAPI's.
+    Request heads are bounded below the app, in ingest/protocol.py.
+    """
+
+    upload: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == UPLOAD_PATH and scope["method"] == "POST":
+            scope["app"] = self
+            await self.upload(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings) -> GatewayApp:
     registry = RegistryCache(settings.credentials())
 
     @asynccontextmanager
@@ -70,20 +94,20 @@ def create_app(settings: Settings) -> FastAPI:
                         await audit.flush()  # what the last requests recorded
 
     # No Swagger UI (it loads scripts from a CDN); /openapi.json stays for client tooling.
-    app = FastAPI(title="vitals gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = GatewayApp(title="vitals gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.registry = registry
     app.state.pool = None
     app.state.authenticator = Authenticator(registry.current)
+    post_readings = routes.PostReadings()
+    app.upload = RequestMetrics(post_readings, route=UPLOAD_PATH)
+    app.router.routes.append(Route(UPLOAD_PATH, post_readings, methods=["POST"]))
     app.include_router(routes.router)
     if settings.gateway_registry:
         app.include_router(admin.router)
     problems.install(app)
     openapi.install(app, settings)
-    app.add_middleware(
-        HeaderLimits, max_bytes=settings.max_header_bytes, max_count=settings.max_header_count
-    )
-    app.add_middleware(RequestMetrics)  # outermost: counts the 431s too
+    app.add_middleware(RequestMetrics)
     return app
 
 

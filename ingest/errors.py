@@ -7,7 +7,7 @@ human-readable `detail`. Validation raises them without knowing about HTTP.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vitals.errors import VitalsError
 
@@ -29,6 +29,17 @@ class GatewayError(VitalsError):
 class Malformed(GatewayError):
     status = 400
     title = "Malformed request"
+
+
+class InvalidRequest(Malformed):
+    """A header fails validation; `errors` says where and what, as FastAPI's do."""
+
+    title = "Invalid request"
+
+    def __init__(self, errors: Sequence[dict[str, Any]]) -> None:
+        detail = "; ".join(f"{' '.join(e['loc'])}: {e['msg']}" for e in errors)
+        super().__init__("invalid_request", detail)
+        self.errors = list(errors)
 
 
 class Unauthenticated(GatewayError):

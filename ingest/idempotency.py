@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -44,8 +45,18 @@ class Answer:
 def upload_id_for(gateway_id: str, idempotency_key: str | None) -> str:
     """Deterministic with a key, so every replica names the same upload the same way."""
     if idempotency_key is None:
-        return str(uuid.uuid4())
+        return random_uuid()
     return str(uuid.uuid5(contract.NAMESPACE, f"{gateway_id}|{idempotency_key}"))
+
+
+def random_uuid() -> str:
+    """str(uuid.uuid4()) from the same 16 random bytes, without building a UUID object
+    (a third of the cost; this runs once per upload)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # variant RFC 4122
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def fingerprint(body: bytes) -> bytes:

@@ -7,7 +7,6 @@ the upload metrics.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -24,7 +23,6 @@ from ingest.errors import (
     Malformed,
     NothingValid,
     RateLimited,
-    TimedOut,
     Unavailable,
 )
 from ingest.idempotency import Accepted, Answer, IdempotencyCache, fingerprint, upload_id_for
@@ -139,19 +137,14 @@ class Intake:
         s = self._settings
         gzip = body.check_headers(headers, max_body_bytes=s.max_body_bytes)
         try:
-            # A slow body (slowloris) holds a connection and a task: the whole body must
-            # arrive within body_timeout_s, however it trickles.
-            async with asyncio.timeout(s.body_timeout_s):
-                return await body.read_body(
-                    chunks,
-                    gzip=gzip,
-                    max_body_bytes=s.max_body_bytes,
-                    max_decompressed_bytes=s.max_decompressed_bytes,
-                )
-        except TimeoutError:
-            raise TimedOut(
-                "body_timeout", f"the body did not arrive within {s.body_timeout_s:g} s"
-            ) from None
+            # A slow body (slowloris) is cut off by the connection's body deadline
+            # (ingest/protocol.py): `chunks` then raises TimedOut.
+            return await body.read_body(
+                chunks,
+                gzip=gzip,
+                max_body_bytes=s.max_body_bytes,
+                max_decompressed_bytes=s.max_decompressed_bytes,
+            )
         except ClientDisconnect:
             # Common on poor networks; the gateway retries. Counted and logged as a
             # refusal (nobody reads the answer) rather than a 500 with a traceback.

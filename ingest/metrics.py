@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +27,12 @@ READINGS_ACCEPTED = Counter(
 )
 READINGS_REJECTED = Counter(
     "vitals_gateway_readings_rejected_total", "Readings rejected item by item, by code", ["code"]
+)
+HTTP_REFUSALS = Counter(
+    "vitals_http_refusals_total",
+    "Requests refused by the HTTP layer before the app (ingest/protocol.py), by code: "
+    "malformed_http, headers_too_large, header_timeout, body_timeout, too_many_connections",
+    ["code"],
 )
 PRODUCE_SECONDS = Histogram(
     "vitals_gateway_produce_seconds",
@@ -64,14 +71,24 @@ class RequestMetrics:
     """Counts every HTTP request by its route template (not the raw path: bounded labels).
 
     The gateway's series by default; another front door (the read API) passes its own.
+    `route` names the route of an app that is one route (the gateway's upload path);
+    otherwise the router's match says, or "unmatched".
     """
 
     def __init__(
-        self, app: ASGIApp, requests: Counter = REQUESTS, seconds: Histogram = REQUEST_SECONDS
+        self,
+        app: ASGIApp,
+        requests: Counter = REQUESTS,
+        seconds: Histogram = REQUEST_SECONDS,
+        route: str | None = None,
     ) -> None:
         self.app = app
         self.requests = requests
         self.seconds = seconds
+        self.route = route
+        # (route, status) -> the two series' children: labels() takes a lock and builds
+        # a key on every call, and the set of routes and statuses is small.
+        self._series: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,9 +109,14 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            labels = (getattr(scope.get("route"), "path", "unmatched"), str(status))
-            self.requests.labels(*labels).inc()
-            self.seconds.labels(*labels).observe(time.perf_counter() - started)
+            route = self.route or getattr(scope.get("route"), "path", "unmatched")
+            series = self._series.get((route, status))
+            if series is None:
+                labels = (route, str(status))
+                series = self.requests.labels(*labels), self.seconds.labels(*labels)
+                self._series[(route, status)] = series
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started)
 
 
 REGISTRY_REFRESHES = Counter(

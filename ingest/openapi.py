@@ -1,10 +1,11 @@
 """The gateway's OpenAPI document, made to describe what the gateway really does.
 
-`POST /v1/readings` reads its body as a stream (size limits, gzip), so FastAPI cannot see
-it: its request body is described here from the metric catalog and the settings. Every
-refusal is application/problem+json, and request validation answers 400 (not FastAPI's
-default 422 HTTPValidationError), so the default entries are replaced by the real ones.
-schemathesis checks the running gateway against this document (tests/integration).
+`POST /v1/readings` is a plain ASGI route (ingest/routes.py) that reads its body as a
+stream (size limits, gzip), so FastAPI cannot see it: its operation is written here, the
+request body from the metric catalog and the settings. Every refusal is
+application/problem+json, and request validation answers 400 (not FastAPI's default 422
+HTTPValidationError), so the default entries are replaced by the real ones. schemathesis
+checks the running gateway against this document (tests/integration).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from ingest.routes import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN
 from ingest.validation import MAX_ID_CHARS
 from vitals.catalog import METRICS
 from vitals.settings import Settings
@@ -59,9 +61,10 @@ ACCEPTED = {
 }
 
 # What any route may answer besides its own: a bad header or parameter (400), too many or
-# too large headers (431, ingest/headerlimit.py).
+# too large headers (431, ingest/protocol.py), a head too slow (408).
 COMMON = {
     "400": "Malformed request",
+    "408": "The request head or body did not arrive in time",
     "431": "Too many or too large headers",
 }
 
@@ -69,7 +72,6 @@ UPLOAD_REFUSALS = {
     "400": "Malformed JSON, envelope or gzip; bad Idempotency-Key",
     "401": "No or bad gateway key",
     "403": "Device not registered, not this gateway's, or not this patient's",
-    "408": "The body did not arrive in time",
     "409": "Idempotency-Key reused with another body",
     "413": "Body, inflated body or number of readings too large",
     "415": "Not application/json, or an encoding other than gzip",
@@ -158,22 +160,7 @@ def install(app: FastAPI, settings: Settings) -> None:
                 if path.startswith("/v1/admin"):
                     responses.update(_problems(ADMIN_REFUSALS))
                     operation["security"] = [{"bearer": []}]
-        upload = doc["paths"]["/v1/readings"]["post"]
-        upload["security"] = [{"bearer": []}]
-        upload["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": upload_schema(settings)}},
-        }
-        upload["responses"] = {
-            "202": {
-                "description": "Taken: in Kafka (acks=all)",
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}
-                },
-            },
-            **_problems(UPLOAD_REFUSALS),
-            **_problems(COMMON),
-        }
+        doc["paths"] = {"/v1/readings": {"post": upload_operation(settings)}, **doc["paths"]}
         ready = doc["paths"]["/readyz"]["get"]["responses"]
         ready.update(_problems({"503": "Not ready: Kafka or the registry"}))
         doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"] = {
@@ -183,3 +170,39 @@ def install(app: FastAPI, settings: Settings) -> None:
         return doc
 
     app.openapi = document  # type: ignore[method-assign]
+
+
+def upload_operation(settings: Settings) -> dict[str, Any]:
+    return {
+        "summary": "Post Readings",
+        "operationId": "post_readings_v1_readings_post",
+        "security": [{"bearer": []}],
+        "parameters": [
+            {
+                "name": "idempotency-key",
+                "in": "header",
+                "required": False,
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": IDEMPOTENCY_KEY_MAX,
+                    "pattern": IDEMPOTENCY_KEY_PATTERN,
+                    "title": "Idempotency-Key",
+                },
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": upload_schema(settings)}},
+        },
+        "responses": {
+            "202": {
+                "description": "Taken: in Kafka (acks=all)",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}
+                },
+            },
+            **_problems(UPLOAD_REFUSALS),
+            **_problems(COMMON),
+        },
+    }

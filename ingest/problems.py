@@ -16,7 +16,14 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from ingest.errors import GatewayError, NothingValid, RateLimited, Unauthenticated, Unavailable
+from ingest.errors import (
+    GatewayError,
+    InvalidRequest,
+    NothingValid,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+)
 from ingest.validation import rejections_document
 
 PROBLEM = "application/problem+json"
@@ -57,6 +64,8 @@ def gateway_problem(error: GatewayError) -> Response:
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, NothingValid):
         extra["rejected"] = rejections_document(error.rejected)
+    if isinstance(error, InvalidRequest):
+        extra["errors"] = error.errors
     if error.upload_id is not None:
         extra["upload_id"] = error.upload_id
     return problem_response(error.status, error.code, error.title, error.detail, headers, **extra)

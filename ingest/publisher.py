@@ -3,12 +3,19 @@
 The gateway must start while Kafka is down (containers start in any order), so the
 producer connects in a background task that keeps retrying; until it is connected every
 publish fails at once with 503 instead of waiting.
+
+Each publish waits at most `produce_timeout_s` for the acknowledgement. The deadlines are
+kept in a queue (one timeout for all, so it is in deadline order) and a task fails the
+late ones every SWEEP_S: an asyncio.timeout per upload, a timer set and cancelled each
+time, cost as much as the rest of publishing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections import deque
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -22,6 +29,7 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
+SWEEP_S = 0.05  # how late past its deadline a publish may be failed
 
 
 class Publisher:
@@ -38,15 +46,20 @@ class Publisher:
         }
         self._producer: AIOKafkaProducer | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._sweeping: asyncio.Task[None] | None = None
+        # (deadline, the publish's waiter), in deadline order.
+        self._waiting: deque[tuple[float, asyncio.Future[None]]] = deque()
 
     async def __aenter__(self) -> Publisher:
         self._connecting = asyncio.create_task(self._connect(), name="kafka-connect")
+        self._sweeping = asyncio.create_task(self._sweep(), name="produce-deadlines")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._connecting is not None:
-            self._connecting.cancel()
-            await asyncio.gather(self._connecting, return_exceptions=True)
+        for task in (self._connecting, self._sweeping):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await producer.stop()  # flushes what is in flight
@@ -78,12 +91,19 @@ class Publisher:
                 retry_after_s=retry_after,
             )
         value = contract.encode_upload(upload)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.produce_timeout_s
         delivery: asyncio.Future[Any] | None = None
         try:
-            async with asyncio.timeout(self._settings.produce_timeout_s):
-                delivery = await producer.send(self._topic, value, key=upload.patient_id.encode())
-                # shield: a timeout must not cancel aiokafka's own delivery future.
-                await asyncio.shield(delivery)
+            # send() waits only when it lacks metadata or buffer space, and aiokafka bounds
+            # that by request_timeout_ms, which is the produce timeout (__init__).
+            delivery = await producer.send(self._topic, value, key=upload.patient_id.encode())
+            # A waiter of our own, so that failing it at the deadline (or cancelling the
+            # request) leaves aiokafka's delivery future alone.
+            waiter: asyncio.Future[None] = loop.create_future()
+            delivery.add_done_callback(functools.partial(_relay, waiter))
+            self._waiting.append((deadline, waiter))
+            await waiter
         except (MessageSizeTooLargeError, RecordListTooLargeError):
             # Permanent for this upload: retrying the same body would fail the same way.
             raise TooLarge(
@@ -101,6 +121,18 @@ class Publisher:
                 "retry with the same Idempotency-Key",
                 retry_after_s=retry_after,
             ) from None
+
+    async def _sweep(self) -> None:
+        """Fail the publishes past their deadline (TimeoutError: 503); forget finished ones."""
+        waiting = self._waiting
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            now = loop.time()
+            while waiting and (waiting[0][0] <= now or waiting[0][1].done()):
+                _, waiter = waiting.popleft()
+                if not waiter.done():
+                    waiter.set_exception(TimeoutError())
 
     async def _connect(self) -> None:
         delay = RETRY_FIRST_S
@@ -123,6 +155,18 @@ class Publisher:
             self._producer = producer
             log.info("kafka connected", extra={"topic": self._topic})
             return
+
+
+def _relay(waiter: asyncio.Future[None], delivery: asyncio.Future[Any]) -> None:
+    """aiokafka's outcome to the waiting publish, if it still waits."""
+    if waiter.done():  # timed out or cancelled first
+        _late_outcome(delivery)
+    elif delivery.cancelled():
+        waiter.cancel()
+    elif (error := delivery.exception()) is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(None)
 
 
 def _late_outcome(delivery: asyncio.Future[Any]) -> None:

@@ -1,46 +1,93 @@
-"""The gateway's HTTP routes; thin: the work happens in Intake and Publisher."""
+"""The gateway's HTTP routes; thin: the work happens in Intake and Publisher.
+
+POST /v1/readings is a plain ASGI app (PostReadings), taken by GatewayApp before FastAPI's
+layers (ingest/app.py): it is the hot path, and FastAPI's dependency injection and
+middleware cost more than the upload's validation. Its OpenAPI operation is written in
+ingest/openapi.py. The other routes are ordinary FastAPI routes.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from collections.abc import AsyncIterator
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from ingest.auth import Authenticator
+from ingest.errors import GatewayError, InvalidRequest, TimedOut
 from ingest.intake import Intake
-from ingest.problems import json_response, problem_response
+from ingest.problems import gateway_problem, json_response, problem_response
+from ingest.protocol import TIMED_OUT
 from ingest.publisher import Publisher
 from ingest.refresher import RegistryCache
 
 router = APIRouter()
 
 # Printable ASCII without spaces, as the IETF Idempotency-Key draft's examples use.
-IdempotencyKey = Annotated[
-    str | None, Header(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")
-]
+IDEMPOTENCY_KEY_MAX = 255
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+JSON = b"application/json"
 
 
-async def gateway_id(request: Request) -> str:
-    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a
-    # thread hop per request for a dictionary lookup.
-    authenticator: Authenticator = request.app.state.authenticator
-    return authenticator.gateway_for(request.headers.get("authorization"))
+class PostReadings:
+    """POST /v1/readings: authenticate, check the Idempotency-Key, hand the body to Intake."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["app"].state
+        headers = Headers(scope=scope)
+        try:
+            gateway = state.authenticator.gateway_for(headers.get("authorization"))
+            key = idempotency_key(headers.get("idempotency-key"))
+            intake: Intake = state.intake
+            answer, replayed = await intake.accept(
+                gateway, headers, _chunks(scope, receive, state.settings.body_timeout_s), key
+            )
+        except GatewayError as refusal:
+            await gateway_problem(refusal)(scope, receive, send)
+            return
+        content = answer.content
+        response_headers = [(b"content-type", JSON), (b"content-length", b"%d" % len(content))]
+        if replayed:
+            response_headers.append((b"idempotent-replayed", b"true"))
+        await send({"type": "http.response.start", "status": 202, "headers": response_headers})
+        await send({"type": "http.response.body", "body": content})
 
 
-@router.post("/v1/readings", status_code=202)
-async def post_readings(
-    request: Request,
-    gateway: Annotated[str, Depends(gateway_id)],
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
-    intake: Intake = request.app.state.intake
-    answer, replayed = await intake.accept(
-        gateway, request.headers, request.stream(), idempotency_key
-    )
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return Response(answer.content, 202, headers, media_type="application/json")
+def idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key header's value, or InvalidRequest (400) saying what is wrong."""
+    if value is None:
+        return None
+    if not value:
+        problem = "String should have at least 1 character"
+    elif len(value) > IDEMPOTENCY_KEY_MAX:
+        problem = f"String should have at most {IDEMPOTENCY_KEY_MAX} characters"
+    elif not _IDEMPOTENCY_KEY.match(value):
+        problem = f"String should match pattern '{IDEMPOTENCY_KEY_PATTERN}'"
+    else:
+        return value
+    raise InvalidRequest([{"loc": ["header", "idempotency-key"], "msg": problem}])
+
+
+async def _chunks(scope: Scope, receive: Receive, timeout_s: float) -> AsyncIterator[bytes]:
+    """The body as it arrives. The connection's body deadline (ingest/protocol.py) ends a
+    slow one: then the app sees a disconnect, and the request is marked timed out."""
+    while True:
+        message: Any = await receive()
+        if message["type"] == "http.disconnect":
+            if scope.get(TIMED_OUT):
+                raise TimedOut("body_timeout", f"the body did not arrive within {timeout_s:g} s")
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
 
 
 @router.get("/healthz")

@@ -52,8 +52,12 @@ class Settings(BaseSettings):
     registry_refresh_s: float = 10.0
     rate_limit_per_s: float = 50.0  # per gateway and replica; 0 = no limit
     rate_limit_burst: int = 200
-    body_timeout_s: float = 30.0  # the whole body must arrive within this (408)
-    max_header_bytes: int = 16_384  # headers together (h11 and a check in the app: 431)
+    # The request line and headers must arrive within header_timeout_s of the connection
+    # (or of a keep-alive request's first byte), the body within body_timeout_s of the
+    # headers; else 408 and the connection is closed (ingest/protocol.py).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 16_384  # request line and headers together (431)
     max_header_count: int = 64
     keep_alive_timeout_s: float = 5.0  # idle keep-alive connections are closed after this
     max_connections: int = 1_000  # concurrent connections and tasks; then 503

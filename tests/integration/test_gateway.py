@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ingest.errors import TooLarge
 from ingest.publisher import Publisher
 from ingest.server import build_server
+from tests.serving import serving
 from vitals import contract, localinfra
 from vitals.kafka import create_topics
 from vitals.logs import JsonFormatter
@@ -76,22 +77,11 @@ async def running(
     settings: Settings, *, wait_ready: bool = True
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway on uvicorn in a task, and an HTTP client pointed at it."""
-    server = build_server(settings)
-    serving = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                if serving.done():
-                    serving.result()  # raises what stopped it
-                await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    async with serving(build_server(settings)) as port:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             if wait_ready:
                 await eventually(lambda: is_ready(client), 10)
             yield client
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 15)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within_s: float) -> None:
@@ -680,7 +670,10 @@ async def test_beyond_its_connection_limit_the_gateway_answers_503_instead_of_qu
             refused = await fresh.post("/v1/readings", content=upload(), headers=JSON)
             for writer in held:
                 writer.close()
-            assert refused.status_code == 503
+            problem = assert_problem(refused, 503, "too_many_connections")
+            assert refused.headers["retry-after"] == "7"  # limits(): retry_after_s
+            assert refused.headers["connection"] == "close"
+            assert "connection limit" in problem["detail"]
             await eventually(lambda: _accepts(fresh), 10)
 
 

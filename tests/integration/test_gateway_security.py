@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -39,7 +40,9 @@ from tests.integration.test_gateway import (
     metric_value,
     produced,
 )
-from vitals import contract
+from tests.serving import serving
+from vitals import contract, simulate
+from vitals.errors import ConfigError
 from vitals.logs import JsonFormatter
 from vitals.settings import Settings
 
@@ -88,21 +91,10 @@ class Gateway:
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Gateway]:
     app = create_app(settings)
-    server = build_server(settings, app)
-    serving = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                if serving.done():
-                    serving.result()
-                await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    async with serving(build_server(settings, app)) as port:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             await eventually(lambda: is_ready(client), 10)
             yield Gateway(client, app, port)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 15)
 
 
 def secured(settings: Settings, **update: Any) -> Settings:
@@ -271,6 +263,62 @@ async def test_admin_tokens_and_gateway_keys_do_not_open_each_others_doors(
     listing = await gateway.client.get("/v1/admin/devices", headers=bearer(fleet["key_a"]))
     assert_problem(listing, 401, "invalid_credential")
     assert (await gateway.client.get("/v1/admin/devices", headers=bearer(admin_key))).is_success
+
+
+async def test_a_reader_key_never_uploads_nor_opens_the_admin_api(
+    settings: Settings, db: asyncpg.Connection, fleet: dict[str, str]
+) -> None:
+    """Issued reader keys live in the same table; the gateway does not even load them."""
+    _, reader_key = await registry_store.issue_key(
+        db, "reader", fleet["gw_a"], expires_at=None, actor=CLI
+    )
+    async with running(secured(settings)) as gw:
+        digests = gw.app.state.registry.current().credentials
+        assert digests and all(c.kind != "reader" for c in digests.values())
+        content = body(fleet["device"], fleet["patient"])
+        assert_problem(await gw.post(reader_key, content), 401, "invalid_credential")
+        listing = await gw.client.get("/v1/admin/devices", headers=bearer(reader_key))
+        assert_problem(listing, 401, "invalid_credential")
+        assert (await gw.post(fleet["key_a"], content)).status_code == 202
+    assert len(await produced(settings)) == 1  # only the gateway key's upload
+
+
+async def test_the_simulator_registers_its_fleet_through_the_admin_api_then_uploads(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """What `make run` and compose's sim profile do against an enforcing gateway."""
+    gateway_id = uid("gw-sim")
+    gateway_key = await issue(db, gateway_id)
+    _, admin_key = await registry_store.issue_key(db, "admin", "sim", expires_at=None, actor=CLI)
+    seed = int(uuid.uuid4().int % 1_000_000)  # this run's own device and patient ids
+    patients = [simulate.Patient(i, seed) for i in range(1_000_000 + seed, 1_000_002 + seed)]
+    since = contract.now_ms() - 600_000
+    async with running(secured(settings)) as gw:
+        url = f"http://127.0.0.1:{gw.port}"
+        with pytest.raises(ConfigError, match="401"):
+            await simulate.register_fleet(url, gateway_key, gateway_id, patients, since)
+        await simulate.register_fleet(url, admin_key, gateway_id, patients, since)
+        # Again, as a restarted simulator does: already registered is fine.
+        await simulate.register_fleet(url, admin_key, gateway_id, patients, since)
+        for patient in patients:
+            readings = patient.readings(since, since + 60_000, 5_000, [])
+            content = orjson.dumps(
+                {
+                    "device_id": patient.device_id,
+                    "patient_id": patient.patient_id,
+                    "readings": readings,
+                }
+            )
+            answer = await gw.post(gateway_key, content)
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["rejected"] == []  # the backlog is within the binding
+    rows = await db.fetch(
+        "SELECT device_id FROM device_gateways WHERE gateway_id = $1 ORDER BY 1", gateway_id
+    )
+    assert [r["device_id"] for r in rows] == sorted(p.device_id for p in patients)
+    missing = tmp_path / "no-such-key"
+    with pytest.raises(ConfigError, match="admin key file"):
+        simulate._read_key(str(missing))  # noqa: SLF001
 
 
 def test_the_cli_issues_lists_and_revokes_keys(settings: Settings) -> None:
@@ -460,56 +508,158 @@ async def test_a_gateway_over_its_rate_is_429_with_retry_after_and_others_are_no
     assert len(await produced(settings)) == 3
 
 
+async def _trickle(writer: asyncio.StreamWriter, data: bytes, every_s: float) -> None:
+    """A byte every `every_s` seconds (slowloris), until done or the server has closed."""
+    try:
+        for byte in data:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(every_s)
+    except ConnectionError:
+        pass
+
+
+async def _cut_off(port: int, head: bytes, trickled: bytes, every_s: float = 0.1) -> bytes:
+    """Send `head` at once and `trickled` a byte at a time; everything the server said up
+    to its close. Fails if the server waited for the whole trickle."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    sending = asyncio.create_task(_trickle(writer, trickled, every_s))
+    try:
+        answer = await asyncio.wait_for(reader.read(), 10)  # to the server's close
+        assert not sending.done(), "the server waited for the slow client to finish"
+        return answer
+    finally:
+        sending.cancel()
+        writer.close()
+
+
+def _problem_of(answer: bytes) -> dict[str, Any]:
+    head, _, content = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in head.lower(), head
+    return orjson.loads(content)
+
+
 async def test_a_slow_body_is_cut_off_with_408_and_produces_nothing(
     settings: Settings, fleet: dict[str, str]
 ) -> None:
     async with running(secured(settings, body_timeout_s=0.5)) as gw:
         content = body(fleet["device"], fleet["patient"])
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         head = (
             f"POST /v1/readings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Authorization: Bearer {fleet['key_a']}\r\nContent-Length: {len(content)}\r\n\r\n"
         )
-        writer.write(head.encode())
-        try:
-            for byte in content[:20]:  # a byte every 0.1 s: slower than the deadline allows
-                writer.write(bytes([byte]))
-                await writer.drain()
-                await asyncio.sleep(0.1)
-        except ConnectionError:
-            pass
-        answer = await asyncio.wait_for(reader.read(4096), 5)
-        writer.close()
+        # 50 bytes at 0.1 s each: far slower than the deadline allows.
+        answer = await _cut_off(gw.port, head.encode(), content[:50])
         assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
-        assert b"body_timeout" in answer
+        assert _problem_of(answer)["code"] == "body_timeout"
+        await gw.client.get("/healthz")  # the upload's refusal is counted by now
+        metrics = (await gw.client.get("/metrics")).text
+        assert metric_value(metrics, "vitals_gateway_uploads_total", outcome="body_timeout") >= 1
     assert await produced(settings) == []
 
 
+async def test_a_slow_body_is_bounded_on_every_route(
+    settings: Settings, fleet: dict[str, str]
+) -> None:
+    """Not only uploads: the admin API's body, read by FastAPI, has the same deadline."""
+    async with running(secured(settings, body_timeout_s=0.5)) as gw:
+        head = b"POST /v1/admin/devices HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        answer = await _cut_off(gw.port, head + b"Content-Length: 200\r\n\r\n", b"{" * 50)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert _problem_of(answer)["code"] == "body_timeout"
+
+
+async def test_a_slow_request_head_is_cut_off_with_408(
+    settings: Settings, fleet: dict[str, str]
+) -> None:
+    async with running(secured(settings, header_timeout_s=0.5)) as gw:
+        # slowloris: a request line and headers a byte at a time, never the blank line
+        head = f"POST /v1/readings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {fleet['key_a']}"
+        answer = await _cut_off(gw.port, b"", head.encode())
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        doc = _problem_of(answer)
+        assert (doc["status"], doc["code"]) == (408, "header_timeout")
+        # A connection that never sends a byte is closed too, without an answer.
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        metrics = (await gw.client.get("/metrics")).text
+        assert metric_value(metrics, "vitals_http_refusals_total", code="header_timeout") >= 1
+    assert await produced(settings) == []
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> bytes:
+    """One request on an open connection; the answer's status line."""
+    writer.write(request)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.lower().split(b"\r\n")
+        if line.startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    return head.split(b"\r\n", 1)[0]
+
+
+async def test_the_head_deadline_leaves_keep_alive_clients_alone(
+    settings: Settings, fleet: dict[str, str]
+) -> None:
+    """The head deadline runs from a request's first byte: a keep-alive connection idle for
+    longer than it (within the keep-alive timeout) still takes the next upload."""
+    async with running(secured(settings, header_timeout_s=0.5, keep_alive_timeout_s=5)) as gw:
+        content = body(fleet["device"], fleet["patient"])
+        request = (
+            f"POST /v1/readings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {fleet['key_a']}\r\nContent-Length: {len(content)}\r\n\r\n"
+        ).encode() + content
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            assert await _exchange(reader, writer, request) == b"HTTP/1.1 202 Accepted"
+            await asyncio.sleep(1.0)  # twice the head deadline
+            assert await _exchange(reader, writer, request) == b"HTTP/1.1 202 Accepted"
+        finally:
+            writer.close()
+    assert len(await produced(settings)) == 2
+
+
 @pytest.mark.parametrize(
-    ("headers", "status"),
+    "headers",
     [
-        pytest.param({"X-Flood": "a" * 20_000}, 431, id="one-large-header"),
-        pytest.param({f"X-H{i}": "a" for i in range(100)}, 431, id="many-headers"),
-        pytest.param({"X-Flood": "a" * 200_000}, 400, id="one-huge-header"),
-        pytest.param({f"X-H{i}": "a" * 100 for i in range(5_000)}, 400, id="header-flood"),
+        pytest.param({"X-Flood": "a" * 20_000}, id="one-large-header"),
+        pytest.param({f"X-H{i}": "a" for i in range(100)}, id="many-headers"),
+        pytest.param({"X-Flood": "a" * 200_000}, id="one-huge-header"),
+        pytest.param({f"X-H{i}": "a" * 100 for i in range(5_000)}, id="header-flood"),
+        pytest.param({"X-Flood": "a" * 10_000_000}, id="endless-header"),
     ],
 )
 async def test_a_header_flood_is_refused_before_the_route(
-    gateway: Gateway,
-    settings: Settings,
-    fleet: dict[str, str],
-    headers: dict[str, str],
-    status: int,
+    gateway: Gateway, settings: Settings, fleet: dict[str, str], headers: dict[str, str]
 ) -> None:
     headers = {"Authorization": f"Bearer {fleet['key_a']}", **headers}
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
     lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     writer.write(f"POST /v1/readings HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode())
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(4096), 5)
+    try:
+        await writer.drain()
+    except ConnectionError:
+        pass  # refused and closed before it all went out; the answer came first
+    answer = await asyncio.wait_for(reader.read(), 10)
     writer.close()
-    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:100]
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert _problem_of(answer)["code"] == "headers_too_large"
     assert await produced(settings) == []
+
+
+async def test_a_request_that_is_not_http_is_a_400_problem(gateway: Gateway) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(b"POST /v1/readings HTTP/1.1\r\nHost x\r\n\r\n")  # no colon
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+    assert _problem_of(answer)["code"] == "malformed_http"
 
 
 # --- hostile bodies and identifiers -------------------------------------------------------
@@ -674,16 +824,7 @@ async def test_readiness_and_enforced_uploads_wait_for_the_first_registry_load(
         database_url=settings.database_url.rsplit("/", 1)[0] + "/absent",
         gateway_credentials="gw-env:env-token-123",
     )
-    app = create_app(broken)
-    server = build_server(broken, app)
-    serving = asyncio.create_task(server.serve())
-    try:
-
-        async def started() -> bool:
-            return server.started
-
-        await eventually(started, 10)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    async with serving(build_server(broken, create_app(broken))) as port:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             await asyncio.sleep(0.5)
             doc = assert_problem(await client.get("/readyz"), 503, "not_ready")
@@ -693,6 +834,3 @@ async def test_readiness_and_enforced_uploads_wait_for_the_first_registry_load(
             )
             assert_problem(refused, 503, "registry_unavailable")
             assert refused.headers["retry-after"]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 15)

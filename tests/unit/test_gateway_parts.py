@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 from ingest.auth import Authenticator
 from ingest.body import Inflater, check_headers, read_body
 from ingest.errors import Malformed, TooLarge, Unauthenticated, UnsupportedMedia
-from ingest.idempotency import Accepted, Answer, IdempotencyCache, upload_id_for
+from ingest.idempotency import (
+    Accepted,
+    Answer,
+    IdempotencyCache,
+    random_uuid,
+    upload_id_for,
+)
 from ingest.refresher import RegistryCache
 from vitals import contract
 
@@ -200,6 +206,14 @@ def test_upload_id_is_deterministic_per_gateway_and_key() -> None:
     assert first == str(uuid.uuid5(contract.NAMESPACE, "gw-a|key-1"))
     assert first != upload_id_for("gw-b", "key-1")
     assert upload_id_for("gw-a", None) != upload_id_for("gw-a", None)
+
+
+def test_upload_ids_without_a_key_are_random_version_4_uuids() -> None:
+    ids = {random_uuid() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
 
 
 def test_the_cache_keeps_the_most_recently_used_answers() -> None:

@@ -125,7 +125,8 @@ def run(infra: Infra, reps: int, spec: LoadSpec, notes: list[str]) -> list[Row]:
             procs.wait_http(f"http://127.0.0.1:{port}/readyz", 30, proc)
         procs.wait_http(f"http://127.0.0.1:{bare_port}/readyz", 30, started[2])
         localinfra.wait_for_port("127.0.0.1", trivial_port, 10)
-        return _measure(reps, spec, bodies, gw_ports, bare_port, trivial_port, notes)
+        pids = {"gateway": started[0].pid, "bare": started[2].pid}
+        return _measure(reps, spec, bodies, gw_ports, bare_port, trivial_port, pids, notes)
     finally:
         for proc in started:
             procs.stop(proc)
@@ -138,6 +139,7 @@ def _measure(
     gw_ports: list[int],
     bare_port: int,
     trivial_port: int,
+    pids: dict[str, int],
     notes: list[str],
 ) -> list[Row]:
     sides = {
@@ -152,7 +154,15 @@ def _measure(
         # Alternate the order so that drift in the machine's load does not favour one side.
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
-            results[name].append(run_load(sides[name], bodies, spec))
+            pid = pids.get(name)
+            cpu_before = procs.cpu_seconds(pid) if pid else 0.0
+            result = run_load(sides[name], bodies, spec)
+            if pid:
+                # The server's CPU per request (warm-up included, at the measured rate):
+                # what a request costs, which other work on the machine hardly moves.
+                requests = float(result["per_s"]) * (spec.warmup_s + spec.duration_s)  # type: ignore[arg-type]
+                result["cpu_us"] = (procs.cpu_seconds(pid) - cpu_before) / max(1.0, requests) * 1e6
+            results[name].append(result)
     per = data.READINGS_PER_UPLOAD
 
     def summary(name: str, key: str, scale: float = 1.0) -> Summary:
@@ -199,6 +209,15 @@ def _measure(
             summary("gateway", "p99_ms"),
             summary("bare", "p99_ms"),
             "bare FastAPI",
+        ),
+        Row(
+            "gateway",
+            "server CPU per upload",
+            "µs",
+            summary("gateway", "cpu_us"),
+            summary("bare", "cpu_us"),
+            "bare FastAPI",
+            note="the server process's user + system time per request (/proc), broker excluded",
         ),
         Row(
             "scale-out",

@@ -83,15 +83,11 @@ def main() -> None:
     parser.add_argument("kind", choices=["bare", "trivial"])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    if args.kind == "bare":
-        # The same event loop as `vitals gateway` (asyncio.run in vitals.cli), so the two
-        # differ only by what the endpoint does.
-        asyncio.run(serve_bare(args.port))
-        return
     import uvloop
 
-    uvloop.install()
-    asyncio.run(serve_trivial(args.port))
+    # The same event loop as `vitals gateway` (uvloop, vitals.cli), so the bare endpoint
+    # and the gateway differ only by what the app does.
+    uvloop.run(serve_bare(args.port) if args.kind == "bare" else serve_trivial(args.port))
 
 
 if __name__ == "__main__":
