@@ -1,15 +1,18 @@
-"""`vitals gateways|admins issue|revoke|list` and `vitals devices register|bind|unbind|move|list`.
+"""`vitals gateways|admins|readers issue|revoke|list` and `vitals devices ...`.
 
 Registry changes from an operator's shell, straight to the database at VITALS_DATABASE_URL,
-audited with the operating-system user as the actor. Gateways pick changes up within
-`registry_refresh_s`. A key is printed once, when issued; only its hash is stored.
+audited with the operating-system user as the actor. Gateways (and the read API, for reader
+keys) pick changes up within `registry_refresh_s`. A key is printed once, when issued; only
+its hash is stored.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import os
 from datetime import datetime, timedelta
+from typing import TextIO
 
 import asyncpg
 import orjson
@@ -19,16 +22,23 @@ from vitals.errors import ConfigError, InfrastructureError
 from vitals.settings import Settings
 
 CONNECT_TIMEOUT_S = 10.0
+# The key commands: `vitals <plural> issue|revoke|list` for keys of `kind`.
+KEY_COMMANDS = {"gateways": "gateway", "admins": "admin", "readers": "reader"}
 
 
 def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    for kind, plural in (("gateway", "gateways"), ("admin", "admins")):
+    for plural, kind in KEY_COMMANDS.items():
         group = sub.add_parser(plural, help=f"{kind} keys").add_subparsers(
             dest="action", required=True
         )
         issue = group.add_parser("issue", help=f"issue a new {kind} key (printed once)")
         issue.add_argument("principal", help=f"the {kind} id")
         issue.add_argument("--expires-days", type=float, help="the key expires after this")
+        issue.add_argument(
+            "--key-file",
+            help="write the key to this new file (mode 600) instead of printing it: for a"
+            " secret volume another process reads",
+        )
         group.add_parser("revoke", help="revoke a key").add_argument("key_id")
         group.add_parser("list", help="keys, live and revoked (never the keys themselves)")
 
@@ -61,20 +71,28 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         raise InfrastructureError(f"database unreachable: {exc}") from exc
     try:
         match (args.command, args.action):
-            case ("gateways" | "admins", "issue"):
+            case (command, "issue") if command in KEY_COMMANDS:
                 expires = None
                 if args.expires_days is not None:
                     expires = registry_store.now() + timedelta(days=args.expires_days)
+                # The file first: a key must not be issued that could not be handed over.
+                key_file = _open_key_file(args.key_file) if args.key_file else None
                 key_id, key = await registry_store.issue_key(
                     conn, _kind(args), args.principal, expires_at=expires, actor=actor
                 )
-                print(
-                    f"key_id: {key_id}\nkey:    {key}\n(shown once; store it in the {_kind(args)})"
-                )
-            case ("gateways" | "admins", "revoke"):
-                await registry_store.revoke_key(conn, args.key_id, actor=actor)
+                if key_file is not None:
+                    with key_file:
+                        key_file.write(key + "\n")
+                    print(f"key_id: {key_id}\nkey:    written to {args.key_file}")
+                else:
+                    print(
+                        f"key_id: {key_id}\nkey:    {key}\n"
+                        f"(shown once; store it in the {_kind(args)})"
+                    )
+            case (command, "revoke") if command in KEY_COMMANDS:
+                await registry_store.revoke_key(conn, args.key_id, actor=actor, kind=_kind(args))
                 print(f"revoked {args.key_id}")
-            case ("gateways" | "admins", "list"):
+            case (command, "list") if command in KEY_COMMANDS:
                 _print_rows(await registry_store.list_keys(conn, _kind(args)))
             case ("devices", "register"):
                 await registry_store.register_device(
@@ -115,7 +133,17 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _kind(args: argparse.Namespace) -> str:
-    return "gateway" if args.command == "gateways" else "admin"
+    return KEY_COMMANDS[args.command]
+
+
+def _open_key_file(path: str) -> TextIO:
+    """`path` emptied for a key, readable by its owner only."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    except OSError as exc:
+        raise ConfigError(f"key file: {exc}") from exc
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def _identifier(value: str) -> str:

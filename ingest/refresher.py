@@ -1,5 +1,8 @@
 """Keeps the registry (keys, devices) in memory, reloaded from the database periodically.
 
+The gateway holds its keys, admin tokens and devices (`registry_store.load`); the read API
+holds reader keys (`registry_store.load_readers`).
+
 Requests read `current()`, never the database. A failed reload keeps the last good copy
 (a database blip must not lock every gateway out) and is counted and logged; readiness
 waits only for the first load.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import asyncpg
 
@@ -22,23 +25,35 @@ log = logging.getLogger(__name__)
 LOAD_TIMEOUT_S = 10.0
 
 
+Loader = Callable[[asyncpg.Connection], Awaitable[Snapshot]]
+
+
 class RegistryCache:
-    def __init__(self, env_credentials: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        env_credentials: Mapping[str, str],
+        *,
+        kind: str = "gateway",
+        load: Loader = registry_store.load,
+    ) -> None:
+        """`env_credentials`: token -> principal from the environment, of `kind`."""
         self._env = dict(env_credentials)
-        self._snapshot = with_env_credentials(EMPTY, self._env)
+        self._kind = kind
+        self._load = load
+        self._snapshot = with_env_credentials(EMPTY, self._env, kind)
 
     def current(self) -> Snapshot:
         return self._snapshot
 
     def replace(self, snapshot: Snapshot) -> None:
-        self._snapshot = with_env_credentials(snapshot, self._env)
+        self._snapshot = with_env_credentials(snapshot, self._env, self._kind)
 
     async def refresh(self, pool: asyncpg.Pool) -> bool:
         """One reload; True when it succeeded."""
         try:
             async with asyncio.timeout(LOAD_TIMEOUT_S):
                 async with pool.acquire() as conn:
-                    snapshot = await registry_store.load(conn)
+                    snapshot = await self._load(conn)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             metrics.REGISTRY_REFRESHES.labels("failed").inc()
             log.warning(

@@ -17,7 +17,7 @@ from vitals.contract import Reading
 @dataclass(frozen=True, slots=True)
 class Credential:
     key_id: str
-    kind: str  # "gateway", "admin" or "reader" (the read API's, from the environment)
+    kind: str  # "gateway", "admin" or "reader" (the read API's)
     principal: str  # the gateway id, the admin's or the reader's name
     expires_ms: int | None = None
     revoked: bool = False
@@ -83,13 +83,16 @@ def outside_binding(
     return [i for i, reading in enumerate(readings) if not any(b.covers(reading.t) for b in spans)]
 
 
-def with_env_credentials(snapshot: Snapshot, env: Mapping[str, str]) -> Snapshot:
-    """The snapshot plus the VITALS_GATEWAY_CREDENTIALS tokens (token -> gateway id)."""
+def with_env_credentials(
+    snapshot: Snapshot, env: Mapping[str, str], kind: str = "gateway"
+) -> Snapshot:
+    """The snapshot plus tokens from the environment (token -> principal) of `kind`:
+    VITALS_GATEWAY_CREDENTIALS for the gateway, VITALS_READER_CREDENTIALS for the read API."""
     from ingest.keys import digest
 
     merged = {
-        digest(token): Credential(f"env:{gateway_id}", "gateway", gateway_id)
-        for token, gateway_id in env.items()
+        digest(token): Credential(f"env:{principal}", kind, principal)
+        for token, principal in env.items()
     }
     merged.update(snapshot.credentials)
     return Snapshot(merged, snapshot.devices, snapshot.loaded)

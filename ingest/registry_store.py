@@ -17,7 +17,7 @@ from ingest import keys
 from ingest.errors import NotFound, RegistryConflict
 from ingest.registry import Binding, Credential, Device, Snapshot
 
-KINDS = ("gateway", "admin")
+KINDS = ("gateway", "admin", "reader")
 
 
 def _ms(moment: datetime | None) -> int | None:
@@ -25,26 +25,19 @@ def _ms(moment: datetime | None) -> int | None:
 
 
 async def load(conn: asyncpg.Connection) -> Snapshot:
-    """The whole registry as one consistent snapshot (one REPEATABLE READ transaction)."""
+    """The gateway's registry (its keys, admin tokens, devices) as one consistent snapshot
+    (one REPEATABLE READ transaction). Reader keys stay out: the gateway never takes them."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         key_rows = await conn.fetch(
             "SELECT key_id, kind, principal, key_sha256, expires_at, revoked_at FROM api_keys"
+            " WHERE kind IN ('gateway', 'admin')"
         )
         binding_rows = await conn.fetch(
             "SELECT device_id, patient_id, valid_from, valid_to FROM device_patients"
         )
         gateway_rows = await conn.fetch("SELECT device_id, gateway_id FROM device_gateways")
         device_rows = await conn.fetch("SELECT device_id FROM devices")
-    credentials = {
-        bytes(r["key_sha256"]): Credential(
-            r["key_id"],
-            r["kind"],
-            r["principal"],
-            _ms(r["expires_at"]),
-            r["revoked_at"] is not None,
-        )
-        for r in key_rows
-    }
+    credentials = _credentials(key_rows)
     bindings: dict[str, list[Binding]] = {r["device_id"]: [] for r in device_rows}
     gateways: dict[str, set[str]] = {r["device_id"]: set() for r in device_rows}
     for r in binding_rows:
@@ -58,6 +51,29 @@ async def load(conn: asyncpg.Connection) -> Snapshot:
         for device_id in bindings
     }
     return Snapshot(credentials, devices, loaded=True)
+
+
+async def load_readers(conn: asyncpg.Connection) -> Snapshot:
+    """The read API's registry: reader keys only, through the `reader_keys` view (0008),
+    the one thing its role may read besides the clinical data."""
+    rows = await conn.fetch(
+        "SELECT key_id, 'reader' AS kind, principal, key_sha256, expires_at, revoked_at"
+        " FROM reader_keys"
+    )
+    return Snapshot(_credentials(rows), loaded=True)
+
+
+def _credentials(rows: Iterable[asyncpg.Record]) -> dict[bytes, Credential]:
+    return {
+        bytes(r["key_sha256"]): Credential(
+            r["key_id"],
+            r["kind"],
+            r["principal"],
+            _ms(r["expires_at"]),
+            r["revoked_at"] is not None,
+        )
+        for r in rows
+    }
 
 
 async def _audit(
@@ -101,15 +117,21 @@ async def issue_key(
     return key_id, key
 
 
-async def revoke_key(conn: asyncpg.Connection, key_id: str, *, actor: tuple[str, str]) -> None:
+async def revoke_key(
+    conn: asyncpg.Connection, key_id: str, *, actor: tuple[str, str], kind: str | None = None
+) -> None:
+    """Revoke a live key; with `kind`, only a key of that kind (`vitals readers revoke`
+    must not revoke a gateway's key by a mistyped id)."""
     async with conn.transaction():
         done = await conn.fetchval(
             "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL"
-            " RETURNING kind",
+            " AND kind = coalesce($2, kind) RETURNING kind",
             key_id,
+            kind,
         )
         if done is None:
-            raise NotFound("no_such_key", f"no live key {key_id}")
+            of_kind = f" of kind {kind}" if kind else ""
+            raise NotFound("no_such_key", f"no live key {key_id}{of_kind}")
         await _audit(conn, *actor, f"{done}_key_revoked", {"key_id": key_id})
 
 

@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database").add_subparsers(dest="db", required=True)
     db.add_parser("migrate", help="apply the SQL migrations")
 
+    db.add_parser("roles", help="each process's login role, granted only its group role")
     topics = sub.add_parser("topics", help="Kafka topics").add_subparsers(
         dest="topics", required=True
     )
@@ -156,6 +157,12 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
             return rhythm_validation.run(
                 rules_from_settings(settings),
                 af_series=args.af_series,
+        case "db" if args.db == "roles":
+            from sinks.timescale import logins
+
+            passwords = logins.parse_passwords(settings.db_login_passwords.get_secret_value())
+            done = await asyncio.to_thread(logins.ensure_logins, settings.database_url, passwords)
+            print(f"login roles set up: {', '.join(done)}")
                 af_beats=args.af_beats,
                 seed=args.seed,
                 out=args.out,
@@ -164,7 +171,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
             from vitals import dev
 
             return await dev.run(settings, args)
-        case "gateways" | "admins" | "devices":
+        case "gateways" | "admins" | "readers" | "devices":
             from ingest import admin_cli
 
             return await admin_cli.run(args, settings)

@@ -5,6 +5,10 @@ the server at 127.0.0.1:5432 with a `vitals_dev` database, else a private cluste
 .local/), creates topics, migrates, then runs gateway, read API, processor, both sinks
 and the simulator as child processes, and prints a live summary and every alert as it
 is published. Ctrl-C (or SIGTERM) stops every process it started, cleanly.
+
+The gateway runs as deployments run it: keys and devices from the database, devices
+required to be registered. `dev` issues the simulator an admin key (revoked at the end),
+and the simulator registers its watches through the admin API before it posts.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -24,13 +29,18 @@ import orjson
 
 from vitals import contract, kafka, localinfra
 from vitals.lifecycle import stop_on_signals
-from vitals.settings import LOCAL_GATEWAY_TOKEN, LOCAL_READER_TOKEN, Settings
+from vitals.settings import LOCAL_GATEWAY_ID, LOCAL_GATEWAY_TOKEN, LOCAL_READER_TOKEN, Settings
 
 LOCAL = Path.cwd() / ".local"
 DEMO_SETTINGS = {
     # Short enough that a person sees a device-silence alert within two minutes.
     "VITALS_SILENCE_AFTER_S": "60",
     "VITALS_SILENCE_CHECK_INTERVAL_S": "2",
+    # The real path: keys and the device registry from the database, devices enforced. The
+    # local token stays valid beside issued keys (the registry would otherwise drop it).
+    "VITALS_GATEWAY_REGISTRY": "true",
+    "VITALS_REQUIRE_DEVICE_REGISTRY": "true",
+    "VITALS_GATEWAY_CREDENTIALS": f"{LOCAL_GATEWAY_ID}:{LOCAL_GATEWAY_TOKEN}",
 }
 
 
@@ -67,16 +77,50 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             f"(token: {LOCAL_GATEWAY_TOKEN})   logs: {logs_dir}/"
         )
         _say(
+            "registry on: the simulated watches are registered at start; register your own "
+            "with `vitals devices register` (docs/security.md)"
+        )
+        _say(
             f"read API http://{settings.api_host}:{settings.api_port}  "
             f"(token: {LOCAL_READER_TOKEN}; docs/read-api.md)"
         )
-        children = await _start_children(settings, env, logs_dir, args)
-        try:
-            await _summary(settings, children, stop, args.duration)
-        finally:
-            await _stop_children(children)
+        async with _simulator_admin_key(database_url) as key_file:
+            children = await _start_children(settings, env, logs_dir, args, key_file)
+            try:
+                await _summary(settings, children, stop, args.duration)
+            finally:
+                await _stop_children(children)
     _say("stopped")
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _simulator_admin_key(database_url: str) -> AsyncIterator[Path]:
+    """An admin key for the simulator's registrations, in a file only we can read; revoked
+    when `dev` stops, so no run leaves a live admin key behind."""
+    from ingest import registry_store
+
+    key_file = LOCAL / f"simulator-admin-key.{os.getpid()}"  # two runs never share one
+    actor = ("cli", "vitals-dev")
+    conn = await asyncpg.connect(database_url)
+    try:
+        key_id, key = await registry_store.issue_key(
+            conn, "admin", "dev-simulator", expires_at=None, actor=actor
+        )
+    finally:
+        await conn.close()
+    key_file.unlink(missing_ok=True)
+    key_file.touch(mode=0o600)
+    key_file.write_text(key + "\n", encoding="utf-8")
+    try:
+        yield key_file
+    finally:
+        key_file.unlink(missing_ok=True)
+        conn = await asyncpg.connect(database_url)
+        try:
+            await registry_store.revoke_key(conn, key_id, actor=actor)
+        finally:
+            await conn.close()
 
 
 def _database(stack: contextlib.ExitStack) -> str:
@@ -108,16 +152,20 @@ PROCESSES = {
 
 
 async def _start_children(
-    settings: Settings, env: dict[str, str], logs_dir: Path, args: argparse.Namespace
+    settings: Settings,
+    env: dict[str, str],
+    logs_dir: Path,
+    args: argparse.Namespace,
+    admin_key_file: Path,
 ) -> dict[str, asyncio.subprocess.Process]:
     children: dict[str, asyncio.subprocess.Process] = {}
     for name, command in PROCESSES.items():
         children[name] = await _spawn(name, command, env, logs_dir)
     localinfra.wait_for_port(settings.gateway_host, settings.gateway_port, 30)
     if not args.no_simulator:
-        children["simulator"] = await _spawn(
-            "simulator", ["simulate", "--patients", str(args.patients)], env, logs_dir
-        )
+        simulate = ["simulate", "--patients", str(args.patients)]
+        simulate += ["--admin-key-file", str(admin_key_file)]
+        children["simulator"] = await _spawn("simulator", simulate, env, logs_dir)
     return children
 
 

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
 
     # --- PostgreSQL / TimescaleDB ------------------------------------------------------
     database_url: str = "postgresql://postgres@127.0.0.1:5432/vitals"
+    # `vitals db roles`: "process:password,..." for the processes' login roles
+    # (sinks/timescale/logins.py); deployments put it in a secret.
+    db_login_passwords: SecretStr = SecretStr("")
 
     # --- gateway -------------------------------------------------------------------
     gateway_host: str = "127.0.0.1"
@@ -80,6 +83,10 @@ class Settings(BaseSettings):
     api_database_url: str = ""
     api_page_max: int = 10_000  # the largest `limit` a request may ask for
     api_statement_timeout_s: float = 10.0
+    # TLS for the read API, as for the gateway (a client CA turns on mutual TLS).
+    api_tls_certfile: str = ""
+    api_tls_keyfile: str = ""
+    api_tls_client_ca: str = ""
 
     # --- research export (`vitals export`, docs/storage.md) ------------------------------
     # HMAC-SHA256 key that turns patient ids into pseudonyms; export refuses to run without.
@@ -141,10 +148,14 @@ class Settings(BaseSettings):
     def _security_consistent(self) -> Settings:
         if self.require_device_registry and not self.gateway_registry:
             raise ValueError("require_device_registry needs gateway_registry (the database)")
-        if bool(self.gateway_tls_certfile) != bool(self.gateway_tls_keyfile):
-            raise ValueError("gateway_tls_certfile and gateway_tls_keyfile go together")
-        if self.gateway_tls_client_ca and not self.gateway_tls_certfile:
-            raise ValueError("gateway_tls_client_ca (mutual TLS) needs gateway_tls_certfile")
+        for door in ("gateway", "api"):
+            cert, key, ca = (
+                getattr(self, f"{door}_tls_{f}") for f in ("certfile", "keyfile", "client_ca")
+            )
+            if bool(cert) != bool(key):
+                raise ValueError(f"{door}_tls_certfile and {door}_tls_keyfile go together")
+            if ca and not cert:
+                raise ValueError(f"{door}_tls_client_ca (mutual TLS) needs {door}_tls_certfile")
         if self.gateway_registry and "gateway_credentials" not in self.model_fields_set:
             # The built-in local token must never open a deployment that uses issued keys.
             self.gateway_credentials = ""

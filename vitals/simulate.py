@@ -5,6 +5,10 @@ has a thermometer reading every 10 min and a blood-pressure cuff every 4 h. Valu
 a daily rhythm plus noise. Injected events (desaturation, tachycardia, a device going
 silent) are scheduled relative to the start; a gateway can come back after hours offline
 and upload its whole backlog first. The generator is pure and seeded; `run` does the HTTP.
+
+With an admin key (`--admin-key-file`) the simulator first registers its fleet through the
+gateway's admin API, each watch bound to its patient and to the simulator's gateway, so it
+works against a gateway that enforces the device registry, as deployments run it.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import httpx
 import orjson
 
 from vitals.contract import now_ms
+from vitals.errors import ConfigError, InfrastructureError
 from vitals.lifecycle import stop_on_signals
-from vitals.settings import LOCAL_GATEWAY_TOKEN, Settings
+from vitals.settings import LOCAL_GATEWAY_ID, LOCAL_GATEWAY_TOKEN, Settings
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +80,7 @@ class Patient:
         return out
 
     def _sample(self, t: int, every_ms: int, active: set[str]) -> list[dict]:
-        hour = datetime.fromtimestamp(t / 1000, UTC).hour + 8  # patients live at UTC+8
-        circadian = math.sin((hour % 24 - 10) / 24 * 2 * math.pi)  # higher by day
+        circadian = daily_rhythm(t)
         hr = self.resting_hr + 6 * circadian + self.rng.gauss(0, 2.5)
         spo2 = min(100.0, self.spo2_base + self.rng.gauss(0, 0.6))
         if "tachycardia" in active:
@@ -124,6 +128,14 @@ class Patient:
         return out
 
 
+def daily_rhythm(t: int) -> float:
+    """-1 to 1 over the patient's day (they live at UTC+8): higher by day, lowest at night.
+
+    Shared with the alarm-burden population (processors/burden.py)."""
+    hour = datetime.fromtimestamp(t / 1000, UTC).hour + 8
+    return math.sin((hour % 24 - 10) / 24 * 2 * math.pi)
+
+
 def default_events(start: int, patients: int) -> list[Event]:
     """The demo's injected events: visible within a few minutes of `make run`."""
     events: list[Event] = []
@@ -145,6 +157,13 @@ def _iso(ms: int) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="gateway base URL (default: from settings)")
     parser.add_argument("--token", default=LOCAL_GATEWAY_TOKEN, help="gateway bearer token")
+    parser.add_argument(
+        "--gateway-id", default=LOCAL_GATEWAY_ID, help="the gateway id the token belongs to"
+    )
+    parser.add_argument(
+        "--admin-key-file",
+        help="an admin key in this file: register the fleet through the admin API first",
+    )
     parser.add_argument("--patients", type=int, default=50)
     parser.add_argument(
         "--every", type=float, default=5.0, help="seconds between a watch's samples"
@@ -201,15 +220,19 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     tally = Tally()
     every_ms = int(args.every * 1000)
     backlog_ms = int(args.backlog_minutes * 60_000)
+    cursors = {p.index: start - backlog_ms for p in patients}
+    if args.offline_hours > 0 and args.patients > 4:
+        cursors[4] = start - int(args.offline_hours * 3_600_000)
+    if args.admin_key_file:
+        # Bound from before the oldest backlog reading, or the backlog is `outside_binding`.
+        since = min(cursors.values(), default=start) - 60_000
+        await register_fleet(url, _read_key(args.admin_key_file), args.gateway_id, patients, since)
     async with httpx.AsyncClient(
         base_url=url,
         headers={"Authorization": f"Bearer {args.token}"},
         timeout=10.0,
         limits=httpx.Limits(max_connections=32),
     ) as client:
-        cursors = {p.index: start - backlog_ms for p in patients}
-        if args.offline_hours > 0 and args.patients > 4:
-            cursors[4] = start - int(args.offline_hours * 3_600_000)
         deadline = start + int(args.duration * 1000) if args.duration else None
         while not stop.is_set() and (deadline is None or now_ms() < deadline):
             now = now_ms()
@@ -275,3 +298,55 @@ async def _post_with_retry(
         retry_after = float(response.headers.get("Retry-After", 1)) if response else 1.0
         await asyncio.sleep(min(retry_after, 2**attempt))
     tally.failed += 1
+
+
+READY_WAIT_S = 60.0
+
+
+async def register_fleet(
+    url: str, admin_key: str, gateway_id: str, patients: list[Patient], since_ms: int
+) -> None:
+    """Each patient's watch registered to the patient and bound to `gateway_id`, through the
+    admin API. Idempotent: a watch registered by an earlier run is bound to the gateway."""
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10.0) as client:
+        await _wait_until_ready(client)
+        for patient in patients:
+            registration = {
+                "device_id": patient.device_id,
+                "patient_id": patient.patient_id,
+                "gateways": [gateway_id],
+                "since": _iso(since_ms),
+            }
+            answer = await client.post("/v1/admin/devices", json=registration)
+            if answer.status_code == 409 and answer.json().get("code") == "device_exists":
+                answer = await client.put(
+                    f"/v1/admin/devices/{patient.device_id}/gateways/{gateway_id}"
+                )
+            if answer.status_code != 204:
+                raise ConfigError(
+                    f"registering the simulated fleet failed: {answer.status_code} {answer.text}"
+                )
+    log.info("fleet registered", extra={"devices": len(patients)})
+
+
+async def _wait_until_ready(client: httpx.AsyncClient) -> None:
+    """The gateway answers /readyz once its registry (and so the admin key) is loaded."""
+    deadline = asyncio.get_running_loop().time() + READY_WAIT_S
+    while True:
+        try:
+            if (await client.get("/readyz")).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise InfrastructureError(f"the gateway was not ready within {READY_WAIT_S:.0f} s")
+        await asyncio.sleep(0.5)
+
+
+def _read_key(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"admin key file: {exc}") from exc

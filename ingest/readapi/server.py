@@ -6,13 +6,19 @@ import uvicorn
 from fastapi import FastAPI
 
 from ingest.readapi.app import create_app
-from ingest.server import http_server, serve_until_stopped
+from ingest.server import http_server, serve_until_stopped, tls_files
 from vitals.settings import Settings
 
 
 def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Server:
     return http_server(
-        app or create_app(settings), settings, host=settings.api_host, port=settings.api_port
+        app or create_app(settings),
+        settings,
+        host=settings.api_host,
+        port=settings.api_port,
+        **tls_files(
+            settings.api_tls_certfile, settings.api_tls_keyfile, settings.api_tls_client_ca
+        ),
     )
 
 

