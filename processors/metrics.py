@@ -11,6 +11,9 @@ READINGS_HELD = Gauge("vitals_processor_window_readings", "Readings held in the 
 DETECTIONS = Counter(
     "vitals_processor_detections_total", "Detections published", ["rule", "state", "severity"]
 )
+NEWS2_SCORES = Counter(
+    "vitals_processor_news2_scores_total", "NEWS2 score changes published on vitals.news2"
+)
 REPLAYED = Counter(
     "vitals_processor_replayed_records_total",
     "Records fed silently to rebuild state after an assignment",

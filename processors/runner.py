@@ -1,7 +1,8 @@
 """`vitals process`: the Kafka shell around the engine.
 
-vitals.readings (group settings.processor_group) -> engine -> vitals.detections, keyed by
-patient. A batch's detections are produced and acknowledged before the handler returns;
+vitals.readings (group settings.processor_group) -> engine -> vitals.detections and
+vitals.news2 (NEWS2 score changes), keyed by patient. A batch's detections and scores are
+produced and acknowledged before the handler returns;
 only then does the consumer loop commit, and only for live partitions (replay.py). Bad
 messages go to vitals.deadletter with their origin. The loop's tick checks device silence
 on live partitions and forgets idle series.
@@ -61,13 +62,15 @@ class Processor:
         )
         self.replay.bind(self.loop.consumer)
         self._detections_topic = settings.topic(contract.DETECTIONS)
+        self._scores_topic = settings.topic(contract.NEWS2_SCORES)
         self._exporter = metrics.CountsExporter()
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.loop.run(self.handle, stop)
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
-        """Feed a batch; publish its live detections; return the offsets safe to commit."""
+        """Feed a batch; publish its live detections and scores; return the offsets safe
+        to commit."""
         self._check_replay()
         # The partitions' progress at this batch: a rebalance during the awaits below
         # replaces it, and the batch's remaining records for that partition are left to
@@ -75,6 +78,7 @@ class Processor:
         batch_progress = dict(self.replay.progress)
         now = self.clock()
         detections: list[contract.Detection] = []
+        scores: list[contract.News2Score] = []
         touched: set[TopicPartition] = set()
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
@@ -102,7 +106,7 @@ class Processor:
                     else:
                         metrics.SKIPPED.labels("undecodable").inc()
                 else:
-                    found = self.engine.feed(tp, upload, now=now)
+                    found = self.engine.feed(tp, upload, now=now, scores=scores if live else None)
                     if live:
                         detections.extend(found)
             if not live and not progress.replaying:
@@ -110,7 +114,7 @@ class Processor:
                     "partition live",
                     extra={"partition": tp.partition, "replayed": progress.replayed},
                 )
-        await self._publish(detections)
+        await self._publish(detections, scores)
         self._export()
         return {
             tp: progress.next_offset
@@ -138,8 +142,10 @@ class Processor:
         self.engine.forget_idle(now)
         self._export()
 
-    async def _publish(self, detections: list[contract.Detection]) -> None:
-        if not detections:
+    async def _publish(
+        self, detections: list[contract.Detection], scores: Sequence[contract.News2Score] = ()
+    ) -> None:
+        if not detections and not scores:
             return
         producer = self.loop.producer
         sent = [
@@ -147,11 +153,18 @@ class Processor:
                 self._detections_topic, contract.encode_detection(d), key=d.patient_id.encode()
             )
             for d in detections
+        ] + [
+            await producer.send(
+                self._scores_topic, contract.encode_news2_score(s), key=s.patient_id.encode()
+            )
+            for s in scores
         ]
         await asyncio.gather(*sent)  # acknowledged (acks=all) before anything is committed
         for d in detections:
             metrics.DETECTIONS.labels(d.rule, d.state, d.severity).inc()
-        log.info("detections published", extra={"count": len(detections)})
+        metrics.NEWS2_SCORES.inc(len(scores))
+        if detections:
+            log.info("detections published", extra={"count": len(detections)})
 
     def _check_replay(self) -> None:
         if self.replay.failure is not None:

@@ -1,7 +1,8 @@
 """Wire contract v1 between the stages: the Kafka messages on every topic.
 
 One module, one definition of each message; no stage redefines a reading or an alert.
-Documented in docs/wire-format.md (gateway and internal topics) and docs/alert-schema.md.
+Documented in docs/wire-format.md (gateway and internal topics), docs/alert-schema.md and
+docs/scores.md (NEWS2 score records).
 All times inside messages are integers of milliseconds since the epoch, UTC.
 """
 
@@ -25,7 +26,8 @@ READINGS = "vitals.readings"
 DETECTIONS = "vitals.detections"
 ALERTS = "vitals.alerts"
 DEADLETTER = "vitals.deadletter"
-ALL_TOPICS = (READINGS, DETECTIONS, ALERTS, DEADLETTER)
+NEWS2_SCORES = "vitals.news2"
+ALL_TOPICS = (READINGS, DETECTIONS, ALERTS, DEADLETTER, NEWS2_SCORES)
 
 # uuid5 namespace for deterministic ids (alert ids, upload ids from Idempotency-Key).
 NAMESPACE = uuid.UUID("6f1c2a3e-8d4b-5e7f-9a0b-1c2d3e4f5a6b")
@@ -68,10 +70,39 @@ class Detection:
     value: float | None = None
     device_id: str | None = None
     detail: str = ""
+    # A repeat of the rule's episode soon after the last one resolved (processors/
+    # episodes.py): recorded, not to be paged. Not in the public alert yet (docs/detectors.md).
+    suppressed: bool = False
 
 
 STATES = ("opened", "resolved")
 SEVERITIES = ("low", "medium", "high")
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredParameter:
+    points: int  # 0 to 3
+    value: float  # the reading scored, in its metric's canonical unit
+    age_ms: int  # how long before the score's time it was measured
+
+
+@dataclass(frozen=True, slots=True)
+class News2Score:
+    """A change of a patient's NEWS2 (total, band or parameters used): one message on
+    vitals.news2, keyed by patient (docs/scores.md)."""
+
+    patient_id: str
+    t: int  # event time of the reading the score was computed at, ms
+    news2: int
+    band: str  # "zero" | "low" | "low-medium" | "medium" | "high"
+    red: bool  # some single parameter scored 3
+    partial: bool  # fewer than the seven parameters
+    scale: int  # SpO2 scale, 1 or 2
+    parameters: dict[str, ScoredParameter]  # the parameters used; the others were missing
+    computed: int  # wall clock when the processor computed it, ms
+
+
+BANDS = ("zero", "low", "low-medium", "medium", "high")
 
 
 def alert_id(patient_id: str, rule: str, episode_start: int) -> str:
@@ -138,7 +169,46 @@ def decode_detection(raw: bytes | None) -> Detection:
         _str(getattr(detection, name))
     for name in ("episode_start", "at", "detected"):
         _int(getattr(detection, name))
+    if not isinstance(detection.suppressed, bool):
+        raise ContractError("suppressed must be true or false")
     return detection
+
+
+def encode_news2_score(score: News2Score) -> bytes:
+    return orjson.dumps({"v": VERSION, **asdict(score)})
+
+
+def decode_news2_score(raw: bytes | None) -> News2Score:
+    doc = _object(raw)
+    try:
+        parameters = doc["parameters"]
+        if not isinstance(parameters, dict):
+            raise TypeError("parameters is not an object")
+        score = News2Score(
+            patient_id=_str(doc["patient_id"]),
+            t=_int(doc["t"]),
+            news2=_int(doc["news2"]),
+            band=_str(doc["band"]),
+            red=_bool(doc["red"]),
+            partial=_bool(doc["partial"]),
+            scale=_int(doc["scale"]),
+            parameters={
+                _str(name): ScoredParameter(
+                    _int(p["points"]), _number(p["value"]), _int(p["age_ms"])
+                )
+                for name, p in parameters.items()
+            },
+            computed=_int(doc["computed"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ContractError(f"not a v{VERSION} NEWS2 score: {exc!r}") from exc
+    if score.band not in BANDS or score.scale not in (1, 2) or not 0 <= score.news2 <= 20:
+        raise ContractError(f"bad band, scale or total: {score.band!r}/{score.scale}/{score.news2}")
+    if not score.parameters or any(
+        not 0 <= p.points <= 3 or p.age_ms < 0 for p in score.parameters.values()
+    ):
+        raise ContractError("parameters: each needs points 0-3 and an age >= 0")
+    return score
 
 
 def alert_document(detection: Detection, published: int) -> dict[str, Any]:
@@ -206,6 +276,18 @@ def _str(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ContractError(f"expected a non-empty string, got {type(value).__name__}")
     return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ContractError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _number(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+        raise ContractError(f"expected a number, got {value!r}")
+    return float(value)
 
 
 def _int(value: Any) -> int:

@@ -1,4 +1,5 @@
-"""The read API application: create_app(settings); its lifespan owns a read-only pool."""
+"""The read API application: create_app(settings); its lifespan owns a read-only pool and
+the reader keys' reloads (issued keys from the database, plus VITALS_READER_CREDENTIALS)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,11 @@ import asyncpg
 from fastapi import FastAPI
 from prometheus_client import Counter, Histogram
 
-from ingest import problems
+from ingest import problems, registry_store
 from ingest.auth import Authenticator
-from ingest.keys import digest
 from ingest.metrics import RequestMetrics
 from ingest.readapi import routes
-from ingest.registry import Credential, Snapshot
-from processors.rules import rules_from_settings
+from ingest.refresher import RegistryCache
 from vitals.settings import Settings
 
 POOL_CONNECT_TIMEOUT_S = 5.0
@@ -33,18 +32,10 @@ REQUEST_SECONDS = Histogram(
 )
 
 
-def reader_snapshot(settings: Settings) -> Snapshot:
-    """Only reader credentials: a gateway key or admin token is unknown here."""
-    credentials = {
-        digest(token): Credential(f"env:{reader}", "reader", reader)
-        for token, reader in settings.readers().items()
-    }
-    return Snapshot(credentials, loaded=True)
-
-
 def create_app(settings: Settings) -> FastAPI:
-    snapshot = reader_snapshot(settings)
-    rules = rules_from_settings(settings)  # a bad rules file fails the start, not a request
+    # Only reader keys: a gateway key or admin token is unknown here (the loader reads the
+    # reader_keys view, the environment tokens are readers').
+    keys = RegistryCache(settings.readers(), kind="reader", load=registry_store.load_readers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,9 +54,12 @@ def create_app(settings: Settings) -> FastAPI:
             },
         )
         app.state.pool = pool
+        reloads = asyncio.create_task(keys.run(pool, settings.registry_refresh_s))
         try:
             yield
         finally:
+            reloads.cancel()
+            await asyncio.gather(reloads, return_exceptions=True)
             try:
                 await asyncio.wait_for(pool.close(), settings.shutdown_grace_s)
             except TimeoutError:
@@ -73,8 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="vitals read API", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
-    app.state.rules = rules
-    app.state.authenticator = Authenticator(lambda: snapshot)
+    app.state.keys = keys
+    app.state.authenticator = Authenticator(keys.current)
     app.include_router(routes.router)
     problems.install(app)
     app.add_middleware(RequestMetrics, requests=REQUESTS, seconds=REQUEST_SECONDS)

@@ -1,66 +1,55 @@
-"""The current NEWS2 of a patient, computed on request from the latest stored readings.
+"""A patient's NEWS2 as the processor computed it: the stored score records, shaped.
 
-NEWS2 scores are not stored: the processor computes them in memory as readings stream in.
-The read API scores the latest reading of each parameter at or before `at` with the same
-pure function (processors/news2.score) and the patient's own rules (cohort, scale,
-staleness, minimum parameters), so the answer matches what the processor would score from
-the same readings. Fewer fresh parameters than the rules' minimum: no score (404).
+The processor scores NEWS2 as readings stream in and publishes each change of the score
+(vitals.news2, docs/scores.md); the timescale sink stores them in news2_scores. The score
+at a moment is the latest record at or before it. None stored: 404 news2_not_available.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
+
 from ingest.errors import NotFound
-from processors import news2
-from processors.rules import Rules
-from sinks.pgtime import to_ms
+from processors.news2 import PARAMETERS
+
+_MS = timedelta(milliseconds=1)
 
 
-@dataclass(frozen=True, slots=True)
-class Latest:
-    metric: str
-    t: datetime
-    value: float
-
-
-def current(rules: Rules, patient_id: str, at: datetime, latest: list[Latest]) -> dict[str, Any]:
-    """The score document, or NotFound("news2_not_available") saying why there is none."""
-    rule = rules.for_patient(patient_id).news2
-    if rule is None:
-        raise NotFound("news2_not_available", "NEWS2 is not enabled for this patient's rules")
-    at_ms = to_ms(at)
-    # A coded parameter with an invalid code counts as missing (the processor skips it too).
-    by_metric = {r.metric: r for r in latest if news2.valid(r.metric, r.value)}
-    entries = tuple(
-        (to_ms(by_metric[p].t), by_metric[p].value) if p in by_metric else None
-        for p in news2.PARAMETERS
-    )
-    score = news2.score(entries, at_ms, rule.spo2_scale, rule.staleness_ms)
-    if len(score.points) < rule.min_parameters:
+def current(at: datetime, row: Any | None) -> dict[str, Any]:
+    """The score at `at` from the latest record at or before it (queries.NEWS2_LATEST)."""
+    if row is None:
         raise NotFound(
             "news2_not_available",
-            f"{len(score.points)} of {len(news2.PARAMETERS)} parameters have a reading in the"
-            f" {rule.staleness_ms // 1000} s before `at`; the rules need {rule.min_parameters}",
+            "no NEWS2 score was computed for this patient at or before `at` (the processor"
+            " scores a patient whose rules enable NEWS2 once enough parameters are fresh)",
         )
+    return {"at": at, **score(row)}
+
+
+def score(row: Any) -> dict[str, Any]:
+    """One stored score record as the API shows it."""
+    t: datetime = row["t"]
+    used = orjson.loads(row["parameters"])
     return {
-        "at": at,
-        "news2": score.total,
-        "band": score.band,
-        "red": score.red,
-        "partial": score.partial,
-        "spo2_scale": score.scale,
+        "t": t,
+        "news2": row["news2"],
+        "band": row["band"],
+        "red": row["red"],
+        "partial": row["partial"],
+        "spo2_scale": row["spo2_scale"],
         "parameters": {
             p: {
-                "points": score.points[p],
-                "value": by_metric[p].value,
-                "t": by_metric[p].t,
-                "age_s": score.ages_ms[p] // 1000,
+                "points": used[p]["points"],
+                "value": used[p]["value"],
+                "t": t - used[p]["age_ms"] * _MS,
+                "age_s": used[p]["age_ms"] // 1000,
             }
-            for p in news2.PARAMETERS
-            if p in score.points
+            for p in PARAMETERS
+            if p in used
         },
-        "missing": [p for p in news2.PARAMETERS if p not in score.points],
+        "missing": [p for p in PARAMETERS if p not in used],
+        "computed_at": row["computed_at"],
     }

@@ -34,24 +34,31 @@ BUCKETS = {"1m": BUCKETS_1M, "1h": BUCKETS_1H}
 # Newest first (the index alerts_patient_at). $1 patient, [$2, $3) on `at`, $4 state or
 # NULL, before ($5 at, $6 alert id, $7 state), $8 rows.
 ALERTS = """
-SELECT alert_id, state, rule, severity, retrospective, episode_start, at, detected_at,
-       metric, value, device_id, detail
+SELECT alert_id, state, rule, severity, retrospective, suppressed, episode_start, at,
+       detected_at, metric, value, device_id, detail
 FROM alerts
 WHERE patient_id = $1 AND at >= $2 AND at < $3 AND ($4::text IS NULL OR state = $4)
   AND (at, alert_id, state) < ($5, $6, $7)
 ORDER BY at DESC, alert_id DESC, state DESC
 LIMIT $8"""
 
-# The latest reading at or before $3 of each metric in $2: one short index probe each.
-LATEST = """
-SELECT p.metric, r.t, r.value
-FROM unnest($2::text[]) AS p(metric)
-CROSS JOIN LATERAL (
-    SELECT t, value FROM readings
-    WHERE patient_id = $1 AND metric = p.metric AND t <= $3
-    ORDER BY t DESC
-    LIMIT 1
-) r"""
+# NEWS2 score records (news2_scores, one per score change): the latest at or before $2,
+# one probe of the primary key (patient_id, t). parameters as text: the same on every driver.
+_SCORE_COLUMNS = (
+    "t, news2, band, red, partial, spo2_scale, parameters::text AS parameters, computed_at"
+)
+NEWS2_LATEST = f"""
+SELECT {_SCORE_COLUMNS} FROM news2_scores
+WHERE patient_id = $1 AND t <= $2
+ORDER BY t DESC
+LIMIT 1"""
+
+# A patient's score history, oldest first: t in [$2, $3), after $4; $5 rows.
+NEWS2_HISTORY = f"""
+SELECT {_SCORE_COLUMNS} FROM news2_scores
+WHERE patient_id = $1 AND t >= $2 AND t < $3 AND t > $4
+ORDER BY t
+LIMIT $5"""
 
 
 async def raw(
@@ -91,7 +98,18 @@ async def alerts(
     return await conn.fetch(ALERTS, patient_id, start, end, state, *before, rows)
 
 
-async def latest(
-    conn: asyncpg.Connection, patient_id: str, metrics: tuple[str, ...], at: datetime
+async def news2_latest(
+    conn: asyncpg.Connection, patient_id: str, at: datetime
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(NEWS2_LATEST, patient_id, at)
+
+
+async def news2_history(
+    conn: asyncpg.Connection,
+    patient_id: str,
+    start: datetime,
+    end: datetime,
+    after: datetime,
+    rows: int,
 ) -> list[asyncpg.Record]:
-    return await conn.fetch(LATEST, patient_id, list(metrics), at)
+    return await conn.fetch(NEWS2_HISTORY, patient_id, start, end, after, rows)

@@ -15,9 +15,8 @@ from starlette.responses import Response
 from ingest.auth import Authenticator
 from ingest.errors import Malformed
 from ingest.problems import json_response, problem_response
+from ingest.readapi import news2 as news2_scores
 from ingest.readapi import params, queries
-from ingest.readapi.news2 import Latest, current
-from processors import news2 as news2_scoring
 
 router = APIRouter()
 
@@ -115,10 +114,33 @@ async def news2(request: Request, patient_id: str, _: Reader) -> Response:
     patient = params.patient(patient_id)
     at = params.optional_moment("at", q.get("at")) or datetime.now(UTC)
     async with _pool(request).acquire() as conn:
-        rows = await queries.latest(conn, patient, news2_scoring.PARAMETERS, at)
-    latest = [Latest(r["metric"], r["t"], r["value"]) for r in rows]
-    document = current(request.app.state.rules, patient, at, latest)
-    return json_response({"patient_id": patient, **document})
+        row = await queries.news2_latest(conn, patient, at)
+    return json_response({"patient_id": patient, **news2_scores.current(at, row)})
+
+
+@router.get("/v1/patients/{patient_id}/news2/history")
+async def news2_history(request: Request, patient_id: str, _: Reader) -> Response:
+    q = params.only(_lists(request), ("from", "to", "limit", "cursor"))
+    patient = params.patient(patient_id)
+    start = params.optional_moment("from", q.get("from")) or params.EARLIEST
+    end = params.optional_moment("to", q.get("to")) or params.LATEST
+    params.window(start, end)
+    rows = params.limit(q.get("limit"), request.app.state.settings.api_page_max)
+    cursor = params.decode_cursor(q.get("cursor"), "news2", 0)
+    after = cursor.at if cursor else params.EARLIEST
+    async with _pool(request).acquire() as conn:
+        found = await queries.news2_history(conn, patient, start, end, after, rows + 1)
+    page, more = found[:rows], len(found) > rows
+    next_cursor = None
+    if more:
+        next_cursor = params.encode_cursor(params.Cursor("news2", page[-1]["t"], ()))
+    return json_response(
+        {
+            "patient_id": patient,
+            "items": [news2_scores.score(r) for r in page],
+            "next_cursor": next_cursor,
+        }
+    )
 
 
 @router.get("/healthz")
@@ -128,15 +150,20 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
-    """Ready when the database answers a query within PING_TIMEOUT_S."""
+    """Ready when the database answers a query within PING_TIMEOUT_S and the reader keys
+    have been loaded from it once (before that, every issued key would be refused)."""
+    why = None
     try:
         async with _pool(request).acquire(timeout=PING_TIMEOUT_S) as conn:
             await conn.fetchval("SELECT 1", timeout=PING_TIMEOUT_S)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        why = "the database is not reachable"
+    else:
+        if not request.app.state.keys.current().loaded:
+            why = "the reader keys have not been loaded from the database yet"
+    if why is not None:
         retry = str(request.app.state.settings.retry_after_s)
-        return problem_response(
-            503, "not_ready", "Not ready", "the database is not reachable", {"Retry-After": retry}
-        )
+        return problem_response(503, "not_ready", "Not ready", why, {"Retry-After": retry})
     return json_response({"ready": True})
 
 

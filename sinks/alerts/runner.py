@@ -1,12 +1,13 @@
 """`vitals sink alerts`: vitals.detections -> the alerts table and the public vitals.alerts.
 
-For each batch: store the detections (ON CONFLICT (alert_id, state) DO NOTHING); select
-those of the batch not yet published; produce each as the public alert document, keyed
-by patient, and await every acknowledgement; mark them published; return (offsets
-commit). A redelivered or duplicated detection finds its row published and is not sent
-again. Only a crash between the acknowledgements and the UPDATE can publish a state
-twice, with the same alert_id: subscribers dedupe on (alert_id, state), see
-docs/alert-schema.md.
+For each batch: store the detections (ON CONFLICT (alert_id, state, episode_start) DO
+NOTHING; the alert id determines the episode start); select those of the batch not yet
+published, leaving out suppressed repeats (stored, never published); produce each as the
+public alert document, keyed by patient, and await every acknowledgement; mark them
+published; return (offsets commit). A redelivered or
+duplicated detection finds its row published and is not sent again. Only a crash between
+the acknowledgements and the UPDATE can publish a state twice, with the same alert_id:
+subscribers dedupe on (alert_id, state), see docs/alert-schema.md.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ BATCH = 500  # detections are rare next to readings; a fixed batch is plenty
 
 STORED = Counter(
     "vitals_alerts_stored_total", "Detections stored, new or already stored", ["result"]
+)
+SUPPRESSED = Counter(
+    "vitals_alerts_suppressed_total",
+    "Suppressed repeats received: stored, never published (redeliveries count again)",
+    ["rule", "state"],
 )
 PUBLISHED = Counter(
     "vitals_alerts_published_total",
@@ -80,6 +86,9 @@ class AlertsSink:
             new = await store(conn, rows)
             STORED.labels("new").inc(new)
             STORED.labels("duplicate").inc(len(rows) - new)
+            for row in rows:
+                if row[13]:  # suppressed: recorded, and left out of `unpublished`
+                    SUPPRESSED.labels(row[3], row[1]).inc()
             pending = await unpublished(conn, keys_of(rows))
             if not pending:
                 return

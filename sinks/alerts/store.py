@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -13,7 +14,7 @@ from vitals.contract import Detection
 from vitals.errors import ContractError
 
 # (alert_id, state, patient_id, rule, severity, retrospective, episode_start, at,
-#  detected_at, metric, value, device_id, detail): the column order of _STORE's arrays.
+#  detected_at, metric, value, device_id, detail, suppressed): _STORE's column order.
 AlertRow = tuple[
     uuid.UUID,
     str,
@@ -28,31 +29,41 @@ AlertRow = tuple[
     float | None,
     str | None,
     str,
+    bool,
 ]
-Key = tuple[uuid.UUID, str]  # (alert_id, state): one row, one publication
+# (alert_id, state, episode_start): one row, one publication; the table's key (0006). The
+# alert id already determines the episode start; it is in the key because alerts is a
+# hypertable on it, and in every lookup so that only the chunks it falls in are searched.
+Key = tuple[uuid.UUID, str, datetime]
 
 _STORE = """
 INSERT INTO alerts (alert_id, state, patient_id, rule, severity, retrospective,
-                    episode_start, at, detected_at, metric, value, device_id, detail)
+                    episode_start, at, detected_at, metric, value, device_id, detail,
+                    suppressed)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                      $6::boolean[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[],
-                     $10::text[], $11::float8[], $12::text[], $13::text[])
-ON CONFLICT (alert_id, state) DO NOTHING
+                     $10::text[], $11::float8[], $12::text[], $13::text[], $14::boolean[])
+ON CONFLICT (alert_id, state, episode_start) DO NOTHING
 """
 
+# $1-$3 the keys' columns, [$4, $5] the range of their episode starts: TimescaleDB skips
+# the chunks outside it (old, compressed ones have no index on alert_id).
 # Opened before resolved, earlier before later: subscribers see an episode in order
-# (all of a patient's alerts share a partition).
+# (all of a patient's alerts share a partition). Suppressed repeats are never published.
 _UNPUBLISHED = """
 SELECT a.* FROM alerts a
-JOIN unnest($1::uuid[], $2::text[]) AS k(alert_id, state) USING (alert_id, state)
-WHERE a.published_at IS NULL
+JOIN unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS k(alert_id, state, episode_start)
+     USING (alert_id, state, episode_start)
+WHERE a.published_at IS NULL AND NOT a.suppressed
+  AND a.episode_start >= $4 AND a.episode_start <= $5
 ORDER BY a.at, a.state = 'resolved', a.detected_at
 """
 
 _MARK = """
-UPDATE alerts a SET published_at = $3
-FROM unnest($1::uuid[], $2::text[]) AS k(alert_id, state)
-WHERE a.alert_id = k.alert_id AND a.state = k.state AND a.published_at IS NULL
+UPDATE alerts a SET published_at = $6
+FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS k(alert_id, state, episode_start)
+WHERE a.alert_id = k.alert_id AND a.state = k.state AND a.episode_start = k.episode_start
+  AND a.episode_start >= $4 AND a.episode_start <= $5 AND a.published_at IS NULL
 """
 
 
@@ -77,14 +88,16 @@ def row_of(detection: Detection) -> AlertRow:
         detection.value,
         detection.device_id,
         detection.detail,
+        detection.suppressed,
     )
 
 
 def _check_optional_fields(detection: Detection) -> None:
     # decode_detection checks the identifying fields; these would otherwise reach the
     # database (or, worse, the public document) with the wrong type.
-    if not isinstance(detection.retrospective, bool):
-        raise ContractError("retrospective must be true or false")
+    for flag in ("retrospective", "suppressed"):
+        if not isinstance(getattr(detection, flag), bool):
+            raise ContractError(f"{flag} must be true or false")
     for name in ("metric", "device_id"):
         if not isinstance(getattr(detection, name), str | None):
             raise ContractError(f"{name} must be a string or null")
@@ -96,12 +109,12 @@ def _check_optional_fields(detection: Detection) -> None:
 
 
 def key_of(detection: Detection) -> Key:
-    return uuid.UUID(detection.alert_id), detection.state
+    return uuid.UUID(detection.alert_id), detection.state, from_ms(detection.episode_start)
 
 
 def keys_of(rows: Iterable[AlertRow]) -> list[Key]:
-    """Distinct (alert_id, state) keys, first-seen order."""
-    return list(dict.fromkeys((row[0], row[1]) for row in rows))
+    """Distinct keys, first-seen order."""
+    return list(dict.fromkeys((row[0], row[1], row[6]) for row in rows))
 
 
 async def store(conn: asyncpg.Connection, rows: Sequence[AlertRow]) -> int:
@@ -114,17 +127,23 @@ async def store(conn: asyncpg.Connection, rows: Sequence[AlertRow]) -> int:
 
 async def unpublished(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Detection]:
     """The stored detections among `keys` whose publication was never acknowledged."""
-    found = await conn.fetch(_UNPUBLISHED, *_columns(keys))
+    if not keys:
+        return []
+    found = await conn.fetch(_UNPUBLISHED, *key_params(keys))
     return [_detection(record) for record in found]
 
 
 async def mark_published(conn: asyncpg.Connection, keys: Sequence[Key], at: datetime) -> int:
-    status = await conn.execute(_MARK, *_columns(keys), at)
+    if not keys:
+        return 0
+    status = await conn.execute(_MARK, *key_params(keys), at)
     return int(status.rsplit(" ", 1)[1])
 
 
-def _columns(keys: Sequence[Key]) -> tuple[list[uuid.UUID], list[str]]:
-    return [k[0] for k in keys], [k[1] for k in keys]
+def key_params(keys: Sequence[Key]) -> tuple[Any, ...]:
+    """$1-$5 of _UNPUBLISHED and _MARK: the keys' columns, then their episode starts' range."""
+    starts = [k[2] for k in keys]
+    return [k[0] for k in keys], [k[1] for k in keys], starts, min(starts), max(starts)
 
 
 def _detection(record: asyncpg.Record) -> Detection:
@@ -145,4 +164,5 @@ def _detection(record: asyncpg.Record) -> Detection:
         value=record["value"],
         device_id=record["device_id"],
         detail=record["detail"],
+        suppressed=record["suppressed"],
     )

@@ -1,9 +1,10 @@
-"""`vitals sink timescale`: vitals.readings -> the readings table.
+"""`vitals sink timescale`: vitals.readings -> the readings table, and vitals.news2 -> the
+news2_scores table.
 
-Each polled batch is flattened to rows and written in ONE transaction; the handler returns
-only after that commit, then ConsumerLoop commits the offsets (at-least-once delivery,
-exactly-once effect through the table's primary key). Failures and dead letters are
-handled by sinks.loop.
+Each polled batch's readings are flattened to rows and written in ONE transaction, its
+NEWS2 score records (few) in a second one; the handler returns only after both commits,
+then ConsumerLoop commits the offsets (at-least-once delivery, exactly-once effect through
+the tables' primary keys). Failures and dead letters are handled by sinks.loop.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from sinks.loop import SinkLoop
 from sinks.outage import Outage
 from sinks.timescale.batching import BatchSizer
 from sinks.timescale.rows import Row, rows_of
-from sinks.timescale.writer import copy_then_upsert
+from sinks.timescale.scores import ScoreRow, score_row, upsert_scores
+from sinks.timescale.writer import ReadingsWriter
 from vitals import contract
 from vitals.consumer import Commit
 from vitals.lifecycle import stop_on_signals
@@ -35,16 +37,24 @@ ROWS = Counter(
     "vitals_sink_rows_total", "Readings written, new or already stored (duplicate)", ["result"]
 )
 WRITE_SECONDS = Histogram(
-    "vitals_sink_write_seconds", "Time of one COPY-then-upsert transaction, commit included"
+    "vitals_sink_write_seconds", "Time of one write of a batch of readings, commit(s) included"
 )
 WRITE_ROWS = Histogram(
     "vitals_sink_write_rows",
-    "Rows per COPY-then-upsert transaction",
+    "Rows per write of a batch of readings",
     buckets=(1, 10, 100, 1_000, 10_000, 50_000, 100_000, 500_000),
 )
+SCORES = Counter(
+    "vitals_sink_news2_scores_total", "NEWS2 score records written (new, replaced or redelivered)"
+)
+
+# An upload's rows (vitals.readings), or one score (vitals.news2).
+Decoded = list[Row] | ScoreRow
 
 
-def decode(record: ConsumerRecord) -> list[Row]:
+def decode(record: ConsumerRecord) -> Decoded:
+    if record.topic.endswith(contract.NEWS2_SCORES):  # after Settings.topic_prefix
+        return score_row(contract.decode_news2_score(record.value))
     return rows_of(contract.decode_upload(record.value))
 
 
@@ -53,6 +63,7 @@ class ReadingsSink:
 
     def __init__(self, loop: SinkLoop, db: Database, sizer: BatchSizer, stop: asyncio.Event):
         self._loop, self._db, self._sizer, self._stop = loop, db, sizer, stop
+        self._writer = ReadingsWriter()
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> Commit:
         started = time.perf_counter()
@@ -61,11 +72,19 @@ class ReadingsSink:
             self._sizer.observe(len(records), time.perf_counter() - started)
         return commit
 
-    async def write(self, uploads: list[list[Row]]) -> None:
-        rows = [row for upload in uploads for row in upload]
+    async def write(self, items: list[Decoded]) -> None:
+        rows = [row for item in items if isinstance(item, list) for row in item]
+        scores = [item for item in items if isinstance(item, tuple)]
+        if rows:
+            await self.write_readings(rows)
+        if scores:
+            async with self._db.connection() as conn:
+                SCORES.inc(await upsert_scores(conn, scores))
+
+    async def write_readings(self, rows: list[Row]) -> None:
         started = time.perf_counter()
         async with self._db.connection() as conn:
-            new = await copy_then_upsert(conn, rows)
+            new = await self._writer.write(conn, rows)
         WRITE_SECONDS.observe(time.perf_counter() - started)
         WRITE_ROWS.observe(len(rows))
         ROWS.labels("new").inc(new)
@@ -87,7 +106,7 @@ async def run_sink(settings: Settings, stop: asyncio.Event) -> None:
             outage=outage,
             stage=STAGE,
             group_id=settings.sink_group,
-            topics=[contract.READINGS],
+            topics=[contract.READINGS, contract.NEWS2_SCORES],
             max_records=sizer,
             tick=db.check,
         )

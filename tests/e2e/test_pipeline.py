@@ -67,6 +67,22 @@ async def _stored(database_url: str, patient: str, expected: int, within_s: floa
         await conn.close()
 
 
+async def _scores(database_url: str, patient: str, expected: int, within_s: float = 60) -> list:
+    """The patient's stored NEWS2 score changes as (t ms, total, band), once `expected` are in."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + within_s
+        while True:
+            rows = await conn.fetch(
+                "SELECT t, news2, band FROM news2_scores WHERE patient_id = $1 ORDER BY t", patient
+            )
+            if len(rows) >= expected or time.monotonic() > deadline:
+                return [(round(r["t"].timestamp() * 1000), r["news2"], r["band"]) for r in rows]
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
 async def test_desaturation_alerted_once_and_every_reading_stored_once(
     pipeline: Pipeline, alerts: AlertReader
 ) -> None:
@@ -96,6 +112,12 @@ async def test_desaturation_alerted_once_and_every_reading_stored_once(
 
     expected = 10 * 24  # every valid reading, once, despite the duplicate POSTs
     assert await _stored(pipeline.settings.database_url, patient, expected) == expected
+    # NEWS2 (heart rate 72 -> 0; SpO2 97 -> 0, 85 -> 3): its changes only, stored by the sink.
+    assert await _scores(pipeline.settings.database_url, patient, 3) == [
+        (start, 0, "zero"),
+        (start + 2 * 60_000, 3, "low-medium"),
+        (start + 5 * 60_000, 0, "zero"),
+    ]
     conn = await asyncpg.connect(pipeline.settings.database_url)
     try:
         rows = await conn.fetch(

@@ -1,4 +1,5 @@
-"""The Grafana dashboard's SQL on a real, migrated PostgreSQL, as the role Grafana uses.
+"""The deployments' database roles on a real, migrated PostgreSQL: the Grafana role with
+the dashboard's SQL, and each process's login role (`vitals db roles`) with its own code.
 
 A fresh database is migrated (`migrate.py`), then granted with compose's own
 `grafana-grants` psql command (deploy/timescaledb/grafana-reader.sql), run twice. Every SQL
@@ -10,9 +11,11 @@ The role must not write, nor read what the dashboard does not show.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,12 +23,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
 import psycopg
 import pytest
 import yaml
 
+from ingest import registry_store
+from ingest.keys import digest
+from ingest.readapi.queries import NEWS2_LATEST
+from sinks.alerts import store as alerts_store
+from sinks.timescale.logins import LOGINS, ensure_logins, parse_passwords
 from sinks.timescale.migrate import migrate
+from sinks.timescale.scores import upsert_scores
+from sinks.timescale.writer import ReadingsWriter
 from vitals import localinfra
+from vitals.errors import ConfigError, InfrastructureError
 
 pytestmark = pytest.mark.integration
 
@@ -167,3 +179,255 @@ def test_the_grafana_role_can_neither_write_nor_read_beyond_the_dashboard(reader
             conn.execute("SELECT * FROM schema_migrations")
         timeout = conn.execute("SHOW statement_timeout").fetchone()
         assert timeout == ("30s",)
+
+
+# --- each process's login role (`vitals db roles`, sinks/timescale/logins.py) ------------
+
+
+@dataclass(frozen=True)
+class Logins:
+    urls: dict[str, str]  # process -> the database as its login role
+    names: dict[str, tuple[str, str]]  # process -> (login role, group role)
+    owner_url: str
+
+
+@pytest.fixture
+def logins(pg_server: str) -> Iterator[Logins]:
+    """A migrated database and every process's login role, set up twice (every deploy runs
+    it). Roles are cluster-wide, so this run's get a unique suffix and are dropped after."""
+    name = f"vitals_roles_{uuid.uuid4().hex[:10]}"
+    tag = uuid.uuid4().hex[:6]
+    names = {p: (f"{login}_{tag}", group) for p, (login, group) in LOGINS.items()}
+    passwords = {p: f"pw-{p}-{tag}-long-enough" for p in LOGINS}
+    owner_url = localinfra.create_database(pg_server, name, exist_ok=False)
+    try:
+        migrate(owner_url)
+        assert ensure_logins(owner_url, passwords, names) == [n for n, _ in names.values()]
+        ensure_logins(owner_url, passwords, names)
+        url = urlsplit(owner_url)
+        urls = {
+            p: url._replace(netloc=f"{login}@{url.hostname}:{url.port or 5432}").geturl()
+            for p, (login, _group) in names.items()
+        }
+        yield Logins(urls, names, owner_url)
+    finally:
+        localinfra.drop_database(pg_server, name)
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            for login, _group in names.values():
+                conn.execute(f'DROP ROLE IF EXISTS "{login}"')
+
+
+def groups_of(owner_url: str, login: str) -> set[str]:
+    with psycopg.connect(owner_url) as conn:
+        rows = conn.execute(
+            "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid"
+            " JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = %s",
+            (login,),
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_each_login_role_is_granted_only_its_group_and_a_password(logins: Logins) -> None:
+    with psycopg.connect(logins.owner_url) as conn:
+        for process, (login, group) in logins.names.items():
+            assert groups_of(logins.owner_url, login) == {group}, process
+            flags = conn.execute(
+                "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolbypassrls,"
+                " rolpassword IS NOT NULL FROM pg_authid WHERE rolname = %s",
+                (login,),
+            ).fetchone()
+            assert flags == (True, False, False, False, False, True), process
+
+
+def test_a_login_granted_another_group_by_hand_is_put_right(logins: Logins) -> None:
+    login, _group = logins.names["api"]
+    with psycopg.connect(logins.owner_url, autocommit=True) as conn:
+        conn.execute(f'GRANT vitals_sink TO "{login}"')
+    assert groups_of(logins.owner_url, login) == {"vitals_reader", "vitals_sink"}
+    ensure_logins(logins.owner_url, {"api": "another-long-password"}, logins.names)
+    assert groups_of(logins.owner_url, login) == {"vitals_reader"}
+
+
+def test_login_roles_fail_clearly_without_their_group_or_a_good_password(pg_server: str) -> None:
+    name = f"vitals_roles_{uuid.uuid4().hex[:10]}"
+    url = localinfra.create_database(pg_server, name, exist_ok=False)
+    try:
+        # The group roles may exist from other databases; a missing table is what fails.
+        names = {"api": (f"vitals_api_login_{uuid.uuid4().hex[:6]}", "vitals_no_such_group")}
+        with pytest.raises((ConfigError, InfrastructureError)):
+            ensure_logins(url, {"api": "a-long-enough-password"}, names)
+    finally:
+        localinfra.drop_database(pg_server, name)
+    with pytest.raises(ConfigError, match="unknown process"):
+        parse_passwords("processor:a-long-enough-password")
+    with pytest.raises(ConfigError, match="12\\+ characters"):
+        parse_passwords("api:short")
+    with pytest.raises(ConfigError, match="no db login passwords"):
+        ensure_logins(url, {})
+
+
+READING_SQL = (
+    "INSERT INTO readings (patient_id, metric, t, device_id, value, unit, upload_id, received_at)"
+    " VALUES ('p', 'heart_rate', now(), 'd', 70, '/min', gen_random_uuid(), now())"
+)
+
+
+async def allowed(url: str, sql: str) -> bool:
+    """Runs `sql` as the role in a transaction rolled back: False on permission denied."""
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute(sql)
+            raise Rollback
+    except Rollback:
+        return True
+    except asyncpg.InsufficientPrivilegeError:
+        return False
+    finally:
+        await conn.close()
+
+
+class Rollback(Exception):
+    pass
+
+
+async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
+    logins: Logins,
+) -> None:
+    """Each process's own code, run as its login role, then what it must not do."""
+    urls = logins.urls
+    at = NOW - timedelta(minutes=1)
+
+    # sink-timescale: the writer's COPY paths: straight into readings, then (a duplicate)
+    # through the temporary staging table.
+    conn = await asyncpg.connect(urls["sink-timescale"])
+    try:
+        row = ("p-roles", "spo2", at, "w1", 97.0, "%", uuid.uuid4(), NOW)
+        writer = ReadingsWriter()
+        assert await writer.write(conn, [row]) == 1
+        assert await writer.write(conn, [row]) == 0 and writer.careful
+        # ... and NEWS2 scores: inserted, then replaced by a re-computation (an UPDATE).
+        score = ("p-roles", at, 3, "low-medium", True, True, 1, "{}", NOW)
+        assert await upsert_scores(conn, [score]) == 1
+        assert await upsert_scores(conn, [(*score[:2], 5, "medium", *score[4:])]) == 1
+    finally:
+        await conn.close()
+
+    # sink-alerts: store, find unpublished, mark published.
+    conn = await asyncpg.connect(urls["sink-alerts"])
+    try:
+        alert_id = uuid.uuid4()
+        alert = (alert_id, "opened", "p-roles", "spo2_low", "high", False, at, at, NOW,
+                 "spo2", 88.0, "w1", "{}", False)  # fmt: skip
+        assert await alerts_store.store(conn, [alert]) == 1
+        keys = alerts_store.keys_of([alert])
+        assert len(await alerts_store.unpublished(conn, keys)) == 1
+        assert await alerts_store.mark_published(conn, keys, NOW) == 1
+    finally:
+        await conn.close()
+
+    # gateway: load its registry, register a device (the admin API), which is audited.
+    conn = await asyncpg.connect(urls["gateway"])
+    try:
+        await registry_store.register_device(
+            conn, "w-roles", "p-roles", ["gw-roles"], since=at, actor=("admin", "ops")
+        )
+        snapshot = await registry_store.load(conn)
+        assert "w-roles" in snapshot.devices
+    finally:
+        await conn.close()
+
+    # api: load the reader keys, read the readings the sink wrote.
+    owner = await asyncpg.connect(logins.owner_url)
+    try:
+        _, reader_key = await registry_store.issue_key(
+            owner, "reader", "dash", expires_at=None, actor=("cli", "pytest")
+        )
+        _, gateway_key = await registry_store.issue_key(
+            owner, "gateway", "gw-roles", expires_at=None, actor=("cli", "pytest")
+        )
+    finally:
+        await owner.close()
+    conn = await asyncpg.connect(urls["api"])
+    try:
+        readers = await registry_store.load_readers(conn)
+        assert set(readers.credentials) == {digest(reader_key)}  # never the gateway's key
+        count = await conn.fetchval("SELECT count(*) FROM readings WHERE patient_id = 'p-roles'")
+        assert count == 1
+        latest = await conn.fetchrow(NEWS2_LATEST, "p-roles", NOW)
+        assert latest is not None and latest["news2"] == 5
+    finally:
+        await conn.close()
+    gateway_snapshot_conn = await asyncpg.connect(urls["gateway"])
+    try:
+        gateway_keys = (await registry_store.load(gateway_snapshot_conn)).credentials
+        assert digest(gateway_key) in gateway_keys and digest(reader_key) not in gateway_keys
+    finally:
+        await gateway_snapshot_conn.close()
+
+    forbidden = {
+        "sink-timescale": [
+            "SELECT * FROM api_keys",
+            "SELECT * FROM reader_keys",
+            "SELECT * FROM audit_log",
+            "SELECT * FROM devices",
+            "DELETE FROM readings",
+            "UPDATE readings SET value = 0",
+            "DROP TABLE readings",
+            "DELETE FROM news2_scores",
+        ],
+        "sink-alerts": [
+            "SELECT * FROM api_keys",
+            "DELETE FROM alerts",
+            "SELECT * FROM device_patients",
+        ],
+        "gateway": [
+            "SELECT * FROM readings",
+            "SELECT * FROM alerts",
+            "SELECT * FROM news2_scores",
+            "SELECT * FROM reader_keys",
+            "SELECT * FROM audit_log",
+            "UPDATE api_keys SET revoked_at = now()",
+            "INSERT INTO api_keys (key_id, kind, principal, key_sha256)"
+            " VALUES ('k', 'admin', 'me', decode(repeat('00', 32), 'hex'))",
+            "DELETE FROM audit_log",
+        ],
+        "api": [
+            READING_SQL,
+            "UPDATE alerts SET severity = 'low'",
+            "UPDATE news2_scores SET news2 = 0",
+            "SELECT * FROM api_keys",
+            "SELECT * FROM audit_log",
+            "SELECT * FROM devices",
+            "SELECT * FROM device_patients",
+            "CREATE TABLE mine (x int)",
+        ],
+    }
+    for process, statements in forbidden.items():
+        assert [s for s in statements if await allowed(urls[process], s)] == [], process
+
+
+def test_the_db_roles_command_refuses_missing_or_bad_passwords(logins: Logins) -> None:
+    """`vitals db roles` as the deployments run it, on its error paths (a successful run
+    would make the fixed, cluster-wide role names on this shared server)."""
+    for passwords, error in (
+        ("", "no db login passwords"),
+        ("gateway:short", "12+ characters"),
+        ("processor:long-enough-password", "unknown process"),
+    ):
+        env = {
+            **os.environ,
+            "VITALS_DATABASE_URL": logins.owner_url,
+            "VITALS_DB_LOGIN_PASSWORDS": passwords,
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "vitals.cli", "db", "roles"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert error in done.stderr
+        assert passwords.split(":")[-1] not in done.stderr or not passwords  # never echoed

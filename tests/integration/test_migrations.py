@@ -64,14 +64,15 @@ def test_plain_postgresql_schema_has_the_tables_keys_and_indexes(fresh_url: str)
                    FROM pg_constraint c
                    CROSS JOIN unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
                    JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
-                   WHERE c.contype = 'p' AND c.conrelid::regclass::text IN ('readings', 'alerts')
+                   WHERE c.contype = 'p'
+                     AND c.conrelid::regclass::text IN ('readings', 'alerts', 'news2_scores')
                    GROUP BY 1"""
             ).fetchall()
         )
         indexes = dict(
             conn.execute(
                 """SELECT indexname, indexdef FROM pg_indexes
-                   WHERE tablename IN ('readings', 'alerts')"""
+                   WHERE tablename IN ('readings', 'alerts', 'news2_scores')"""
             ).fetchall()
         )
 
@@ -98,14 +99,23 @@ def test_plain_postgresql_schema_has_the_tables_keys_and_indexes(fresh_url: str)
         "alerts.device_id": "text",
         "alerts.detail": "text",
         "alerts.published_at": "timestamp with time zone",
+        "alerts.suppressed": "boolean",
     }
     assert keys == {
         "readings": ["patient_id", "metric", "t", "device_id"],
-        "alerts": ["alert_id", "state"],
+        # 0006: the key holds episode_start, the hypertable's time on TimescaleDB.
+        "alerts": ["alert_id", "state", "episode_start"],
+        "news2_scores": ["patient_id", "t"],
     }
     assert "USING brin (t)" in indexes["readings_t_brin"]
     assert "(patient_id, at DESC)" in indexes["alerts_patient_at"]
-    assert "WHERE (published_at IS NULL)" in indexes["alerts_unpublished"]
+    assert "WHERE ((published_at IS NULL) AND (NOT suppressed))" in indexes["alerts_unpublished"]
+    # 0006.plain: the old key stays unique, so the previous release's sink still works.
+    assert (
+        "UNIQUE INDEX alerts_alert_state ON public.alerts USING btree (alert_id, state)"
+        in (indexes["alerts_alert_state"])
+    )
+    assert "USING brin (t)" in indexes["news2_scores_t_brin"]
 
 
 def test_concurrent_starts_apply_each_migration_exactly_once(fresh_url: str) -> None:

@@ -8,22 +8,33 @@ ids of its own: the session's database is shared.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
+from ingest import registry_store
+from ingest.errors import NotFound
 from ingest.readapi.params import Cursor, encode_cursor
 from ingest.readapi.server import build_server
+from processors.engine import Engine
+from processors.rules import rules_from_settings
 from sinks.alerts import store
 from sinks.timescale.rows import Row
+from sinks.timescale.scores import score_row, upsert_scores
 from sinks.timescale.writer import copy_then_upsert
-from vitals import contract
+from tests.polling import until
+from vitals import contract, localinfra
 from vitals.catalog import METRICS
 from vitals.settings import LOCAL_GATEWAY_TOKEN, LOCAL_READER_TOKEN, Settings
 
@@ -130,6 +141,11 @@ async def test_readers_only(api: httpx.AsyncClient) -> None:
 
 async def test_probes_and_metrics(api: httpx.AsyncClient) -> None:
     assert (await api.get("/healthz")).json() == {"status": "ok"}
+
+    async def ready() -> bool:  # once the reader keys are loaded (at start)
+        return (await api.get("/readyz")).status_code == 200
+
+    await until(ready, "the read API ready", 10)
     assert (await api.get("/readyz")).json() == {"ready": True}
     await api.get("/v1/patients/p-1/alerts")  # a 401, counted by route template
     metrics = (await api.get("/metrics")).text
@@ -146,6 +162,122 @@ async def test_not_ready_while_the_database_is_unreachable() -> None:
         assert answer.json()["code"] == "not_ready"
         assert "retry-after" in answer.headers
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_not_ready_until_the_reader_keys_have_loaded(pg_server: str) -> None:
+    """A database that answers but has no reader_keys view (not migrated): the keys never
+    load and /readyz says why, while /healthz stays alive."""
+    name = f"vitals_nokeys_{uuid.uuid4().hex[:8]}"
+    url = localinfra.create_database(pg_server, name, exist_ok=False)
+    try:
+        settings = Settings(database_url=url, api_port=0, registry_refresh_s=0.2)
+        async with running(settings) as client:
+            await asyncio.sleep(0.5)  # a few failed reloads
+            answer = await client.get("/readyz")
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["code"] == "not_ready"
+            assert "reader keys" in answer.json()["detail"]
+            assert (await client.get("/healthz")).status_code == 200
+    finally:
+        localinfra.drop_database(pg_server, name)
+
+
+# --- issued reader keys (`vitals readers issue`; migration 0008) ----------------------------
+
+
+async def test_issued_reader_keys_read_within_a_refresh_and_stop_when_revoked(
+    database_url: str,
+) -> None:
+    settings = Settings(database_url=database_url, api_port=0, registry_refresh_s=0.2)
+    cli = ("cli", "pytest")
+    owner = await asyncpg.connect(database_url)
+    try:
+        key_id, key = await registry_store.issue_key(
+            owner, "reader", "dashboard-1", expires_at=None, actor=cli
+        )
+        _, expired = await registry_store.issue_key(
+            owner, "reader", "dashboard-2", expires_at=datetime.now(UTC) - S, actor=cli
+        )
+        # Keys of the other kinds, for the same principal name: never readers.
+        _, gateway_key = await registry_store.issue_key(
+            owner, "gateway", "dashboard-1", expires_at=None, actor=cli
+        )
+        _, admin_key = await registry_store.issue_key(
+            owner, "admin", "dashboard-1", expires_at=None, actor=cli
+        )
+        async with running(settings) as client:
+            path = "/v1/patients/p-keys/alerts"
+
+            async def status(token: str) -> int:
+                headers = {"Authorization": f"Bearer {token}"}
+                return (await client.get(path, headers=headers)).status_code
+
+            await until(lambda: _is(status(key), 200), "the issued reader key accepted", 10)
+            for other in (gateway_key, admin_key):
+                answer = await client.get(path, headers={"Authorization": f"Bearer {other}"})
+                assert answer.status_code == 401
+                assert answer.json()["code"] == "invalid_credential"
+            answer = await client.get(path, headers={"Authorization": f"Bearer {expired}"})
+            assert answer.json()["code"] == "expired_credential"
+            # `readers revoke` takes only reader keys: a gateway key's id is not one.
+            with pytest.raises(NotFound):
+                await registry_store.revoke_key(
+                    owner, gateway_key.split("_")[1], actor=cli, kind="reader"
+                )
+            await registry_store.revoke_key(owner, key_id, actor=cli, kind="reader")
+            await until(lambda: _is(status(key), 401), "the revoked reader key refused", 10)
+            answer = await client.get(path, headers={"Authorization": f"Bearer {key}"})
+            assert answer.json()["code"] == "revoked_credential"
+            assert (await client.get(path, headers=AUTH)).status_code == 200  # env reader
+    finally:
+        await owner.close()
+
+
+async def _is(status: Awaitable[int], expected: int) -> bool:
+    return await status == expected
+
+
+def test_the_cli_issues_lists_and_revokes_reader_keys(database_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "VITALS_DATABASE_URL": database_url}
+
+    def vitals(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "vitals.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == code, done.stdout + done.stderr
+        return done
+
+    issued = vitals("readers", "issue", "dash-cli").stdout
+    key_id = issued.split("key_id: ")[1].split()[0]
+    key = issued.split("key:    ")[1].split()[0]
+    assert key.startswith(f"vk_{key_id}_")
+    listed = [orjson.loads(line) for line in vitals("readers", "list").stdout.splitlines()]
+    assert key_id in {r["key_id"] for r in listed} and key not in repr(listed)
+    gateway_ids = [
+        orjson.loads(line)["key_id"] for line in vitals("gateways", "list").stdout.splitlines()
+    ]
+    assert key_id not in gateway_ids
+    if gateway_ids:  # a gateway key's id is not a reader key's
+        refused = vitals("readers", "revoke", gateway_ids[0], code=1)
+        assert "no live key" in refused.stderr
+    vitals("readers", "revoke", key_id)
+    assert "no live key" in vitals("readers", "revoke", key_id, code=1).stderr
+    # --key-file: the key goes to a file only its owner can read, never to the output.
+    key_file = tmp_path / "reader-key"
+    written = vitals("readers", "issue", "dash-file", "--key-file", str(key_file)).stdout
+    stored = key_file.read_text().strip()
+    assert stored.startswith("vk_") and stored not in written
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    # A file that cannot be written: refused before any key is issued.
+    before = len(vitals("readers", "list").stdout.splitlines())
+    bad = vitals("readers", "issue", "dash-x", "--key-file", str(tmp_path / "no" / "k"), code=1)
+    assert "key file" in bad.stderr
+    assert len(vitals("readers", "list").stdout.splitlines()) == before
 
 
 # --- readings ----------------------------------------------------------------------------
@@ -308,6 +440,7 @@ async def test_alerts_newest_first_by_range_and_state_with_paging(
     assert first == {
         "alert_id": contract.alert_id(p, "spo2_low", int(T0.timestamp() * 1000)),
         "state": "opened", "rule": "spo2_low", "severity": "high", "retrospective": False,
+        "suppressed": False,
         "episode_start": "2026-03-01T08:00:00+00:00", "at": "2026-03-01T08:00:00+00:00",
         "detected_at": "2026-03-01T08:00:00.005000+00:00", "metric": "spo2", "value": 88.0,
         "device_id": "w1", "detail": "",
@@ -336,43 +469,88 @@ VITALS = {
 }  # fmt: skip
 
 
-async def test_current_news2_from_the_latest_readings(
+async def store_scores_computed_from(database_url: str, uploads: Sequence[contract.Upload]) -> None:
+    """What the pipeline stores: the processor's engine scores the uploads, the timescale
+    sink's statement writes the score records."""
+    engine = Engine(rules_from_settings(Settings()))
+    records: list[contract.News2Score] = []
+    for u in uploads:
+        engine.feed("p0", u, now=u.received, scores=records)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await upsert_scores(conn, [score_row(r) for r in records])
+    finally:
+        await conn.close()
+
+
+def vitals_upload(p: str, t: datetime, **values: float) -> contract.Upload:
+    ms = int(t.timestamp() * 1000)
+    readings = tuple(contract.Reading(m, ms, v, METRICS[m].unit) for m, v in values.items())
+    return contract.Upload(str(uuid.uuid4()), "gw", "w1", p, ms, readings)
+
+
+async def test_current_news2_is_the_latest_score_the_processor_computed(
     api: httpx.AsyncClient, database_url: str
 ) -> None:
     p = patient()
-    rows = [row(p, metric, T0 - 10 * M, v) for metric, v in VITALS.items()]
-    rows.append(row(p, "heart_rate", T0 - 2 * H, 40.0))  # older: superseded
-    rows.append(row(p, "heart_rate", T0 + 20 * M, 40.0))  # after `at`: not yet
-    await store_rows(database_url, rows)
+    await store_scores_computed_from(
+        database_url,
+        [
+            vitals_upload(p, T0 - 2 * H, heart_rate=40.0),  # one parameter: no score
+            vitals_upload(p, T0 - 10 * M, **VITALS),  # 7, high
+            vitals_upload(p, T0 + 20 * M, heart_rate=40.0),  # pulse 3 (red): 8
+        ],
+    )
     path = f"/v1/patients/{p}/news2"
     score = await ok(api, path, at=iso(T0))
     assert score["patient_id"] == p and score["at"] == "2026-03-01T08:00:00+00:00"
+    assert score["t"] == "2026-03-01T07:50:00+00:00"
     assert (score["news2"], score["band"], score["red"], score["partial"]) == (
-        7,
-        "high",
-        False,
-        False,
-    )
+        7, "high", False, False,
+    )  # fmt: skip
+    assert score["spo2_scale"] == 1 and score["missing"] == []
     assert score["parameters"]["heart_rate"] == {
-        "points": 2, "value": 115.0, "t": "2026-03-01T07:50:00+00:00", "age_s": 600,
+        "points": 2, "value": 115.0, "t": "2026-03-01T07:50:00+00:00", "age_s": 0,
     }  # fmt: skip
     assert {k: v["points"] for k, v in score["parameters"].items()} == {
         "resp_rate": 2, "spo2": 1, "supplemental_o2": 0, "systolic_bp": 1, "heart_rate": 2,
         "consciousness": 0, "body_temp": 1,
     }  # fmt: skip
-    # 70 minutes on, every parameter is older than the rules' staleness (3600 s) but the
-    # newer heart rate (40 /min -> 3, a red score): one parameter is under the minimum of 2.
-    gone = await get(api, path, at=iso(T0 + 70 * M))
-    assert gone.status_code == 404 and gone.json()["code"] == "news2_not_available"
-    assert "1 of 7 parameters" in gone.json()["detail"]
-    await store_rows(database_url, [row(p, "spo2", T0 + 65 * M, 97.0)])
-    partial = await ok(api, path, at=iso(T0 + 70 * M))
-    assert (partial["news2"], partial["band"], partial["partial"]) == (3, "low-medium", True)
-    assert partial["missing"] == [
-        "resp_rate", "supplemental_o2", "systolic_bp", "consciousness", "body_temp",
-    ]  # fmt: skip
-    nobody = await get(api, f"/v1/patients/{patient()}/news2")  # default at: now
-    assert nobody.status_code == 404 and "0 of 7" in nobody.json()["detail"]
+    later = await ok(api, path, at=iso(T0 + 30 * M))
+    assert (later["t"], later["news2"], later["red"]) == ("2026-03-01T08:20:00+00:00", 8, True)
+    assert later["parameters"]["spo2"]["age_s"] == 30 * 60  # measured 30 minutes before
+    assert (await ok(api, path))["news2"] == 8  # default at: now
+
+    # Before the first score (the lone heart rate 2 hours before had too few parameters).
+    early = await get(api, path, at=iso(T0 - H))
+    assert early.status_code == 404 and early.json()["code"] == "news2_not_available"
+    assert early.headers["content-type"] == "application/problem+json"
+    nobody = await get(api, f"/v1/patients/{patient()}/news2")
+    assert nobody.status_code == 404 and nobody.json()["code"] == "news2_not_available"
+
+
+async def test_news2_history_pages_every_score_in_time_order(
+    api: httpx.AsyncClient, database_url: str
+) -> None:
+    p = patient()
+    pulses = [115.0, 116.0, 40.0, 70.0, 135.0, 136.0, 80.0]  # 2, 2, 3, 0, 3, 3, 0 points
+    await store_scores_computed_from(
+        database_url,
+        [vitals_upload(p, T0 + i * M, **{**VITALS, "heart_rate": v}) for i, v in enumerate(pulses)],
+    )
+    path = f"/v1/patients/{p}/news2/history"
+    everything = await ok(api, path)
+    # Only changes are stored: 116 /min scores as 115 did, 136 as 135.
+    assert [(x["t"], x["news2"]) for x in everything["items"]] == [
+        (iso(T0 + i * M).replace("Z", "+00:00"), n)
+        for i, n in ((0, 7), (2, 8), (3, 5), (4, 8), (6, 5))
+    ]
+    assert everything["next_cursor"] is None and everything["patient_id"] == p
+    for limit in (1, 2, 4):
+        assert await all_pages(api, path, limit=str(limit)) == everything["items"]
+    window = await ok(api, path, **{"from": iso(T0 + 2 * M), "to": iso(T0 + 4 * M)})
+    assert [x["news2"] for x in window["items"]] == [8, 5]
+    assert (await ok(api, f"/v1/patients/{patient()}/news2/history"))["items"] == []
 
 
 # --- every bad parameter -----------------------------------------------------------------
@@ -410,6 +588,12 @@ RAW_CURSOR = encode_cursor(Cursor("readings:spo2:raw", T0, ("w1",)))
         ("alerts", {"metric": "spo2"}, "unknown_parameter"),
         ("news2", {"at": "noon"}, "bad_time"),
         ("news2", {"from": GOOD["from"]}, "unknown_parameter"),
+        ("news2/history", {"from": "2026-03-02T00:00:00Z", "to": "2026-03-01T00:00:00Z"},
+         "bad_range"),
+        ("news2/history", {"to": "soon"}, "bad_time"),
+        ("news2/history", {"limit": "0"}, "bad_limit"),
+        ("news2/history", {"cursor": RAW_CURSOR}, "bad_cursor"),
+        ("news2/history", {"at": GOOD["from"]}, "unknown_parameter"),
     ],
 )  # fmt: skip
 async def test_every_bad_parameter_is_a_400_problem(

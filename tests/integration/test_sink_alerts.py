@@ -287,6 +287,7 @@ def test_the_schema_check_rejects_documents_that_break_it(
     [
         ({"alert_id": "episode-7"}, "not a UUID"),
         ({"retrospective": "yes"}, "retrospective"),
+        ({"suppressed": 1}, "suppressed"),
         ({"metric": 5}, "metric"),
         ({"device_id": ["watch-1"]}, "device_id"),
         ({"detail": None}, "detail"),
@@ -324,6 +325,9 @@ async def test_each_episode_state_is_stored_and_published_once_even_after_a_rest
     # Decodes, but PostgreSQL refuses it (NUL is not valid in text): parked, not retried
     # forever, and the rest of the batch is stored.
     refused = _detection(b, rule="spo2_low", episode_start=T0 + 9_000, detail="spo2\x00low")
+    # A repeat soon after the last episode resolved: stored, marked, never published.
+    repeat = _detection(b, rule="hr_high", episode_start=T0 + 20_000, suppressed=True)
+    repeat_resolved = dataclasses.replace(repeat, state="resolved", at=T0 + 900_000)
     messages = [
         (a.encode(), contract.encode_detection(opened)),
         (a.encode(), b'{"v": 1, "alert_id": "only this"}'),
@@ -332,6 +336,8 @@ async def test_each_episode_state_is_stored_and_published_once_even_after_a_rest
         (b.encode(), contract.encode_detection(refused)),
         (a.encode(), contract.encode_detection(resolved)),
         (b.encode(), contract.encode_detection(silence)),
+        (b.encode(), contract.encode_detection(repeat)),
+        (b.encode(), contract.encode_detection(repeat_resolved)),
     ]
     sent = await _produce(own, messages)
 
@@ -354,10 +360,17 @@ async def test_each_episode_state_is_stored_and_published_once_even_after_a_rest
         "device_silence": False,
     }
 
-    ids = [opened.alert_id, late.alert_id, silence.alert_id, refused.alert_id]
+    ids = [opened.alert_id, late.alert_id, silence.alert_id, refused.alert_id, repeat.alert_id]
     rows = await _rows(own.database_url, ids)
+    repeats = [r for r in rows if r["suppressed"]]
+    assert [(str(r["alert_id"]), r["state"], r["published_at"]) for r in repeats] == [
+        (repeat.alert_id, "opened", None),
+        (repeat.alert_id, "resolved", None),
+    ]
     stored = {
-        (str(r["alert_id"]), r["state"]): contract.iso(to_ms(r["published_at"])) for r in rows
+        (str(r["alert_id"]), r["state"]): contract.iso(to_ms(r["published_at"]))
+        for r in rows
+        if not r["suppressed"]
     }
     assert stored == {(d["alert_id"], d["state"]): d["published_at"] for d in documents}
 

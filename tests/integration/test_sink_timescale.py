@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -26,7 +26,7 @@ from sinks.pgtime import from_ms
 from sinks.timescale.batching import BatchSizer
 from sinks.timescale.rows import rows_of
 from sinks.timescale.runner import STAGE, run_sink
-from sinks.timescale.writer import copy_then_upsert
+from sinks.timescale.writer import ReadingsWriter, copy_then_upsert
 from tests.polling import WAIT_S, until
 from vitals import contract, localinfra
 from vitals.errors import ConfigError, ContractError
@@ -182,6 +182,37 @@ async def test_copy_then_upsert_stores_each_reading_once_and_counts_new_rows(
     ]
     assert stored[0]["value"] == 60.0 and stored[0]["unit"] == "/min"
     assert stored[0]["upload_id"] == first[0][6]
+
+
+async def test_writer_copies_while_all_new_and_takes_the_staging_path_after_a_duplicate(
+    database_url: str,
+) -> None:
+    patient = f"p-{uuid.uuid4().hex[:8]}"
+    first = rows_of(_upload(patient, [T0, T0 + 1000]))
+    second = rows_of(_upload(patient, [T0 + 2000, T0 + 3000]))
+    third = rows_of(_upload(patient, [T0 + 4000]))
+    fourth = rows_of(_upload(patient, [T0 + 5000]))
+    writer = ReadingsWriter()
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await writer.write(conn, first) == 2  # all new: the plain COPY
+        assert not writer.careful
+        # A stored reading in the batch: the COPY aborts whole, the staging path stores
+        # the new one, and the writer stays careful (a redelivered stretch has more).
+        assert await writer.write(conn, first[1:] + third) == 1
+        assert writer.careful
+        assert await writer.write(conn, second) == 2  # staging path, nothing repeated...
+        assert not writer.careful  # ...so back to the plain COPY
+        # A reading twice within one batch fails the COPY the same way.
+        assert await writer.write(conn, fourth + fourth) == 1
+        assert writer.careful
+        assert await writer.write(conn, []) == 0
+    finally:
+        await conn.close()
+
+    stored = await _stored(database_url, patient)
+    assert [r["t"] for r in stored] == [from_ms(T0 + i * 1000) for i in range(6)]
+    assert stored[4]["upload_id"] == third[0][6]
 
 
 def test_uploads_that_cannot_be_stored_are_contract_errors() -> None:
@@ -435,3 +466,70 @@ async def test_the_command_migrates_on_start_serves_probes_and_stops_on_sigterm(
             proc.kill()
             proc.wait()
         localinfra.drop_database(pg_server, name)
+
+
+# --- NEWS2 scores (vitals.news2 -> news2_scores) ---------------------------------------
+
+
+def _score(patient: str, t: int, total: int, computed: int) -> contract.News2Score:
+    return contract.News2Score(
+        patient_id=patient, t=t, news2=total, band="medium" if total >= 5 else "low",
+        red=False, partial=True, scale=1,
+        parameters={"heart_rate": contract.ScoredParameter(2, 115.0, 30_000),
+                    "resp_rate": contract.ScoredParameter(total - 2, 23.0, 0)},
+        computed=computed,
+    )  # fmt: skip
+
+
+async def test_news2_scores_are_stored_once_replaced_by_recomputation_and_bad_ones_parked(
+    own: Settings,
+) -> None:
+    patient = f"p-{uuid.uuid4().hex[:8]}"
+    first, second = _score(patient, T0, 3, T0 + 1), _score(patient, T0 + 60_000, 4, T0 + 60_001)
+    recomputed = _score(patient, T0, 5, T0 + 90_000)  # late data re-scored T0
+    bad = orjson.dumps({**orjson.loads(contract.encode_news2_score(first)), "band": "severe"})
+    values = [contract.encode_news2_score(s) for s in (first, second, first, recomputed)]
+    producer = AIOKafkaProducer(bootstrap_servers=own.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        topic = own.topic(contract.NEWS2_SCORES)
+        for value in [*values, bad]:
+            await producer.send_and_wait(topic, value, key=patient.encode())
+    finally:
+        await producer.stop()
+    # Readings share the sink: an upload in the same run is stored as before.
+    await _produce(own, [contract.encode_upload(_upload(patient, [T0]))], key=patient.encode())
+
+    async def stored() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(own.database_url)
+        try:
+            return await conn.fetch(
+                "SELECT t, news2, band, parameters::text AS p, computed_at FROM news2_scores"
+                " WHERE patient_id = $1 ORDER BY t",
+                patient,
+            )
+        finally:
+            await conn.close()
+
+    async with _sink(own):
+        await _all_committed(own)
+        letters = await _dead_letters(own, 1)
+        await until(
+            lambda: _rows_are(stored, [(from_ms(T0), 5), (from_ms(T0 + 60_000), 4)]),
+            "both scores, the first one re-computed",
+        )
+
+    rows = await stored()
+    assert rows[0]["computed_at"] == from_ms(T0 + 90_000) and rows[0]["band"] == "medium"
+    assert orjson.loads(rows[1]["p"])["heart_rate"] == {
+        "points": 2, "value": 115.0, "age_ms": 30_000,
+    }  # fmt: skip
+    assert len(await _stored(own.database_url, patient)) == 1
+    [letter] = [x for x in letters if x["origin"]["topic"] == own.topic(contract.NEWS2_SCORES)]
+    assert letter["error"].startswith("ContractError") and letter["stage"] == STAGE
+
+
+async def _rows_are(
+    fetch: Callable[[], Awaitable[list[asyncpg.Record]]], expected: list[tuple[object, ...]]
+) -> bool:
+    return [(r["t"], r["news2"]) for r in await fetch()] == expected

@@ -14,10 +14,11 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from sinks.timescale.migrate import TIMESCALE_AVAILABLE, discover, migrate, plan
+from sinks.timescale.migrate import MIGRATIONS, TIMESCALE_AVAILABLE, discover, migrate, plan
 from tests.conftest import USE_CONTAINERS
 from tests.timescale import checks
 from tests.timescale.databases import Database, Pglite, Server, engine_problem
@@ -153,3 +154,62 @@ async def test_retention_drops_old_raw_chunks_and_keeps_their_aggregates(
 
 async def test_a_late_upload_into_a_compressed_chunk_is_stored_once(timescale: Storage) -> None:
     await checks.check_late_upload_into_compressed_chunk(timescale.db)
+
+
+async def test_alert_key_holds_the_hypertable_time_and_the_roles_keep_their_grants(
+    storage: Storage,
+) -> None:
+    await checks.check_alert_key_and_grants(storage.db)
+
+
+async def test_news2_scores_are_stored_replaced_by_later_computations_and_read(
+    storage: Storage,
+) -> None:
+    await checks.check_news2_scores(storage.db)
+
+
+async def test_alerts_in_a_compressed_chunk_are_resolved_and_published(
+    timescale: Storage,
+) -> None:
+    await checks.check_alerts_in_compressed_chunks(timescale.db)
+
+
+async def test_a_news2_score_in_a_compressed_chunk_is_replaced(timescale: Storage) -> None:
+    await checks.check_news2_scores_in_compressed_chunks(timescale.db)
+
+
+# Alerts became a hypertable in 0006: a database made by 0001-0005 must upgrade in place.
+LAST_BEFORE_ALERTS_HYPERTABLE = 5
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_database_made_by_0001_to_0005_with_alerts_upgrades_in_place(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    timescale = engine == "timescale"
+    if timescale and not USE_CONTAINERS:
+        db = request.getfixturevalue("pglite")
+        await db.reset()
+        await db.script("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        every = plan(discover(), timescale=True)
+        await checks.apply(db, [m for m in every if m.version <= LAST_BEFORE_ALERTS_HYPERTABLE])
+        rows = await checks.store_alerts_before_0006(db)
+        await checks.apply(db, [m for m in every if m.version > LAST_BEFORE_ALERTS_HYPERTABLE])
+        await checks.check_alerts_after_upgrade(db, rows)
+        return
+    # A server: migrate.py with only the old files, then with all of them.
+    for path in MIGRATIONS.glob("*.sql"):
+        if int(path.name[:4]) <= LAST_BEFORE_ALERTS_HYPERTABLE:
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    server = request.getfixturevalue("pg_server")
+    name = f"vitals_upgrade_{uuid.uuid4().hex[:10]}"
+    url = localinfra.create_database(server, name, exist_ok=False)
+    try:
+        assert migrate(url, tmp_path)[-1] == "0005_gateway_security"
+        async with Server.connected(url, timescale=timescale) as db:
+            rows = await checks.store_alerts_before_0006(db)
+            applied = migrate(url)
+            assert applied[0] == "0006_alerts_hypertable"
+            await checks.check_alerts_after_upgrade(db, rows)
+    finally:
+        localinfra.drop_database(server, name)

@@ -8,6 +8,7 @@ the same staging table: COPY is a protocol feature the WASM engine cannot serve.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -17,7 +18,7 @@ from ingest.readapi import queries
 from ingest.readapi.params import EARLIEST
 from sinks.alerts import store
 from sinks.pgtime import to_ms
-from sinks.timescale import writer
+from sinks.timescale import scores, writer
 from sinks.timescale.migrate import Migration
 from sinks.timescale.rows import COLUMNS, rows_of
 from tests.timescale.databases import Database, Row, values
@@ -138,23 +139,33 @@ async def check_timescale_schema(db: Database) -> None:
     """Hypertable, chunk interval, compression, policies and continuous aggregates."""
     hypertables = await db.fetch(
         """SELECT hypertable_name, primary_dimension, compression_enabled
-           FROM timescaledb_information.hypertables WHERE hypertable_schema = 'public'"""
+           FROM timescaledb_information.hypertables WHERE hypertable_schema = 'public'
+           ORDER BY hypertable_name"""
     )
-    # alerts stays a plain table: see docs/storage.md, "Alerts".
     assert values(hypertables, "hypertable_name", "primary_dimension", "compression_enabled") == [
-        ("readings", "t", True)
+        ("alerts", "episode_start", True),
+        ("news2_scores", "t", True),
+        ("readings", "t", True),
     ]
     chunks = await db.fetch(
-        """SELECT time_interval::text AS every FROM timescaledb_information.dimensions
-           WHERE hypertable_schema = 'public' AND hypertable_name = 'readings'"""
+        """SELECT hypertable_name, time_interval::text AS every
+           FROM timescaledb_information.dimensions
+           WHERE hypertable_schema = 'public' ORDER BY hypertable_name"""
     )
-    assert values(chunks, "every") == [("1 day",)]
+    assert values(chunks, "hypertable_name", "every") == [
+        ("alerts", "30 days"),
+        ("news2_scores", "7 days"),
+        ("readings", "1 day"),
+    ]
     compression = await db.fetch(
-        """SELECT segmentby, orderby FROM timescaledb_information.hypertable_columnstore_settings
-           WHERE hypertable = 'readings'::regclass"""
+        """SELECT hypertable::text AS hypertable, segmentby, orderby
+           FROM timescaledb_information.hypertable_columnstore_settings
+           WHERE hypertable::text NOT LIKE '\\_timescaledb\\_internal.%' ORDER BY 1"""
     )
-    assert values(compression, "segmentby", "orderby") == [
-        ("patient_id,metric", "t DESC,device_id")
+    assert values(compression, "hypertable", "segmentby", "orderby") == [
+        ("alerts", "patient_id", "episode_start DESC,alert_id,state"),
+        ("news2_scores", "patient_id", "t DESC"),
+        ("readings", "patient_id,metric", "t DESC,device_id"),
     ]
     aggregates = await db.fetch(
         """SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates
@@ -165,13 +176,17 @@ async def check_timescale_schema(db: Database) -> None:
         ("readings_1m", True),
     ]
     jobs = await policy_jobs(db)
+    # No retention on alerts: clinical records (docs/storage.md).
     assert values(jobs, "relation", "proc_name", "scheduled", "compress_after", "drop_after") == [
+        ("alerts", "policy_compression", True, "90 days", None),
+        ("news2_scores", "policy_compression", True, "7 days", None),
+        ("news2_scores", "policy_retention", True, None, "365 days"),
         ("readings", "policy_compression", True, "7 days", None),
         ("readings", "policy_retention", True, None, "365 days"),
         ("readings_1h", "policy_refresh_continuous_aggregate", True, None, None),
         ("readings_1m", "policy_refresh_continuous_aggregate", True, None, None),
     ]
-    assert values(jobs[2:], "every", "start_offset", "end_offset") == [
+    assert values(jobs[5:], "every", "start_offset", "end_offset") == [
         ("00:30:00", "30 days", "01:00:00"),
         ("00:01:00", "7 days", "00:01:00"),
     ]
@@ -188,8 +203,11 @@ async def check_timescale_schema(db: Database) -> None:
 
 
 async def check_plain_schema(db: Database) -> None:
-    """Plain views stand in for the continuous aggregates."""
-    views = await db.fetch("SELECT viewname FROM pg_views WHERE schemaname = 'public' ORDER BY 1")
+    """Plain views stand in for the continuous aggregates (reader_keys, 0008, is no rollup)."""
+    views = await db.fetch(
+        "SELECT viewname FROM pg_views WHERE schemaname = 'public'"
+        " AND viewname <> 'reader_keys' ORDER BY 1"
+    )
     assert values(views, "viewname") == [("readings_1h",), ("readings_1m",)]
 
 
@@ -269,7 +287,7 @@ async def check_alert_statements(db: Database) -> None:
     )
     rows = [store.row_of(resolved), store.row_of(opened)]
     arrays = [list(c) for c in zip(*rows, strict=True)]
-    keys = [list(c) for c in zip(*store.keys_of(rows), strict=True)]
+    keys = store.key_params(store.keys_of(rows))
 
     assert await db.execute(store._STORE, *arrays) == 2
     assert await db.execute(store._STORE, *arrays) == 0
@@ -281,6 +299,231 @@ async def check_alert_statements(db: Database) -> None:
     assert await db.execute(store._MARK, *keys, await hour_ago(db, 0)) == 2
     assert await db.execute(store._MARK, *keys, await hour_ago(db, 0)) == 0
     assert await db.fetch(store._UNPUBLISHED, *keys) == []
+
+
+async def check_alert_key_and_grants(db: Database) -> None:
+    """alerts' key holds the hypertable's time (0006) on every engine; the roles of 0005 can
+    still use alerts, and use news2_scores (0007) as their process needs."""
+    (key,) = await db.fetch(
+        """SELECT array_to_string(array_agg(a.attname::text ORDER BY k.ord), ',') AS columns
+           FROM pg_constraint c
+           CROSS JOIN unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
+           JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+           WHERE c.conrelid = 'alerts'::regclass AND c.contype = 'p'"""
+    )
+    assert key["columns"] == "alert_id,state,episode_start"
+    grants = await db.fetch(
+        """SELECT r.role, t.name, p.privilege,
+                  has_table_privilege(r.role, t.name, p.privilege) AS granted
+           FROM unnest(ARRAY['vitals_sink', 'vitals_reader']) AS r(role)
+           CROSS JOIN unnest(ARRAY['alerts', 'news2_scores']) AS t(name)
+           CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE']) AS p(privilege)
+           ORDER BY 1, 2, 3"""
+    )
+    granted = {(g["role"], g["name"], g["privilege"]) for g in grants if g["granted"]}
+    assert granted == {
+        ("vitals_reader", "alerts", "SELECT"),
+        ("vitals_reader", "news2_scores", "SELECT"),
+        *(
+            ("vitals_sink", t, p)
+            for t in ("alerts", "news2_scores")
+            for p in ("SELECT", "INSERT", "UPDATE")
+        ),
+    }
+
+
+# The alerts sink's statement before migration 0006 (key (alert_id, state)).
+# The alerts sink's statement as released with 0001-0005, frozen here: 13 columns (no
+# `suppressed`, 0009) and the old conflict target.
+_STORE_BEFORE_0006 = """
+INSERT INTO alerts (alert_id, state, patient_id, rule, severity, retrospective,
+                    episode_start, at, detected_at, metric, value, device_id, detail)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::boolean[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[],
+                     $10::text[], $11::float8[], $12::text[], $13::text[])
+ON CONFLICT (alert_id, state) DO NOTHING
+"""
+
+
+def _old_columns(rows: list[store.AlertRow]) -> list[list]:
+    """The rows' columns as the previous release's statement takes them."""
+    return [list(c) for c in zip(*rows, strict=True)][:13]
+
+
+def _episode(patient: str, start: datetime, *states: str) -> list[store.AlertRow]:
+    ms = to_ms(start)
+    return [
+        store.row_of(
+            contract.Detection(
+                alert_id=contract.alert_id(patient, "spo2_low", ms), patient_id=patient,
+                rule="spo2_low", state=state, severity="high", episode_start=ms,
+                at=ms + (600_000 if state == "resolved" else 0), detected=ms + 1_000,
+                retrospective=False, metric="spo2", value=88.0, device_id="w1",
+            )
+        )
+        for state in states
+    ]  # fmt: skip
+
+
+async def store_alerts_before_0006(db: Database) -> list[store.AlertRow]:
+    """Alerts as a database migrated up to 0005 held them: written, one published."""
+    rows = _episode("p-up", await hour_ago(db, 24 * 45), "opened", "resolved") + _episode(
+        "p-up", await hour_ago(db, 2), "opened"
+    )
+    assert await db.execute(_STORE_BEFORE_0006, *_old_columns(rows)) == 3
+    keys = store.key_params(store.keys_of(rows[:2]))
+    assert await db.execute(store._MARK, *keys, await hour_ago(db, 0)) == 2
+    return rows
+
+
+async def check_alerts_after_upgrade(db: Database, rows: list[store.AlertRow]) -> None:
+    """The rows stored before 0006 are all there, published or not as before; the sink's
+    new statement finds them stored; on TimescaleDB they sit in the hypertable's chunks."""
+    kept = await db.fetch(
+        "SELECT alert_id, state, episode_start, published_at IS NOT NULL AS published"
+        " FROM alerts ORDER BY episode_start, state"
+    )
+    assert values(kept, "alert_id", "state", "episode_start", "published") == [
+        (r[0], r[1], r[6], i < 2) for i, r in enumerate(rows)
+    ]
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    assert await db.execute(store._STORE, *columns) == 0
+    if not db.timescale:  # the previous release's statement still runs (rolling upgrade)
+        assert await db.execute(_STORE_BEFORE_0006, *_old_columns(rows)) == 0
+    await check_alert_key_and_grants(db)
+    if db.timescale:
+        chunks = await db.fetch(
+            """SELECT count(*) AS n FROM timescaledb_information.chunks
+               WHERE hypertable_name = 'alerts'"""
+        )
+        assert chunks[0]["n"] >= 2  # 45 days apart: two 30-day chunks at least
+        only = await db.fetch("SELECT count(*) AS n FROM ONLY alerts")
+        assert only == [{"n": 0}]  # migrate_data moved every row into chunks
+
+
+async def check_alerts_in_compressed_chunks(db: Database) -> None:
+    """An episode opened long ago, its chunk compressed: the resolution is stored once,
+    listed, and marked published (an UPDATE) in the compressed chunk."""
+    await hold_jobs(db)
+    start = await hour_ago(db, 24 * 200)
+    opened, resolved = _episode("p-old", start, "opened", "resolved")
+    await db.execute(store._STORE, *(list(c) for c in zip(opened, strict=True)))
+
+    await run_job(db, "alerts", "policy_compression")
+
+    chunks = await db.fetch(
+        """SELECT is_compressed FROM timescaledb_information.chunks
+           WHERE hypertable_name = 'alerts' AND range_start <= $1 AND $1 < range_end""",
+        start,
+    )
+    assert chunks == [{"is_compressed": True}]
+    both = [list(c) for c in zip(opened, resolved, strict=True)]
+    assert await db.execute(store._STORE, *both) == 1
+    assert await db.execute(store._STORE, *both) == 0
+    keys = store.key_params(store.keys_of([opened, resolved]))
+    pending = await db.fetch(store._UNPUBLISHED, *keys)
+    assert values(pending, "state") == [("opened",), ("resolved",)]
+    assert await db.execute(store._MARK, *keys, await hour_ago(db, 0)) == 2
+    assert await db.fetch(store._UNPUBLISHED, *keys) == []
+
+
+async def check_news2_scores_in_compressed_chunks(db: Database) -> None:
+    """A score re-computed for a compressed chunk replaces the stored one there."""
+    await hold_jobs(db)
+    t = await hour_ago(db, 24 * 30)
+    computed = t + HOUR
+    assert await store_scores(db, [news2_score("p-cold", t, 3, computed, heart_rate=3)]) == 1
+
+    await run_job(db, "news2_scores", "policy_compression")
+
+    chunks = await db.fetch(
+        """SELECT is_compressed FROM timescaledb_information.chunks
+           WHERE hypertable_name = 'news2_scores' AND range_start <= $1 AND $1 < range_end""",
+        t,
+    )
+    assert chunks == [{"is_compressed": True}]
+    later = news2_score("p-cold", t, 5, computed + MINUTE, heart_rate=3, spo2=2)
+    assert await store_scores(db, [later]) == 1
+    (row,) = await db.fetch(queries.NEWS2_LATEST, "p-cold", t)
+    assert (row["news2"], row["computed_at"]) == (5, computed + MINUTE)
+
+
+# --- NEWS2 scores (sinks/timescale/scores.py, the read API's score queries) ---------------
+
+
+def news2_score(
+    patient: str, t: datetime, total: int, computed: datetime, **points: int
+) -> contract.News2Score:
+    return contract.News2Score(
+        patient_id=patient,
+        t=to_ms(t),
+        news2=total,
+        band="high" if total >= 7 else "medium" if total >= 5 else "low" if total else "zero",
+        red=3 in points.values(),
+        partial=len(points) < 7,
+        scale=1,
+        parameters={
+            name: contract.ScoredParameter(n, 100.0 + n, 60_000) for name, n in points.items()
+        },
+        computed=to_ms(computed),
+    )
+
+
+async def store_scores(db: Database, records: Sequence[contract.News2Score]) -> int:
+    """The timescale sink's write of score records (scores.upsert_scores)."""
+    rows = scores.last_per_key([scores.score_row(r) for r in records])
+    return await db.execute(scores.UPSERT, *(list(c) for c in zip(*rows, strict=True)))
+
+
+async def check_news2_scores(db: Database) -> None:
+    """Scores are stored once per (patient, t); a later computation replaces one, an older
+    one does not; the read API finds the latest at a moment and pages the history."""
+    b = await hour_ago(db, 3)
+    computed = b + HOUR
+    first = [
+        news2_score("p-n2", b, 2, computed, heart_rate=2, spo2=0),
+        news2_score("p-n2", b + 10 * MINUTE, 5, computed, heart_rate=3, spo2=2),
+        news2_score("p-n2", b + 20 * MINUTE, 7, computed, heart_rate=3, spo2=3, resp_rate=1),
+        news2_score("p-other", b + 5 * MINUTE, 1, computed, heart_rate=1, spo2=0),
+    ]
+    assert await store_scores(db, first) == 4
+    assert await store_scores(db, first) == 4  # redelivered: the same values again
+    assert await db.fetch("SELECT count(*) AS n FROM news2_scores") == [{"n": 4}]
+    # Late data re-scored 10 minutes in (twice in one batch: the last one counts); a
+    # stale computation of 20 minutes in (older computed_at) changes nothing.
+    recomputed = [
+        news2_score("p-n2", b + 10 * MINUTE, 4, computed + MINUTE, heart_rate=3, spo2=1),
+        news2_score("p-n2", b + 10 * MINUTE, 6, computed + MINUTE, heart_rate=3, spo2=3),
+        news2_score("p-n2", b + 20 * MINUTE, 0, computed - MINUTE, heart_rate=0, spo2=0),
+    ]
+    assert await store_scores(db, recomputed) == 1
+
+    (at_15,) = await db.fetch(queries.NEWS2_LATEST, "p-n2", b + 15 * MINUTE)
+    assert (at_15["t"], at_15["news2"], at_15["band"], at_15["partial"]) == (
+        b + 10 * MINUTE, 6, "medium", True,
+    )  # fmt: skip
+    assert at_15["computed_at"] == computed + MINUTE and at_15["red"] is True
+    assert json.loads(at_15["parameters"]) == {
+        "heart_rate": {"points": 3, "value": 103.0, "age_ms": 60_000},
+        "spo2": {"points": 3, "value": 103.0, "age_ms": 60_000},
+    }
+    (now,) = await db.fetch(queries.NEWS2_LATEST, "p-n2", b + DAY)
+    assert (now["t"], now["news2"]) == (b + 20 * MINUTE, 7)
+    assert await db.fetch(queries.NEWS2_LATEST, "p-n2", b - SECOND) == []
+
+    history: list[tuple[Any, ...]] = []
+    after = EARLIEST
+    while True:  # oldest first, two a page, strictly after the last t
+        page = await db.fetch(queries.NEWS2_HISTORY, "p-n2", b, b + HOUR, after, 2)
+        history += values(page, "t", "news2")
+        if len(page) < 2:
+            break
+        after = page[-1]["t"]
+    assert history == [(b, 2), (b + 10 * MINUTE, 6), (b + 20 * MINUTE, 7)]
+    window = await db.fetch(
+        queries.NEWS2_HISTORY, "p-n2", b + MINUTE, b + 20 * MINUTE, EARLIEST, 10
+    )
+    assert values(window, "t") == [(b + 10 * MINUTE,)]
 
 
 # --- rollups -----------------------------------------------------------------------------
@@ -431,14 +674,6 @@ async def check_read_api_queries(db: Database) -> None:
         (b, "w0", 61.0, "/min"), (b, "w1", 60.0, "/min"), (b + 10 * MINUTE, "w1", 80.0, "/min"),
         (b + HOUR + 5 * MINUTE, "w1", 90.0, "/min"), (b + 2 * HOUR, "w1", 50.0, "/min"),
     ]  # fmt: skip
-
-    latest = await db.fetch(
-        queries.LATEST, "p-api", ["heart_rate", "spo2", "resp_rate"], b + HOUR + 30 * MINUTE
-    )
-    assert sorted(values(latest, "metric", "t", "value")) == [
-        ("heart_rate", b + HOUR + 5 * MINUTE, 90.0),
-        ("spo2", b + 5 * MINUTE, 95.0),
-    ]
 
     starts = [to_ms(b + i * MINUTE) for i in range(3)]
     detections = [
