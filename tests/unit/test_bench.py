@@ -8,7 +8,9 @@ import math
 import orjson
 import pytest
 
-from vitals.bench import loadgen, machine, profile
+from sinks.timescale.rows import rows_of
+from vitals import cli
+from vitals.bench import data, loadgen, machine, profile, sink
 from vitals.bench.report import Results, Row
 from vitals.bench.stats import Summary, Target, median, percentile, ratio
 
@@ -144,3 +146,27 @@ def test_load_generator_parses_split_and_pipelined_answers() -> None:
     conn.data_received(ok + ok)  # two answers in one read
     assert gen.statuses[202] == 3
     assert len(gen.latencies) == 4 and not conn.buf
+
+
+def test_fleet_rows_are_the_fleet_uploads_rows_in_batches() -> None:
+    uploads = data.fleet_uploads(7, 3, 1_795_000_000_000)
+    expected = [row for upload in uploads for row in rows_of(upload)]
+    batches = list(data.fleet_rows(7 * 50 + 20, 3, 1_795_000_000_000, batch=120))
+    assert [len(b) for b in batches] == [120, 120, 110]  # whole uploads only: 350 rows
+    assert [row for batch in batches for row in batch] == expected
+
+
+def test_redelivered_batches_repeat_one_upload_of_the_batch_before() -> None:
+    batches = [[("a", i) for i in range(60)], [("b", i) for i in range(60)], [("c", 0)]]
+    out = sink.redelivered(batches)  # type: ignore[arg-type]
+    assert out[0] == batches[0]
+    assert out[1] == batches[1] + batches[0][:50]
+    assert out[2] == batches[2] + batches[1][:50]
+    assert len({row for batch in out for row in batch}) == 121  # nothing new: repeats only
+
+
+def test_bench_refuses_fewer_rows_than_one_upload(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "--only", "storage", "--storage-rows", "49"]) == 2
+    assert cli.main(["bench", "--only", "storage", "--storage-rows", "0"]) == 2
+    assert cli.main(["bench", "--only", "export", "--export-rows", "100", "10"]) == 2
+    assert "must be at least 50" in capsys.readouterr().err

@@ -1,17 +1,19 @@
 """The data every scenario uses: a fleet's uploads of 50 readings (heart rate and SpO2 at
 1 s, values in the normal range so nothing alerts unless a scenario injects it), as gateway
-request bodies or as vitals.readings messages, timed to end now (inside the processor's
-horizon, so a fresh consumer group does not skip them as history)."""
+request bodies, vitals.readings messages or rows of the readings table, timed to end now
+(inside the processor's horizon, so a fresh consumer group does not skip them as history)."""
 
 from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from sinks.timescale.rows import Row, rows_of
 from vitals import contract
 
 READINGS_PER_UPLOAD = 50
@@ -33,11 +35,30 @@ def fleet_uploads(
 ) -> list[contract.Upload]:
     """`count` uploads spread over `patients`; each patient's uploads are consecutive in
     event time, the last ending at `end_ms`."""
+    return list(iter_uploads(count, patients, end_ms, seed=seed, per_upload=per_upload))
+
+
+def fleet_rows(count: int, patients: int, end_ms: int, *, batch: int) -> Iterator[list[Row]]:
+    """The same fleet's readings (`count` rounded down to whole uploads) as rows of the
+    readings table, `batch` rows at a time: millions of rows need the memory of one batch."""
+    rows: list[Row] = []
+    for upload in iter_uploads(count // READINGS_PER_UPLOAD, patients, end_ms):
+        rows += rows_of(upload)
+        if len(rows) >= batch:
+            yield rows[:batch]
+            rows = rows[batch:]
+    if rows:
+        yield rows
+
+
+def iter_uploads(
+    count: int, patients: int, end_ms: int, *, seed: int = 7, per_upload: int = READINGS_PER_UPLOAD
+) -> Iterator[contract.Upload]:
+    """fleet_uploads, one upload at a time."""
     rng = random.Random(seed)
     per_patient = -(-count // patients)
     span = per_upload // 2 * STEP_MS  # two metrics per timestamp
     start = end_ms - per_patient * span
-    uploads = []
     for i in range(count):
         patient, k = i % patients, i // patients
         t0 = start + k * span
@@ -45,17 +66,14 @@ def fleet_uploads(
             contract.Reading(metric, t0 + (j // 2) * STEP_MS, v, unit)
             for j, (metric, v, unit) in enumerate(_values(rng, per_upload))
         )
-        uploads.append(
-            contract.Upload(
-                upload_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                gateway_id="gw-bench",
-                device_id=f"watch-{patient:05d}",
-                patient_id=f"p-{patient:05d}",
-                received=end_ms,
-                readings=readings,
-            )
+        yield contract.Upload(
+            upload_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            gateway_id="gw-bench",
+            device_id=f"watch-{patient:05d}",
+            patient_id=f"p-{patient:05d}",
+            received=end_ms,
+            readings=readings,
         )
-    return uploads
 
 
 def wire_body(upload: contract.Upload) -> str:

@@ -13,8 +13,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitals.bench import e2e, gateway, hop, machine, processor, profile, sink
+from vitals.bench import (
+    data,
+    e2e,
+    export,
+    gateway,
+    hop,
+    machine,
+    processor,
+    profile,
+    sink,
+    storage,
+)
 from vitals.bench.infra import infrastructure
+from vitals.bench.options import PEER_SCENARIOS
 from vitals.bench.report import Results
 
 
@@ -29,6 +41,8 @@ class Plan:
     processor_window_s: float
     e2e: e2e.E2ESpec
     e2e_reps: int
+    storage_rows: int
+    export_rows: tuple[int, ...]
 
 
 PLANS = {
@@ -40,6 +54,10 @@ PLANS = {
         processor_window_s=8.0,
         e2e=e2e.E2ESpec(readings_per_s=20_000, duration_s=8.0, injections_per_s=10),
         e2e_reps=2,
+        # 2M readings are ~430 MB with the key index, 3.4× PostgreSQL's default
+        # shared_buffers (128 MB): the load runs past the buffer cache, as a sink's does.
+        storage_rows=2_000_000,
+        export_rows=(100_000, 1_000_000, 3_000_000),
     ),
     "quick": Plan(
         reps=2,
@@ -49,6 +67,8 @@ PLANS = {
         processor_window_s=4.0,
         e2e=e2e.E2ESpec(readings_per_s=20_000, duration_s=4.0, injections_per_s=10),
         e2e_reps=1,
+        storage_rows=200_000,
+        export_rows=(10_000, 100_000, 300_000),
     ),
 }
 
@@ -59,6 +79,15 @@ def run(args: argparse.Namespace) -> int:
     reps = plan.reps if args.reps is None else args.reps
     if reps < 1:
         print("vitals bench: --reps must be at least 1", file=sys.stderr)
+        return 2
+    storage_rows = plan.storage_rows if args.storage_rows is None else args.storage_rows
+    export_rows = tuple(plan.export_rows if args.export_rows is None else args.export_rows)
+    if min(storage_rows, *export_rows) < data.READINGS_PER_UPLOAD:
+        print(
+            f"vitals bench: --storage-rows and --export-rows must be at least "
+            f"{data.READINGS_PER_UPLOAD} (one upload)",
+            file=sys.stderr,
+        )
         return 2
     # The harness's own INFO lines (migrations, topics) would bury the table.
     logging.getLogger().setLevel(logging.WARNING)
@@ -82,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                 raw = gateway.profile(infra, plan.load, logs / "profile-gateway.raw")
                 _profiles(results, "gateway", profile.read(raw), out)
         if "sink" in args.only:
-            _say("sink: copy_then_upsert vs raw COPY")
+            _say("sink: the sink's writer vs raw COPY, and with a duplicate in every batch")
             results.rows += sink.run(infra, plan.sink_rows, 2_000, reps)
         if "processor" in args.only:
             _say("processor: vitals process vs Quix Streams, 1 and 2 instances")
@@ -96,6 +125,12 @@ def run(args: argparse.Namespace) -> int:
             _say("end to end: POST -> alert at a fixed offered load")
             results.rows += e2e.run(infra, plan.e2e, plan.e2e_reps)
             results.rows += hop.run(infra.settings("hop"), reps)
+        if "storage" in args.only:
+            _say(f"storage: {storage_rows:,} readings, sink's writer vs raw COPY; sizes")
+            results.rows += storage.run(infra, storage_rows, reps, results.notes)
+        if "export" in args.only:
+            _say(f"export: peak memory of vitals export, {len(export_rows)} ranges")
+            results.rows += export.run(infra, export_rows, results.notes)
     load_after = machine.load_average()
     results.machine["load_after"] = round(load_after, 2)
     results.machine["duration_s"] = round(time.monotonic() - started)
@@ -105,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
             f"{described['cores']} cores): other work competed for the CPU; expect noise"
         )
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    # A run of other scenarios than make bench's is named for them, so it never stands in
+    # for latest-full / latest-quick.
+    if sorted(args.only) != sorted(PEER_SCENARIOS):
+        mode = "-".join([mode, *sorted(set(args.only))])
     json_path, md_path = results.write(out, f"{mode}-{stamp}")
     results.write(out, f"latest-{mode}")
     print(results.table())
