@@ -76,9 +76,10 @@ def create_app(settings: Settings) -> GatewayApp:
             )
             app.state.publisher = publisher
             app.state.pool = pool
-            app.state.intake = Intake(
-                settings, publisher, IdempotencyCache(settings.idempotency_cache_size), guards
+            cache = IdempotencyCache(
+                settings.idempotency_cache_size, settings.idempotency_cache_bytes
             )
+            app.state.intake = Intake(settings, publisher, cache, guards)
             tasks: list[asyncio.Task[None]] = []
             if pool is not None:
                 tasks.append(asyncio.create_task(registry.run(pool, settings.registry_refresh_s)))

@@ -1,6 +1,8 @@
 """Idempotency-Key: a retried upload gets the first answer back instead of a second message.
 
-Answers are kept in a bounded LRU in memory, per gateway and key. While one request with
+Answers are kept in an LRU in memory, per gateway and key, bounded by count and by bytes:
+an answer lists its rejections, so one upload of 5000 bad readings keeps ~0.5 MB, and a
+count alone would let one gateway's retries hold gigabytes. While one request with
 a key is being produced, others with the same key wait for it (a lock per key), so two
 concurrent retries never both produce. Only 202 answers are kept: a refusal leaves
 nothing behind, so the retry is tried again from scratch.
@@ -63,9 +65,21 @@ def fingerprint(body: bytes) -> bytes:
     return hashlib.blake2b(body, digest_size=16).digest()
 
 
+# What an entry costs besides its answer's body and key: the OrderedDict slot, the key
+# tuple and the two dataclasses (measured with sys.getsizeof: ~420 bytes on CPython 3.11).
+ENTRY_OVERHEAD = 512
+
+
+def entry_size(key: Key, answer: Answer) -> int:
+    accepted = answer.accepted
+    return ENTRY_OVERHEAD + len(key[0]) + len(key[1]) + len(accepted.content) + 36
+
+
 class IdempotencyCache:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = 64 * 2**20) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0  # entry_size of everything held
         self._answers: OrderedDict[Key, Answer] = OrderedDict()
         self._locks: dict[Key, tuple[asyncio.Lock, int]] = {}  # lock, holders + waiters
 
@@ -100,7 +114,16 @@ class IdempotencyCache:
         return answer
 
     def put(self, key: Key, answer: Answer) -> None:
+        """Keep `answer`, dropping the least recently used beyond either bound. An answer
+        larger than the whole byte bound is not kept (its retry is produced again)."""
+        size = entry_size(key, answer)
+        if size > self.max_bytes:
+            return
+        old = self._answers.pop(key, None)
+        if old is not None:
+            self.bytes -= entry_size(key, old)
         self._answers[key] = answer
-        self._answers.move_to_end(key)
-        while len(self._answers) > self.capacity:
-            self._answers.popitem(last=False)
+        self.bytes += size
+        while len(self._answers) > self.capacity or self.bytes > self.max_bytes:
+            dropped_key, dropped = self._answers.popitem(last=False)
+            self.bytes -= entry_size(dropped_key, dropped)

@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     max_future_skew_s: float = 300.0  # readings further ahead than this are rejected
     produce_timeout_s: float = 5.0  # then 503 with Retry-After
     retry_after_s: int = 5
-    idempotency_cache_size: int = 100_000
+    idempotency_cache_size: int = 100_000  # answers kept, and at most this many bytes:
+    idempotency_cache_bytes: int = 64 * 2**20
 
     # --- gateway security (docs/security.md) ------------------------------------------
     # Load API keys and the device registry from the database (refreshed every

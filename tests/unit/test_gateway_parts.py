@@ -19,6 +19,7 @@ from ingest.idempotency import (
     Accepted,
     Answer,
     IdempotencyCache,
+    entry_size,
     random_uuid,
     upload_id_for,
 )
@@ -227,6 +228,27 @@ def test_the_cache_keeps_the_most_recently_used_answers() -> None:
     assert cache.get(("gw", "b")) is None
     assert cache.get(("gw", "a")) is answers["a"]
     assert cache.get(("gw", "c")) is answers["c"]
+
+
+def test_the_cache_is_bounded_by_bytes_too() -> None:
+    small = Answer(b"f", Accepted("s", b"x" * 100, 1, 0))
+    big = Answer(b"f", Accepted("b", b"x" * 10_000, 1, 5000))  # an answer with rejections
+    one_small = entry_size(("gw", "s00"), small)
+    cache = IdempotencyCache(capacity=1000, max_bytes=one_small * 10)
+    for i in range(10):
+        cache.put(("gw", f"s{i:02d}"), small)
+    assert len(cache) == 10 and cache.bytes == one_small * 10
+    cache.put(("gw", "s00"), small)  # kept again: counted once
+    assert cache.bytes == one_small * 10
+    cache.put(("gw", "big"), big)  # larger than the whole bound: not kept, nothing dropped
+    assert cache.get(("gw", "big")) is None and len(cache) == 10
+    cache.put(("gw", "s10"), small)  # one more: the least recently used (s01) goes
+    assert cache.get(("gw", "s01")) is None and cache.get(("gw", "s00")) is small
+    assert cache.bytes == one_small * 10
+    mid = Answer(b"f", Accepted("m", b"x" * (one_small * 3), 1, 0))
+    cache.put(("gw", "mid"), mid)  # room made by dropping as many as needed
+    assert cache.get(("gw", "mid")) is mid and cache.bytes <= cache.max_bytes
+    assert len(cache) < 10
 
 
 async def test_requests_with_the_same_key_run_one_at_a_time() -> None:
