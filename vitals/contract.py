@@ -12,7 +12,7 @@ import base64
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -33,8 +33,10 @@ ALL_TOPICS = (READINGS, DETECTIONS, ALERTS, DEADLETTER, NEWS2_SCORES)
 NAMESPACE = uuid.UUID("6f1c2a3e-8d4b-5e7f-9a0b-1c2d3e4f5a6b")
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
+    """One canonical reading. A named tuple, not a dataclass: the gateway builds one per
+    reading and the processor decodes one per reading; a tuple is twice as cheap to make."""
+
     metric: str
     t: int  # event time, ms since epoch UTC
     v: float  # in the metric's canonical unit
