@@ -1,9 +1,10 @@
 """The processor's pure core: decoded uploads in, detections out. No Kafka, no clock.
 
 State is kept per partition (the unit a processor is assigned, replays and drops), then per
-series of a patient: one per metric that has a threshold rule, one for NEWS2 (fed by its
-seven parameters) and one for rhythm (rr_interval); each an event-time window whose samples
-carry its track's state (windows.py, tracks.py, episodes.py). Which rules apply is the
+series of a patient: one per metric that has a rule of its own (thresholds, sensor faults,
+personal baseline: tracks.MetricTrack), one for NEWS2 (fed by its seven parameters) and
+one for rhythm (rr_interval); each an event-time window whose samples carry its track's
+state (windows.py, tracks.py, episodes.py). Which rules apply is the
 patient's (rules.py: defaults, cohort, own overrides). Per (patient, device): the last
 arrival for device silence (silence.py).
 
@@ -20,13 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processors.news2 import PARAMETERS as NEWS2_PARAMETERS
-from processors.news2 import News2Track
+from processors.news2 import News2Track, Scored, score_record
 from processors.rhythm import RhythmTrack
 from processors.rules import PatientRules, Rules
 from processors.silence import DeviceSilence
-from processors.tracks import Found, ThresholdTrack, Track
+from processors.tracks import Found, MetricTrack, Track
 from processors.windows import EventWindow, Sample
-from vitals.contract import Detection, Upload, alert_id
+from vitals.contract import Detection, News2Score, Upload, alert_id
 
 NEWS2 = "news2"
 RHYTHM = "rhythm"
@@ -75,13 +76,13 @@ class Series:
         cutoff = self.window.cutoff
         if cutoff is not None:
             for machine in machines:
-                machine.log.prune(cutoff)
+                machine.prune(cutoff)
         return found, counts
 
 
 def routes(rules: PatientRules, metric: str) -> list[str]:
     """The series of a patient a reading of `metric` goes to."""
-    found = [metric] if rules.for_metric(metric) else []
+    found = [metric] if rules.watches(metric) else []
     if rules.news2 is not None and metric in NEWS2_PARAMETERS:
         found.append(NEWS2)
     if rules.rhythm is not None and metric == RR_METRIC:
@@ -96,7 +97,9 @@ def track_for(rules: PatientRules, kind: str) -> Track:
     if kind == RHYTHM:
         assert rules.rhythm is not None
         return RhythmTrack(rules.rhythm)
-    return ThresholdTrack(rules.for_metric(kind))
+    return MetricTrack(
+        rules.for_metric(kind), rules.flat_line(kind), rules.jump(kind), rules.baseline(kind)
+    )
 
 
 @dataclass(slots=True)
@@ -114,8 +117,17 @@ class Engine:
         # Readings left out of the windows, and decisions late data contradicted, by kind.
         self.counts: Counter[str] = Counter()
 
-    def feed(self, partition: Hashable, upload: Upload, *, now: int) -> list[Detection]:
-        """One upload, in the order it came from its partition. `now`: wall clock, ms."""
+    def feed(
+        self,
+        partition: Hashable,
+        upload: Upload,
+        *,
+        now: int,
+        scores: list[News2Score] | None = None,
+    ) -> list[Detection]:
+        """One upload, in the order it came from its partition. `now`: wall clock, ms.
+
+        NEWS2 score changes are appended to `scores` when given (left out otherwise)."""
         state = self._partition(partition)
         detections: list[Detection] = []
         resolved = state.silence.arrived(upload.patient_id, upload.device_id, upload.received, now)
@@ -142,6 +154,7 @@ class Engine:
                 # NEWS2 shares its readings with the metrics' own series: its counts are
                 # kept apart so that one retried reading is not counted twice.
                 counts = Counter({f"news2_{reason}": n for reason, n in counts.items()})
+                found = self._split_scores(upload.patient_id, series, found, now, scores)
             self.counts.update(counts)
             detections.extend(self._detection(upload.patient_id, f, learned, now) for f in found)
         return detections
@@ -188,6 +201,21 @@ class Engine:
             self._partitions[partition] = state
         return state
 
+    @staticmethod
+    def _split_scores(
+        patient_id: str,
+        series: Series,
+        found: list[Any],
+        now: int,
+        scores: list[News2Score] | None,
+    ) -> list[Found]:
+        """The NEWS2 track's episode changes; its score records go to `scores`."""
+        assert isinstance(series.track, News2Track)
+        series.track.log.prune(series.window.cutoff)  # no recompute reaches back further
+        if scores is not None:
+            scores.extend(score_record(patient_id, s, now) for s in found if isinstance(s, Scored))
+        return [f for f in found if isinstance(f, Found)]
+
     def _detection(self, patient_id: str, found: Found, learned: int, now: int) -> Detection:
         change = found.change
         return Detection(
@@ -204,4 +232,5 @@ class Engine:
             value=change.value,
             device_id=change.device_id,
             detail=found.detail,
+            suppressed=change.suppressed,
         )

@@ -1,10 +1,15 @@
 """The episode state machine shared by the detectors that watch a condition over time.
 
-An episode opens once the condition holds without a break for `for_ms` of event time (its
-start is the first reading of that run, its id `contract.alert_id(patient, rule, start)`),
-and resolves once the readings are back beyond the clear level (hysteresis) without a
-break for `clear_for_ms`. Readings that neither breach nor clear (between the two levels)
-break a pending run and restart the clear delay, nothing else.
+An episode opens once the condition holds for `for_ms` of event time (its start is the
+first reading of that run, its id `contract.alert_id(patient, rule, start)`), and resolves
+once the readings are back beyond the clear level (hysteresis) without a break for
+`clear_for_ms`. A pending run survives dips (readings that do not breach; a dip lasts
+from its first reading to the next breaching one) while their total within the run stays
+below `dip_ms`; then it breaks (with `dip_ms` 0, any non-breaching reading breaks it). A
+value at a limit wobbles across it, and a reading a little under it must not restart the
+persistence clock; the total keeps a condition that holds only now and then from
+counting as sustained. Readings that neither breach nor clear (between the two levels)
+restart the clear delay.
 
 The machine runs over a window in event-time order and runs again from a late reading's
 place (windows.py). What it emitted is a fact that late data cannot take back, so every
@@ -21,6 +26,11 @@ run is reconciled with the `EpisodeLog` of emitted episodes:
 So emitted episodes of one series and rule never overlap in event time, each id is
 opened at most once and resolved at most once, after its opening. Where late data do not
 contradict an emitted decision, the result is the same as for ordered input.
+
+Suppression of repeats: an episode that opens less than `suppress_ms` after an emitted
+episode of the same series and rule resolved is emitted `suppressed` (recorded, not to be
+paged), and so is its resolution. It is decided from the log, so it is the same on replay
+and for any arrival order that reproduces the same episodes.
 """
 
 from __future__ import annotations
@@ -59,6 +69,8 @@ class EpisodeState:
     start: int = 0  # PENDING: first reading of the run; OPEN: the episode's start (its id)
     worst: float = 0.0
     clear_since: int | None = None  # OPEN: first reading of the current clear run
+    dip_since: int | None = None  # PENDING: first reading of the current dip
+    dipped: int = 0  # PENDING: the run's earlier dips, in total
     # OPEN but not emitted yet: an earlier episode that late data revealed (see module doc)
     tentative: bool = False
     opened_at: int = 0
@@ -78,6 +90,7 @@ class Change:
     at: int
     value: float  # the worst value of the episode so far
     device_id: str
+    suppressed: bool = False  # a repeat within the rule's suppression window
 
 
 @dataclass(slots=True)
@@ -88,6 +101,7 @@ class Episode:
     opened_at: int
     value: float
     resolved_at: int | None = None
+    suppressed: bool = False
 
     @property
     def end(self) -> float:
@@ -124,6 +138,8 @@ class EpisodeLog:
 
     def pins(self, after: int | None, upto: int) -> list[tuple[int, bool, Episode]]:
         """Emitted openings (True) and resolutions (False) in (after, upto], in time order."""
+        if not self._episodes:  # the common case, once per machine and reading
+            return []
         lo = -math.inf if after is None else after
         found: list[tuple[int, bool, Episode]] = []
         for e in self._episodes.values():
@@ -134,6 +150,12 @@ class EpisodeLog:
         found.sort(key=lambda pin: (pin[0], not pin[1]))
         return found
 
+    def resolved_within(self, lo: int, hi: int) -> bool:
+        """An emitted episode resolved at a time in (lo, hi]."""
+        return any(
+            e.resolved_at is not None and lo < e.resolved_at <= hi for e in self._episodes.values()
+        )
+
     def prune(self, before: int) -> None:
         """Forget resolved episodes that ended before `before` (out of every window)."""
         for start in [s for s, e in self._episodes.items() if e.end < before]:
@@ -143,10 +165,12 @@ class EpisodeLog:
 class EpisodeMachine:
     """Runs one condition over one series; `step` is the windows' recompute step."""
 
-    __slots__ = ("condition", "log", "conflicts")
+    __slots__ = ("condition", "suppress_ms", "dip_ms", "log", "conflicts")
 
-    def __init__(self, condition: Condition) -> None:
+    def __init__(self, condition: Condition, suppress_ms: int = 0, dip_ms: int = 0) -> None:
         self.condition = condition
+        self.suppress_ms = suppress_ms
+        self.dip_ms = dip_ms
         self.log = EpisodeLog()
         self.conflicts = 0  # decisions late data contradicted (kept, see module doc)
 
@@ -159,9 +183,24 @@ class EpisodeMachine:
         self, state: EpisodeState, sample: Sample, prev_t: int | None, out: list[Change]
     ) -> EpisodeState:
         state = self._advance(state, sample, out)
+        return self.pass_over(state, sample, prev_t)
+
+    def pass_over(self, state: EpisodeState, sample: Sample, prev_t: int | None) -> EpisodeState:
+        """A reading the condition must not judge (a sensor fault flagged it): the run and
+        the clear delay carry on unchanged; only emitted decisions are applied."""
         for at, opening, episode in self.log.pins(prev_t, sample.t):
             state = self._pin(state, at, opening, episode)
         return state
+
+    def prune(self, before: int) -> None:
+        """Forget what no recompute reaches, keeping resolutions suppression still needs."""
+        self.log.prune(before - self.suppress_ms)
+
+    def _repeat(self, opened_at: int) -> bool:
+        """Opening at `opened_at` repeats an episode resolved less than suppress_ms ago."""
+        return self.suppress_ms > 0 and self.log.resolved_within(
+            opened_at - self.suppress_ms, opened_at
+        )
 
     # --- the machine ----------------------------------------------------------------------
 
@@ -176,11 +215,17 @@ class EpisodeMachine:
             worst = cond.worse(state.worst, v) if cond.breaches(v) else state.worst
             return replace(state, clear_since=None, worst=worst)
         if not cond.breaches(v):
+            if state.phase is Phase.PENDING and self.dip_ms > 0:
+                since = t if state.dip_since is None else state.dip_since
+                if state.dipped + t - since < self.dip_ms:  # brief dips: the run carries on
+                    return replace(state, dip_since=since)
             return IDLE
-        if state.phase is Phase.IDLE:
+        dipped = state.dipped if state.dip_since is None else state.dipped + t - state.dip_since
+        if state.phase is Phase.IDLE or dipped >= self.dip_ms > 0:
             state = EpisodeState(Phase.PENDING, start=t, worst=v)
         else:
-            state = replace(state, worst=cond.worse(state.worst, v))
+            worst = cond.worse(state.worst, v)
+            state = replace(state, worst=worst, dip_since=None, dipped=dipped)
         if t - state.start >= cond.for_ms:
             return self._open(state, t, v, sample.device_id, out)
         return state
@@ -217,8 +262,9 @@ class EpisodeMachine:
                 opened_value=run.worst,
                 opened_device=device_id,
             )
-        self.log.add(Episode(run.start, t, run.worst))
-        out.append(Change("opened", run.start, t, run.worst, device_id))
+        suppressed = self._repeat(t)
+        self.log.add(Episode(run.start, t, run.worst, suppressed=suppressed))
+        out.append(Change("opened", run.start, t, run.worst, device_id, suppressed))
         return EpisodeState(Phase.OPEN, start=run.start, worst=run.worst)
 
     def _resolve(
@@ -228,7 +274,10 @@ class EpisodeMachine:
         if episode is None and state.tentative:
             later = self.log.next_after(state.opened_at)
             if later is None or t <= later.start:
-                self.log.add(Episode(state.start, state.opened_at, state.opened_value, t))
+                suppressed = self._repeat(state.opened_at)
+                self.log.add(
+                    Episode(state.start, state.opened_at, state.opened_value, t, suppressed)
+                )
                 out.append(
                     Change(
                         "opened",
@@ -236,15 +285,18 @@ class EpisodeMachine:
                         state.opened_at,
                         state.opened_value,
                         state.opened_device,
+                        suppressed,
                     )
                 )
-                out.append(Change("resolved", state.start, t, state.worst, device_id))
+                out.append(Change("resolved", state.start, t, state.worst, device_id, suppressed))
             else:
                 self.conflicts += 1
             return IDLE
         if episode is not None and episode.resolved_at is None:
             episode.resolved_at = t
-            out.append(Change("resolved", episode.start, t, state.worst, device_id))
+            out.append(
+                Change("resolved", episode.start, t, state.worst, device_id, episode.suppressed)
+            )
         return IDLE
 
     def _pin(self, state: EpisodeState, at: int, opening: bool, episode: Episode) -> EpisodeState:

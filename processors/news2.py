@@ -13,6 +13,11 @@ Two episode rules run on the score with the shared episode machine (episodes.py)
 score", which RCP asks to treat like medium), `news2_high` at >= 7. Severity escalates
 upwards only: a patient going from medium to high gets a `news2_high` episode opened
 inside the open `news2_medium` one; a fall back resolves the high episode first.
+
+The track also emits the score itself (`Scored`) when its total, band or parameter set
+changes, for the score records of vitals.news2 (docs/scores.md). A log of what it emitted
+per event time keeps recomputes after late data from repeating unchanged records, and lets
+them correct a record the late data changed.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import orjson
 
 from processors.episodes import IDLE, EpisodeMachine, EpisodeState, Phase
 from processors.windows import Sample
+from vitals.contract import News2Score, ScoredParameter
 
 # The parameters, in the order NEWS2 charts them; the reading metric that carries each.
 PARAMETERS = (
@@ -169,6 +175,8 @@ class News2Rule:
     clear_for_ms: int
     medium_clear_score: float
     high_clear_score: float
+    suppress_ms: int = 0  # news2_medium repeats only: a high NEWS2 is never suppressed
+    dip_ms: int = 0  # a pending run survives dips below the band totalling less
 
     @classmethod
     def from_fields(cls, v: dict[str, Any]) -> News2Rule:
@@ -196,7 +204,7 @@ class News2Rule:
     @property
     def span_ms(self) -> int:
         """Event time back a restart must replay to rebuild the score and its episodes."""
-        return self.staleness_ms + max(self.for_ms, self.clear_for_ms)
+        return self.staleness_ms + max(self.for_ms + self.dip_ms, self.clear_for_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,11 +231,70 @@ class Band:
         return f"NEWS2 >= {self.open_at:g}"
 
 
+# What makes a score record differ from the previous one: total, band, parameters used
+# (a bit per PARAMETERS index). The ages alone change with every reading and are left out.
+Signature = tuple[int, str, int]
+
+
+def signature(s: Score) -> Signature:
+    return s.total, s.band, sum(1 << INDEX[p] for p in s.points)
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A score record the track emitted: the score at event time `t` and the values used."""
+
+    t: int
+    score: Score
+    values: dict[str, float]
+
+
+def score_record(patient_id: str, scored: Scored, computed: int) -> News2Score:
+    """The vitals.news2 message of a score the track emitted."""
+    s = scored.score
+    return News2Score(
+        patient_id=patient_id,
+        t=scored.t,
+        news2=s.total,
+        band=s.band,
+        red=s.red,
+        partial=s.partial,
+        scale=s.scale,
+        parameters={
+            p: ScoredParameter(s.points[p], scored.values[p], s.ages_ms[p])
+            for p in PARAMETERS
+            if p in s.points
+        },
+        computed=computed,
+    )
+
+
+class ScoreLog:
+    """The signature last emitted per event time (what the store holds there), while a
+    recompute can still reach that time."""
+
+    __slots__ = ("_by_t",)
+
+    def __init__(self) -> None:
+        self._by_t: dict[int, Signature] = {}
+
+    def get(self, t: int) -> Signature | None:
+        return self._by_t.get(t)
+
+    def add(self, t: int, sig: Signature) -> None:
+        self._by_t[t] = sig
+
+    def prune(self, before: int | None) -> None:
+        if before is not None and self._by_t:
+            self._by_t = {t: s for t, s in self._by_t.items() if t >= before}
+
+
 @dataclass(frozen=True, slots=True)
 class News2State:
     latest: Latest = (None,) * len(PARAMETERS)
     medium: EpisodeState = IDLE
     high: EpisodeState = IDLE
+    scored: Signature | None = None  # of the score at this sample; None: too few parameters
 
 
 class News2Track:
@@ -241,9 +308,13 @@ class News2Track:
             Band("news2_high", "high", HIGH_SCORE, rule.high_clear_score,
                  rule.for_ms, rule.clear_for_ms),
         )  # fmt: skip
-        self.machines = (EpisodeMachine(self.bands[0]), EpisodeMachine(self.bands[1]))
+        self.machines = (
+            EpisodeMachine(self.bands[0], rule.suppress_ms, rule.dip_ms),
+            EpisodeMachine(self.bands[1], dip_ms=rule.dip_ms),
+        )
         self.initial = News2State()
         self.span_ms = rule.span_ms
+        self.log = ScoreLog()
 
     def step(
         self, state: News2State, sample: Sample, prev_t: int | None, out: list[Any]
@@ -267,7 +338,20 @@ class News2Track:
         for band, changes in zip(self.bands, (medium_out, high_out), strict=True):
             for change in changes:
                 out.append(Found(band.rule, band.severity, None, change, now.detail()))
-        return News2State(latest, medium, high)
+        scored = signature(now) if enough else None
+        if scored is not None and self._record_due(sample.t, scored, state.scored):
+            self.log.add(sample.t, scored)
+            values = {p: e[1] for p, e in zip(PARAMETERS, latest, strict=True) if p in now.points}
+            out.append(Scored(sample.t, now, values))
+        return News2State(latest, medium, high, scored)
+
+    def _record_due(self, t: int, scored: Signature, before: Signature | None) -> bool:
+        """A change from the previous sample's score not yet recorded at `t`; or, in a
+        recompute, a record at `t` that late data made wrong (re-emitted corrected)."""
+        emitted = self.log.get(t)
+        if scored != before:
+            return emitted != scored
+        return emitted is not None and emitted != scored
 
     def idle(self, state: News2State) -> bool:
         return state.medium.phase is Phase.IDLE and state.high.phase is Phase.IDLE

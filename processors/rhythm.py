@@ -49,6 +49,7 @@ class RhythmRule:
     windows_needed: int
     windows_of: int
     severity: str
+    suppress_ms: int = 0
 
     @classmethod
     def from_fields(cls, v: dict[str, Any]) -> RhythmRule:
@@ -188,7 +189,7 @@ class RhythmTrack:
     def __init__(self, rule: RhythmRule) -> None:
         self.rule = rule
         self.condition = Persistence(RULE, rule.windows_needed)
-        self.machines = (EpisodeMachine(self.condition),)
+        self.machines = (EpisodeMachine(self.condition, rule.suppress_ms),)
         self.initial = RhythmState()
         self.span_ms = rule.span_ms
 

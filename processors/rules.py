@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from processors.baseline import BaselineRule
+from processors.faults import FlatLineRule, JumpRule
 from processors.news2 import News2Rule
 from processors.rhythm import RhythmRule
 from processors.threshold import ThresholdRule
@@ -31,6 +33,10 @@ Table = dict[str, Any]
 # Shipped beside this module (package data).
 DEFAULT_RULES_FILE = Path(__file__).with_name("rules.toml")
 
+# A repeat of a rule's episode within this long after the last one resolved is recorded
+# but not paged, unless the rule sets `suppress_s`; never for high severity by default.
+DEFAULT_SUPPRESS_S = {"low": 1800.0, "medium": 1800.0, "high": 0.0}
+
 # Fields every kind accepts, with their type; `kind`, `metric`, `direction` are structural
 # and only allowed under [defaults] (an override cannot turn spo2_low into a heart rule).
 _FIELDS: dict[str, dict[str, type]] = {
@@ -42,6 +48,8 @@ _FIELDS: dict[str, dict[str, type]] = {
         "for_s": float,
         "clear_for_s": float,
         "severity": str,
+        "suppress_s": float,
+        "dip_s": float,
         "enabled": bool,
     },
     "news2": {
@@ -52,6 +60,8 @@ _FIELDS: dict[str, dict[str, type]] = {
         "clear_for_s": float,
         "medium_clear_score": float,
         "high_clear_score": float,
+        "suppress_s": float,
+        "dip_s": float,
         "enabled": bool,
     },
     "rhythm": {
@@ -68,9 +78,51 @@ _FIELDS: dict[str, dict[str, type]] = {
         "windows_needed": int,
         "windows_of": int,
         "severity": str,
+        "suppress_s": float,
+        "enabled": bool,
+    },
+    "baseline": {
+        "metric": str,
+        "direction": str,
+        "deviation_sd": float,
+        "clear_sd": float,
+        "baseline_tau_s": float,
+        "level_tau_s": float,
+        "warmup_s": float,
+        "min_readings": int,
+        "min_sd": float,
+        "deviating_weight": float,
+        "for_s": float,
+        "clear_for_s": float,
+        "suppress_s": float,
+        "dip_s": float,
+        "enabled": bool,
+    },
+    "flat_line": {
+        "metric": str,
+        "for_s": float,
+        "min_readings": int,
+        "max_gap_s": float,
+        "clear_for_s": float,
+        "suppress_s": float,
+        "enabled": bool,
+    },
+    "jump": {
+        "metric": str,
+        "max_change": float,
+        "within_s": float,
+        "level_readings": int,
+        "hold_s": float,
+        "for_s": float,
+        "clear_for_s": float,
+        "suppress_s": float,
+        "dip_s": float,
         "enabled": bool,
     },
 }
+_OPTIONAL = ("enabled", "suppress_s", "dip_s")
+# One rule of these kinds per patient: they are named after their kind.
+_SINGLE = ("news2", "rhythm")
 _STRUCTURAL = ("kind", "metric", "direction")
 
 # Environment overrides of the defaults (Settings field -> rule, field).
@@ -91,6 +143,9 @@ class PatientRules:
     thresholds: tuple[ThresholdRule, ...]
     news2: News2Rule | None
     rhythm: RhythmRule | None
+    flat_lines: tuple[FlatLineRule, ...] = ()
+    jumps: tuple[JumpRule, ...] = ()
+    baselines: tuple[BaselineRule, ...] = ()
     _by_metric: dict[str, tuple[ThresholdRule, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -102,9 +157,31 @@ class PatientRules:
     def for_metric(self, metric: str) -> tuple[ThresholdRule, ...]:
         return self._by_metric.get(metric, ())
 
+    def flat_line(self, metric: str) -> FlatLineRule | None:
+        return next((r for r in self.flat_lines if r.metric == metric), None)
+
+    def jump(self, metric: str) -> JumpRule | None:
+        return next((r for r in self.jumps if r.metric == metric), None)
+
+    def baseline(self, metric: str) -> BaselineRule | None:
+        return next((r for r in self.baselines if r.metric == metric), None)
+
+    def watches(self, metric: str) -> bool:
+        """Some rule of the metric's own series (thresholds, faults, baseline) runs."""
+        return bool(
+            self.for_metric(metric)
+            or self.flat_line(metric)
+            or self.jump(metric)
+            or self.baseline(metric)
+        )
+
     @property
     def longest_window_ms(self) -> int:
-        spans = [max(r.for_ms, r.clear_for_ms) for r in self.thresholds]
+        # Baselines and flat runs are carried in the windows' state and not replayed whole
+        # (docs/detectors.md, personal baselines): as tracks.MetricTrack.span_ms.
+        # A pending run reaches back its persistence plus the dips it bridged.
+        spans = [max(r.for_ms + r.dip_ms, r.clear_for_ms) for r in self.thresholds]
+        spans += [max(r.for_ms + r.dip_ms, r.clear_for_ms, r.hold_ms) for r in self.jumps]
         if self.news2 is not None:
             spans.append(self.news2.span_ms)
         if self.rhythm is not None:
@@ -199,7 +276,7 @@ def parse_rules(
         kind = rule.get("kind")
         if kind not in _FIELDS:
             raise fail(f"defaults.{name}.kind", f"must be one of {sorted(_FIELDS)} (got {kind!r})")
-        if kind != "threshold" and name != kind:
+        if kind in _SINGLE and name != kind:
             raise fail(f"defaults.{name}", f"a {kind} rule must be named {kind!r}")
         kinds[name] = kind
     base: dict[str, Table] = {name: dict(raw) for name, raw in defaults.items()}
@@ -250,27 +327,62 @@ def parse_rules(
     )
 
 
+_BUILDERS: dict[str, Any] = {
+    "news2": lambda name, v: News2Rule.from_fields(v),
+    "rhythm": lambda name, v: RhythmRule.from_fields(v),
+    "baseline": BaselineRule.from_fields,
+    "flat_line": FlatLineRule.from_fields,
+    "jump": JumpRule.from_fields,
+}
+
+
 def _build(merged: dict[str, Table], kinds: dict[str, str], where: str, fail: Any) -> PatientRules:
     thresholds: list[ThresholdRule] = []
     news2: News2Rule | None = None
     rhythm: RhythmRule | None = None
+    per_metric: dict[str, list[Any]] = {"flat_line": [], "jump": [], "baseline": []}
     for name, raw in merged.items():
         kind = kinds[name]
         at = f"{where}.{name}"
         values = _typed(raw, kind, at, fail)
         if not values.pop("enabled", True):
             continue
+        suppress_s = values.pop("suppress_s", None)
+        if suppress_s is None:
+            suppress_s = DEFAULT_SUPPRESS_S.get(values.get("severity", "low"), 0.0)
+        dip_s = values.pop("dip_s", 0.0)
+        if kind in per_metric and values["metric"] not in METRICS:
+            raise fail(f"{at}.metric", f"unknown metric {values['metric']!r}")
         try:
             if kind == "threshold":
-                thresholds.append(_threshold(name, values, at, fail))
-            elif kind == "news2":
-                news2 = News2Rule.from_fields(values)
+                rule: Any = _threshold(name, values, at, fail)
             else:
-                rhythm = RhythmRule.from_fields(values)
+                rule = _BUILDERS[kind](name, values)
         except ValueError as exc:  # the rule's own check: "field: message"
             key, _, message = str(exc).partition(": ")
             raise fail(f"{at}.{key}", message) from exc
-    return PatientRules(tuple(thresholds), news2, rhythm)
+        rule = replace(rule, suppress_ms=round(suppress_s * 1000))
+        if "dip_s" in _FIELDS[kind]:
+            rule = replace(rule, dip_ms=round(dip_s * 1000))
+        if kind == "threshold":
+            thresholds.append(rule)
+        elif kind == "news2":
+            news2 = rule
+        elif kind == "rhythm":
+            rhythm = rule
+        else:
+            same = [r.rule for r in per_metric[kind] if r.metric == rule.metric]
+            if same:
+                raise fail(f"{at}.metric", f"{rule.metric} already has the {kind} rule {same[0]}")
+            per_metric[kind].append(rule)
+    return PatientRules(
+        tuple(thresholds),
+        news2,
+        rhythm,
+        flat_lines=tuple(per_metric["flat_line"]),
+        jumps=tuple(per_metric["jump"]),
+        baselines=tuple(per_metric["baseline"]),
+    )
 
 
 def _typed(raw: Table, kind: str, at: str, fail: Any) -> Table:
@@ -299,7 +411,7 @@ def _typed(raw: Table, kind: str, at: str, fail: Any) -> Table:
             if key.endswith("_s") and value < 0:
                 raise fail(f"{at}.{key}", f"must not be negative (got {value:g})")
         values[key] = value
-    missing = [k for k in known if k not in values and k != "enabled"]
+    missing = [k for k in known if k not in values and k not in _OPTIONAL]
     if missing:
         raise fail(f"{at}.{missing[0]}", "missing")
     return values

@@ -23,6 +23,8 @@ class ThresholdRule:
     for_ms: int
     clear_for_ms: int
     severity: str
+    suppress_ms: int = 0  # a repeat opening this soon after a resolution is not paged
+    dip_ms: int = 0  # a pending run survives dips totalling less (episodes.py)
 
     def breaches(self, value: float) -> bool:
         return value > self.threshold if self.above else value < self.threshold
@@ -40,4 +42,4 @@ class ThresholdRule:
 
 def sustained_breach(rule: ThresholdRule) -> EpisodeMachine:
     """The detector for one rule on one series."""
-    return EpisodeMachine(rule)
+    return EpisodeMachine(rule, rule.suppress_ms, rule.dip_ms)

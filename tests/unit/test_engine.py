@@ -1,21 +1,27 @@
 """The pure engine: order independence, silent replay, partitions and memory.
 
 The out-of-order property is checked against a reference written here from the rule's
-definition (a plain pass over the readings in event-time order). Exact equality with
-ordered input is promised whenever no reading arrives after a decision it would have
+definition (a plain pass over the readings in event-time order), and, with every detector
+of one metric live (threshold, flat line, jumps, personal baseline, suppression of
+repeats, tolerance of brief dips; short parameters so that short streams reach them),
+against the engine fed the same readings at once. Exact equality with ordered input is
+promised whenever no reading arrives after a decision it would have
 changed (no emitted decision is contradicted); where one is, the episode invariants hold.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import tomllib
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from processors.engine import Engine
-from processors.rules import rules_from_settings
+from processors.rules import DEFAULT_RULES_FILE, parse_rules, rules_from_settings
 from vitals import contract
 from vitals.contract import Detection, Reading, Upload
 from vitals.settings import Settings
@@ -36,6 +42,35 @@ def small_rules_engine() -> Engine:
             )
         )
     )
+
+
+def live_rules_engine() -> Engine:
+    """Every detector of spo2 live within a few readings of 5 s."""
+    doc = tomllib.loads(DEFAULT_RULES_FILE.read_text(encoding="utf-8"))
+    short = {
+        "spo2_low": {
+            "for_s": FOR_MS / 1000,
+            "clear_for_s": CLEAR_FOR_MS / 1000,
+            "suppress_s": 60.0,
+            "dip_s": 10.0,  # the shared machine's dip tolerance, under disorder too
+        },
+        "spo2_flat": {"for_s": 30.0, "min_readings": 4, "clear_for_s": 10.0},
+        "spo2_jump": {"max_change": 10.0, "hold_s": 20.0, "for_s": 10.0, "clear_for_s": 10.0},
+        "spo2_baseline": {
+            "warmup_s": 30.0,
+            "min_readings": 4,
+            "baseline_tau_s": 300.0,
+            "level_tau_s": 20.0,
+            "min_sd": 1.0,
+            "deviation_sd": 2.0,
+            "clear_sd": 1.0,
+            "for_s": 15.0,
+            "clear_for_s": 20.0,
+        },
+    }
+    for rule, fields in short.items():
+        doc["defaults"][rule].update(fields)
+    return Engine(parse_rules(doc, source="test", lateness_ms=3_600_000))
 
 
 def upload(
@@ -85,24 +120,41 @@ def reference(points: list[tuple[int, float]], patient: str = "p-1") -> set[Fact
     return out
 
 
-def check_invariants(found: list[Detection]) -> None:
+def flagged_facts(found: list[Detection]) -> list[tuple[str, str, int, float, bool]]:
+    """Facts with the suppression decision: late data can contradict it too."""
+    return [(*fact, d.suppressed) for fact, d in zip(facts(found), found, strict=True)]
+
+
+def engine_reference(make: Callable[[], Engine]) -> Callable[[list[tuple[int, float]]], set[Any]]:
+    """The engine's own detections for readings given at once, in event-time order."""
+
+    def run(points: list[tuple[int, float]]) -> set[Any]:
+        ordered = sorted(dict(points).items())
+        return set(flagged_facts(make().feed("p0", upload(ordered, received=T0), now=T0)))
+
+    return run
+
+
+def check_invariants(found: list[Detection], *, all_resolved: bool = True) -> None:
     """What holds for any arrival order."""
     seen: set[tuple[str, str]] = set()
-    spans: dict[str, list[float]] = {}
+    spans: dict[str, dict[str, list[float]]] = {}  # per rule
     for d in found:
         assert (d.alert_id, d.state) not in seen, "a state emitted twice"
         seen.add((d.alert_id, d.state))
         assert d.alert_id == contract.alert_id(d.patient_id, d.rule, d.episode_start)
+        rule = spans.setdefault(d.rule, {})
         if d.state == "opened":
-            spans[d.alert_id] = [d.episode_start, math.inf]
+            rule[d.alert_id] = [d.episode_start, math.inf]
         else:
-            assert d.alert_id in spans, "resolved before opened"
-            spans[d.alert_id][1] = d.at
-    ordered = sorted(spans.values())
-    for (_, end), (next_start, _) in zip(ordered, ordered[1:], strict=False):
-        assert end <= next_start, "episodes overlap in event time"
-    # Every generated stream ends with a long clear stretch: nothing stays open.
-    assert all(end != math.inf for _, end in ordered), "an episode never resolved"
+            assert d.alert_id in rule, "resolved before opened"
+            rule[d.alert_id][1] = d.at
+    for rule in spans.values():
+        ordered = sorted(rule.values())
+        for (_, end), (next_start, _) in zip(ordered, ordered[1:], strict=False):
+            assert end <= next_start, "episodes overlap in event time"
+        # Every generated stream ends with a clear stretch: no threshold episode stays open.
+        assert not all_resolved or all(end != math.inf for _, end in ordered), "never resolved"
 
 
 # --- generated streams --------------------------------------------------------------------
@@ -140,30 +192,37 @@ def feed_all(e: Engine, uploads: list[Upload], partition: str = "p0") -> list[De
     return found
 
 
+@pytest.mark.parametrize("live", [False, True], ids=["spo2_low", "every-spo2-detector"])
 @settings(max_examples=300, deadline=None)
 @given(chunks=streams(), data=st.data())
 def test_out_of_order_arrival_gives_the_detections_of_ordered_input(
-    chunks: list[list[tuple[int, float]]], data: st.DataObject
+    live: bool, chunks: list[list[tuple[int, float]]], data: st.DataObject
 ) -> None:
+    make = live_rules_engine if live else small_rules_engine
+    expected = engine_reference(make) if live else reference
+    key: Callable[[list[Detection]], list[Any]] = flagged_facts if live else facts
     uploads = [upload(c, received=T0 + 10_000_000) for c in chunks]  # all on time
-    in_order = feed_all(small_rules_engine(), uploads)
-    final = reference([p for c in chunks for p in c])
-    check_invariants(in_order)
-    assert set(facts(in_order)) == final and len(in_order) == len(final)
+    in_order = feed_all(make(), uploads)
+    final = expected([p for c in chunks for p in c])
+    check_invariants(in_order, all_resolved=not live)
+    assert set(key(in_order)) == final and len(in_order) == len(final)
+    if live:
+        event(f"rules seen: {sorted({d.rule for d in in_order})}")
+        event(f"a repeat suppressed: {any(d.suppressed for d in in_order)}")
 
     order = data.draw(arrival_orders(len(chunks)))
-    shuffled = feed_all(small_rules_engine(), [uploads[i] for i in order])
-    check_invariants(shuffled)
+    shuffled = feed_all(make(), [uploads[i] for i in order])
+    check_invariants(shuffled, all_resolved=not live)
 
     # Was any decision taken on the data known so far that all the data contradict?
     known: list[tuple[int, float]] = []
     contradicted = False
     for i in order:
         known += chunks[i]
-        contradicted = contradicted or not reference(known) <= final
+        contradicted = contradicted or not expected(known) <= final
     event("contradicted by late data" if contradicted else "no decision contradicted")
     if not contradicted:
-        assert sorted(facts(shuffled)) == sorted(facts(in_order))
+        assert sorted(key(shuffled)) == sorted(key(in_order))
 
 
 @settings(max_examples=150, deadline=None)
@@ -188,10 +247,11 @@ def test_disorder_within_an_upload_and_across_patients_changes_nothing(
     assert [d for d in together if d.patient_id == "p-b"] == alone_b
 
 
+@pytest.mark.parametrize("live", [False, True], ids=["spo2_low", "every-spo2-detector"])
 @settings(max_examples=150, deadline=None)
 @given(chunks=streams(), data=st.data())
 def test_silent_replay_then_live_equals_never_stopping(
-    chunks: list[list[tuple[int, float]]], data: st.DataObject
+    live: bool, chunks: list[list[tuple[int, float]]], data: st.DataObject
 ) -> None:
     """The restart guarantee on the pure core, for any arrival order: an engine fed the
     records before the committed offset (outputs discarded) continues exactly like the
@@ -199,10 +259,11 @@ def test_silent_replay_then_live_equals_never_stopping(
     order = data.draw(st.permutations(range(len(chunks))))
     uploads = [upload(chunks[i], received=T0 + 10_000_000 + n) for n, i in enumerate(order)]
     committed = data.draw(st.integers(0, len(uploads)))
-    never_stopped = small_rules_engine()
+    make = live_rules_engine if live else small_rules_engine
+    never_stopped = make()
     feed_all(never_stopped, uploads[:committed])
     expected = feed_all(never_stopped, uploads[committed:])
-    restarted = small_rules_engine()
+    restarted = make()
     feed_all(restarted, uploads[:committed])  # silent: published before the restart
     assert feed_all(restarted, uploads[committed:]) == expected
 

@@ -91,6 +91,26 @@ def test_a_rules_file_is_read_from_settings(tmp_path: Path) -> None:
     assert rules.for_metric("heart_rate")[0].threshold == 135 and rules.source == str(path)
 
 
+def test_suppression_defaults_by_severity_and_overrides_per_patient() -> None:
+    doc = default_doc()
+    del doc["defaults"]["hr_high"]["suppress_s"], doc["defaults"]["spo2_low"]["suppress_s"]
+    doc = with_patients(doc, {"p-1": {"hr_high": {"suppress_s": 60.0}}})
+    rules = parse_rules(doc, source="t")
+    # Absent from the file: 30 min below high severity, never for high.
+    assert rules.for_metric("heart_rate")[0].suppress_ms == 1_800_000
+    assert rules.for_metric("spo2")[0].suppress_ms == 0
+    assert rules.for_metric("heart_rate", "p-1")[0].suppress_ms == 60_000
+    assert rules.defaults.news2 is not None and rules.defaults.news2.suppress_ms == 1_800_000
+
+
+def test_the_built_in_file_has_a_baseline_and_fault_rules_per_watched_metric() -> None:
+    rules = rules_from_settings(Settings()).defaults
+    assert {r.rule for r in rules.baselines} == {"hr_baseline", "resp_baseline", "spo2_baseline"}
+    assert {r.rule for r in rules.flat_lines} == {"hr_flat", "spo2_flat"}
+    assert {r.rule for r in rules.jumps} == {"hr_jump", "spo2_jump"}
+    assert rules.watches("resp_rate") and not rules.watches("body_temp")
+
+
 def test_a_disabled_rule_is_not_run() -> None:
     doc = with_patients(default_doc(), {"p-1": {"rhythm": {"enabled": False}}})
     rules = parse_rules(doc, source="t")
@@ -153,6 +173,30 @@ def edit(path: str, value: Any) -> dict[str, Any]:
         ("cohorts.copd.spo2_low.clear", 80.0, "cohorts.copd.spo2_low.clear: rule spo2_low"),
         ("patients.p-1.cohort", "asthma", "patients entry 1.cohort: unknown cohort 'asthma'"),
         ("patients.p-1.hr_high.clear", 131.0, "patients entry 1.hr_high.clear: rule hr_high"),
+        # personal baselines, sensor faults, suppression (docs/detectors.md)
+        ("defaults.hr_high.suppress_s", -1.0, "defaults.hr_high.suppress_s: must not be neg"),
+        ("defaults.hr_baseline.metric", "pulse", "defaults.hr_baseline.metric: unknown metric"),
+        ("defaults.hr_baseline.direction", "up", "defaults.hr_baseline.direction: must be"),
+        ("defaults.hr_baseline.deviation_sd", 0.0, "hr_baseline.deviation_sd: must be positive"),
+        ("defaults.hr_baseline.clear_sd", 4.0, "defaults.hr_baseline.clear_sd: must be in"),
+        ("defaults.hr_baseline.level_tau_s", 14400.0, "hr_baseline.level_tau_s: must be posit"),
+        ("defaults.hr_baseline.min_sd", 0.0, "defaults.hr_baseline.min_sd: must be positive"),
+        ("defaults.hr_baseline.deviating_weight", 1.0, "hr_baseline.deviating_weight: must be"),
+        ("defaults.hr_baseline.min_readings", 1, "hr_baseline.min_readings: must be at least 2"),
+        ("defaults.hr_baseline.warmup_s", ..., "defaults.hr_baseline.warmup_s: missing"),
+        ("defaults.hr_flat.for_s", 0.0, "defaults.hr_flat.for_s: must be positive"),
+        ("defaults.hr_flat.min_readings", 1, "defaults.hr_flat.min_readings: must be at least"),
+        ("defaults.hr_jump.max_change", 0.0, "defaults.hr_jump.max_change: must be positive"),
+        ("defaults.hr_jump.within_s", 0.0, "defaults.hr_jump.within_s: must be positive"),
+        ("defaults.hr_jump.for_s", 60.0, "defaults.hr_jump.for_s: must be below hold_s"),
+        ("defaults.hr_jump.metric", "spo2", "spo2_jump.metric: spo2 already has the jump rule"),
+        ("defaults.hr_jump.level_readings", 0, "hr_jump.level_readings: must be at least 1"),
+        ("defaults.hr_jump.level_readings", ..., "defaults.hr_jump.level_readings: missing"),
+        ("defaults.news2.dip_s", -1.0, "defaults.news2.dip_s: must not be negative"),
+        ("defaults.news2.dip_s", "1m", "defaults.news2.dip_s: must be float"),
+        ("defaults.hr_flat.dip_s", 10.0, "defaults.hr_flat.dip_s: unknown field"),
+        ("defaults.rhythm.dip_s", 10.0, "defaults.rhythm.dip_s: unknown field"),
+        ("cohorts.copd.hr_flat.metric", "spo2", "cohorts.copd.hr_flat.metric: may only be set"),
     ],
 )
 def test_a_bad_rule_is_refused_naming_where_it_is(path: str, value: Any, message: str) -> None:
