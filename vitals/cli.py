@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Callable
 
@@ -36,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database").add_subparsers(dest="db", required=True)
     db.add_parser("migrate", help="apply the SQL migrations")
-
     db.add_parser("roles", help="each process's login role, granted only its group role")
+
     topics = sub.add_parser("topics", help="Kafka topics").add_subparsers(
         dest="topics", required=True
     )
@@ -55,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     rhythm_validation.add_arguments(
         checks.add_parser("rhythm", help="rhythm detector: real NSR/ectopy, synthetic AF")
     )
+
+    burden = sub.add_parser("burden", help="alarm burden of the detectors on a population")
+    from processors import burden as burden_module
+
+    burden_module.add_arguments(burden)
 
     dev = sub.add_parser("dev", help="the whole pipeline on local defaults (make run)")
     from vitals import dev as dev_module
@@ -92,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             from vitals.bench import run as bench_run
 
             return bench_run.run(args)
+        if args.command == "burden":  # CPU-bound, in worker processes: no event loop
+            return _burden(args, settings)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(_dispatch(args, settings)) or 0
     except VitalsError as exc:
@@ -99,6 +107,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _burden(args: argparse.Namespace, settings: Settings) -> int:
+    from processors import burden
+    from processors.rules import rules_from_settings
+
+    try:
+        opts = burden.options_from(args)
+    except ValueError as exc:
+        print(f"vitals burden: {exc}", file=sys.stderr)
+        return 2
+    opts = dataclasses.replace(opts, tick_s=settings.silence_check_interval_s)
+    return burden.run(rules_from_settings(settings), opts, args.out)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -136,6 +157,12 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
             from sinks.alerts.runner import run as run_alerts
 
             await run_alerts(settings)
+        case "db" if args.db == "roles":
+            from sinks.timescale import logins
+
+            passwords = logins.parse_passwords(settings.db_login_passwords.get_secret_value())
+            done = await asyncio.to_thread(logins.ensure_logins, settings.database_url, passwords)
+            print(f"login roles set up: {', '.join(done)}")
         case "db":
             from sinks.timescale.migrate import migrate
 
@@ -157,12 +184,6 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
             return rhythm_validation.run(
                 rules_from_settings(settings),
                 af_series=args.af_series,
-        case "db" if args.db == "roles":
-            from sinks.timescale import logins
-
-            passwords = logins.parse_passwords(settings.db_login_passwords.get_secret_value())
-            done = await asyncio.to_thread(logins.ensure_logins, settings.database_url, passwords)
-            print(f"login roles set up: {', '.join(done)}")
                 af_beats=args.af_beats,
                 seed=args.seed,
                 out=args.out,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import orjson
@@ -14,9 +17,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import REGISTRY
 
+from processors.rhythm_validation import synthetic_af
 from processors.runner import Processor, run_processor
+from tests.faults.stages import Stages, environment
 from tests.polling import WAIT_S, until
 from vitals import contract, kafka, localinfra
+from vitals.catalog import METRICS
 from vitals.contract import Detection, Reading, Upload
 from vitals.settings import Settings
 
@@ -414,3 +420,149 @@ async def test_a_silent_device_opens_device_silence_and_resolves_on_its_next_upl
     assert opened.episode_start == first.received
     assert opened.at == first.received + 2_000
     assert resolved.alert_id == opened.alert_id
+
+
+# --- a real `vitals process` killed mid-episode --------------------------------------------
+
+
+def vitals_readings(patient: str, start: int, rows: Sequence[dict[str, float]]) -> Upload:
+    """One upload of the watch's readings every 10 s from `start`: a row per time."""
+    readings = tuple(
+        Reading(metric, start + i * STEP_MS, v, METRICS[metric].unit)
+        for i, row in enumerate(rows)
+        for metric, v in row.items()
+    )
+    return Upload(str(uuid.uuid4()), "gw-test", "watch-1", patient, contract.now_ms(), readings)
+
+
+def news2_rows(minutes: float, *, ill: bool, seed: int) -> list[dict[str, float]]:
+    """Wearable NEWS2 inputs: well (score 0) or ill (RR 2 + HR 2 + SpO2 1 + temp 1 = 6)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(round(minutes * 6)):
+        jitter = rng.choice((-1.0, 0.0, 1.0))  # never flat: a flat-line check must not fire
+        if ill:
+            row = {"heart_rate": 120 + jitter, "resp_rate": 23 + jitter, "spo2": 95.0}
+            row["body_temp"] = 38.5 + jitter / 10
+        else:
+            row = {"heart_rate": 72 + jitter, "resp_rate": 15 + jitter, "spo2": 97.0}
+            row["body_temp"] = 36.8 + jitter / 10
+        rows.append(row)
+    return rows
+
+
+Halves = tuple[list[Upload], list[Upload]]  # fed before the kill, and after
+
+
+def news2_episode(patient: str, start: int) -> Halves:
+    """Before the kill: 2 min well, 7 min ill (medium opens after 5). After: 5 more min ill,
+    then 17 min well (resolves after 15)."""
+    parts = [(2, False), (7, True), (5, True), (17, False)]
+    uploads, t = [], start
+    for i, (minutes, ill) in enumerate(parts):
+        uploads.append(vitals_readings(patient, t, news2_rows(minutes, ill=ill, seed=i)))
+        t += minutes * 60_000
+    return uploads[:2], uploads[2:]
+
+
+def beats_upload(patient: str, start: int, rr: Sequence[float]) -> tuple[Upload, int]:
+    t, readings = start, []
+    for value in rr:
+        t += round(value)
+        readings.append(Reading("rr_interval", t, value, "ms"))
+    return Upload(str(uuid.uuid4()), "gw-test", "watch-1", patient, contract.now_ms(),
+                  tuple(readings)), t  # fmt: skip
+
+
+def rhythm_episode(patient: str, start: int) -> Halves:
+    """Before the kill: 6 windows of synthetic AF (opens at the 5th). After: 2 more windows
+    of AF, then 7 of sinus rhythm (resolves once the last 6 are all regular)."""
+    af = synthetic_af(7, 8 * 128)
+    rng = random.Random(8)
+    sinus = [800 * (1 + 0.03 * math.sin(i / 4) + rng.gauss(0, 0.01)) for i in range(7 * 128)]
+    uploads, t = [], start
+    for series in (af[: 6 * 128], af[6 * 128 :], sinus):
+        upload, t = beats_upload(patient, t, series)
+        uploads.append(upload)
+    return uploads[:1], uploads[1:]
+
+
+@pytest.mark.parametrize(
+    ("rule", "build"),
+    [("news2_medium", news2_episode), ("rhythm_irregular", rhythm_episode)],
+    ids=["news2", "rhythm"],
+)
+async def test_a_killed_processor_process_continues_the_episode_without_a_second_alert(
+    own: Settings, tmp_path: Path, rule: str, build: Callable[[str, int], Halves]
+) -> None:
+    patient = f"p-{rule}"
+    before, after = build(patient, contract.now_ms() - 40 * 60_000)
+    env = environment(
+        own.kafka_bootstrap,
+        own.database_url,
+        own.topic_prefix,
+        localinfra.free_port(),
+        VITALS_PROCESSOR_GROUP=own.processor_group,
+    )
+    stages = Stages(env, tmp_path, gateway_port=0)
+    try:
+        stages.start("processor")
+        async with TopicReader(own, contract.DETECTIONS) as reader:
+            await send(own, *before)
+            opened = await wait_for_detection(reader, rule, "opened")
+            await all_committed(own)  # the opening is committed: it must not come again
+            await asyncio.to_thread(stages.kill, "processor")  # kill -9
+            stages.start("processor")
+            await send(own, *after)
+            resolved = await wait_for_detection(reader, rule, "resolved")
+            await all_committed(own)
+            found = [d for d in detections(await reader.to_end()) if d.rule == rule]
+            assert stages.running("processor"), f"see {tmp_path}/processor.log"
+    finally:
+        stages.stop_all()
+
+    assert [d.state for d in found] == ["opened", "resolved"]
+    assert opened.alert_id == resolved.alert_id
+    assert opened.episode_start == resolved.episode_start
+    assert not resolved.retrospective and resolved.patient_id == patient
+
+
+async def test_news2_score_changes_are_published_keyed_by_patient_before_the_commit(
+    own: Settings,
+) -> None:
+    start = contract.now_ms() - 20 * 60_000
+
+    def vitals(offset_s: int, **values: float) -> Upload:
+        t = start + offset_s * 1000
+        readings = tuple(Reading(m, t, v, METRICS[m].unit) for m, v in values.items())
+        return Upload(str(uuid.uuid4()), "gw-test", "watch-1", "p-news2", t, readings)
+
+    await send(
+        own,
+        vitals(0, heart_rate=70, resp_rate=16),  # 0, zero
+        vitals(10, heart_rate=72),  # unchanged: no record
+        vitals(20, heart_rate=115),  # 2, low
+        vitals(30, heart_rate=116, resp_rate=17),  # unchanged
+    )
+    proc = Processor(own)
+    before_commit: list[ConsumerRecord] = []
+
+    async def look_then_commit(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
+        offsets = await proc.handle(records)
+        async with TopicReader(own, contract.NEWS2_SCORES) as reader:  # before the commit
+            before_commit[:] = await reader.to_end()
+        return offsets
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(proc.loop.run(look_then_commit, stop))
+    try:
+        await all_committed(own)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+
+    scores = [contract.decode_news2_score(r.value) for r in before_commit]
+    assert [(s.t - start, s.news2, s.band) for s in scores] == [(0, 0, "zero"), (20_000, 2, "low")]
+    assert {r.key for r in before_commit} == {b"p-news2"}
+    assert sorted(scores[1].parameters) == ["heart_rate", "resp_rate"]
+    assert scores[1].parameters["resp_rate"] == contract.ScoredParameter(0, 16.0, 20_000)
