@@ -63,7 +63,9 @@ class Phase(IntEnum):
     OPEN = 2
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built for every reading, and a frozen dataclass costs four times as much to
+# build. Treated as immutable all the same (windows keep them as checkpoints).
+@dataclass(slots=True, unsafe_hash=True)
 class EpisodeState:
     phase: Phase = Phase.IDLE
     start: int = 0  # PENDING: first reading of the run; OPEN: the episode's start (its id)

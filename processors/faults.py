@@ -26,7 +26,6 @@ device, not the patient.
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,7 +140,9 @@ class JumpRule:
         )
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built for every reading, and a frozen dataclass costs four times as much to
+# build. Treated as immutable all the same (windows keep them as checkpoints).
+@dataclass(slots=True, unsafe_hash=True)
 class FaultState:
     """What the fault checks remember after a reading (part of the window's checkpoint)."""
 
@@ -163,6 +164,15 @@ class Verdict:
 
 
 CLEAR = Verdict(suspect=False, flat=False)
+# The four verdicts, made once: check() runs for every reading.
+_VERDICTS = {(s, f): Verdict(s, f) for s in (False, True) for f in (False, True)}
+
+
+def _median(values: tuple[float, ...]) -> float:
+    # statistics.median's checks and conversions cost more than sorting nine floats.
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def check(
@@ -174,7 +184,7 @@ def check(
     suspect_since: int | None = None
     trusted = state.trusted
     if jump is not None:
-        level = statistics.median(trusted) if trusted else None
+        level = _median(trusted) if trusted else None
         if level is not None and abs(v - level) >= jump.max_change:
             if state.suspect_since is not None and t - state.suspect_since < jump.hold_ms:
                 suspect_since = state.suspect_since  # still away from the trusted level
@@ -189,4 +199,4 @@ def check(
     run_start, run_count = (state.run_start, state.run_count + 1) if same else (t, 1)
     is_flat = flat is not None and run_count >= flat.min_readings and t - run_start >= flat.for_ms
     after = FaultState(t, v, trusted, suspect_since, run_start, run_count)
-    return after, Verdict(suspect, is_flat)
+    return after, _VERDICTS[suspect, is_flat]

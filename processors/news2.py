@@ -103,7 +103,9 @@ def valid(parameter: str, v: float) -> bool:
     return math.isfinite(v)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built for every reading, and a frozen dataclass costs four times as much to
+# build. Treated as immutable all the same (windows keep them as checkpoints).
+@dataclass(slots=True, unsafe_hash=True)
 class Score:
     total: int
     red: bool  # some single parameter scored 3
@@ -289,7 +291,9 @@ class ScoreLog:
             self._by_t = {t: s for t, s in self._by_t.items() if t >= before}
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built for every reading, and a frozen dataclass costs four times as much to
+# build. Treated as immutable all the same (windows keep them as checkpoints).
+@dataclass(slots=True, unsafe_hash=True)
 class News2State:
     latest: Latest = (None,) * len(PARAMETERS)
     medium: EpisodeState = IDLE

@@ -149,7 +149,9 @@ def judge(rr: Sequence[float], artefacts: int, rule: RhythmRule) -> bool | None:
 Beats = tuple[float, Any] | None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built for every reading, and a frozen dataclass costs four times as much to
+# build. Treated as immutable all the same (windows keep them as checkpoints).
+@dataclass(slots=True, unsafe_hash=True)
 class RhythmState:
     beats: Beats = None
     count: int = 0
@@ -164,7 +166,9 @@ class RhythmState:
         return sum(1 for v in self.verdicts if v)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built for every reading, and a frozen dataclass costs four times as much to
+# build. Treated as immutable all the same (windows keep them as checkpoints).
+@dataclass(slots=True, unsafe_hash=True)
 class Persistence:
     """The episode rule on the count of irregular windows (a Condition of episodes.py)."""
 

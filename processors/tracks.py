@@ -41,7 +41,9 @@ class Track(Protocol):
     def idle(self, state: Any) -> bool: ...
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built for every reading, and a frozen dataclass costs four times as much to
+# build. Treated as immutable all the same (windows keep them as checkpoints).
+@dataclass(slots=True, unsafe_hash=True)
 class MetricState:
     thresholds: tuple[EpisodeState, ...]
     faults: FaultState = faults.CLEAN
@@ -113,9 +115,11 @@ class MetricTrack:
                 continue
             changes: list[Change] = []
             stepped.append(machine.step(episode, sample, prev_t, changes))
-            out.extend(
-                Found(rule.rule, rule.severity, rule.metric, c, rule.describe()) for c in changes
-            )
+            if changes:  # rare: most readings change no episode
+                out.extend(
+                    Found(rule.rule, rule.severity, rule.metric, c, rule.describe())
+                    for c in changes
+                )
         learned, trend_ep = state.baseline, state.trend
         if self.trend and self.trend_machine:
             if trusted:
@@ -123,11 +127,12 @@ class MetricTrack:
                 changes = []
                 valued = Sample(sample.t, sample.device_id, deviation, sample.metric)
                 trend_ep = self.trend_machine.step(trend_ep, valued, prev_t, changes)
-                detail = self.trend.describe(learned)
-                out.extend(
-                    Found(self.trend.rule, baseline.SEVERITY, self.trend.metric, c, detail)
-                    for c in changes
-                )
+                if changes:
+                    detail = self.trend.describe(learned)
+                    out.extend(
+                        Found(self.trend.rule, baseline.SEVERITY, self.trend.metric, c, detail)
+                        for c in changes
+                    )
             else:
                 trend_ep = self.trend_machine.pass_over(trend_ep, sample, prev_t)
         return MetricState(tuple(stepped), fault_state, flat_ep, jump_ep, learned, trend_ep)
@@ -147,11 +152,12 @@ class MetricTrack:
             sample.t, sample.device_id, sample.v if flagged else math.nan, sample.metric
         )
         episode = machine.step(episode, valued, prev_t, changes)
-        rule = self.flat if machine is self.flat_machine else self.jump
-        assert rule is not None
-        out.extend(
-            Found(rule.rule, faults.SEVERITY, rule.metric, c, rule.describe()) for c in changes
-        )
+        if changes:
+            rule = self.flat if machine is self.flat_machine else self.jump
+            assert rule is not None
+            out.extend(
+                Found(rule.rule, faults.SEVERITY, rule.metric, c, rule.describe()) for c in changes
+            )
         return episode
 
     def idle(self, state: MetricState) -> bool:

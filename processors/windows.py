@@ -18,11 +18,13 @@ from typing import Generic, TypeVar
 S = TypeVar("S")
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(slots=True, order=True, unsafe_hash=True)
 class Sample:
     """One reading of a series: event time (ms), the device that measured it, the value.
 
-    `metric` tells readings apart in series fed by several metrics (NEWS2).
+    `metric` tells readings apart in series fed by several metrics (NEWS2). Not frozen (a
+    frozen dataclass costs four times as much to build, and one is built per reading), but
+    never changed once made.
     """
 
     t: int

@@ -12,7 +12,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 
-from vitals import logs
+from vitals import lifecycle, logs
 from vitals.errors import VitalsError
 from vitals.settings import Settings
 
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitals: bad settings: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    lifecycle.tune_gc()
     try:
         if args.command == "bench":
             # Synchronous: it runs event loops of its own around child processes, and
