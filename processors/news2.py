@@ -94,6 +94,18 @@ def temperature_points(v: float) -> int:
     return _by_upper_bounds(_half_up(v, 1), ((35.0, 3), (36.0, 1), (38.0, 0), (39.0, 1)), 2)
 
 
+# The points of each parameter but SpO2 (whose points depend on the scale and on oxygen).
+_POINTS: dict[str, Callable[[float], int]] = {
+    "resp_rate": resp_rate_points,
+    "supplemental_o2": oxygen_points,
+    "systolic_bp": systolic_points,
+    "heart_rate": pulse_points,
+    "consciousness": consciousness_points,
+    "body_temp": temperature_points,
+}
+_O2 = INDEX["supplemental_o2"]
+
+
 def valid(parameter: str, v: float) -> bool:
     """Coded parameters must carry one of their codes; others passed the gateway's range."""
     if parameter == "consciousness":
@@ -146,25 +158,20 @@ Latest = tuple[tuple[int, float] | None, ...]  # per PARAMETERS: (event time, va
 
 
 def score(latest: Latest, at: int, scale: int, staleness_ms: int) -> Score:
-    """NEWS2 at event time `at` from each parameter's latest value within the staleness."""
-    fresh = {
-        name: entry
-        for name, entry in zip(PARAMETERS, latest, strict=True)
-        if entry is not None and at - entry[0] <= staleness_ms
-    }
-    oxygen = fresh.get("supplemental_o2")
-    on_oxygen = oxygen is not None and oxygen[1] == 1
-    rules: dict[str, Callable[[float], int]] = {
-        "resp_rate": resp_rate_points,
-        "spo2": lambda v: spo2_points(v, scale, on_oxygen),
-        "supplemental_o2": oxygen_points,
-        "systolic_bp": systolic_points,
-        "heart_rate": pulse_points,
-        "consciousness": consciousness_points,
-        "body_temp": temperature_points,
-    }
-    points = {name: rules[name](v) for name, (_, v) in fresh.items()}
-    ages = {name: at - t for name, (t, _) in fresh.items()}
+    """NEWS2 at event time `at` from each parameter's latest value within the staleness.
+
+    Runs for every reading of the seven parameters: one pass, no closures built per call.
+    """
+    oxygen = latest[_O2]
+    on_oxygen = oxygen is not None and at - oxygen[0] <= staleness_ms and oxygen[1] == 1
+    points: dict[str, int] = {}
+    ages: dict[str, int] = {}
+    for name, entry in zip(PARAMETERS, latest, strict=True):
+        if entry is None or at - entry[0] > staleness_ms:
+            continue
+        t, v = entry
+        points[name] = spo2_points(v, scale, on_oxygen) if name == "spo2" else _POINTS[name](v)
+        ages[name] = at - t
     return Score(sum(points.values()), 3 in points.values(), points, ages, scale)
 
 
