@@ -72,7 +72,8 @@ ENTRY_OVERHEAD = 512
 
 def entry_size(key: Key, answer: Answer) -> int:
     accepted = answer.accepted
-    return ENTRY_OVERHEAD + len(key[0]) + len(key[1]) + len(accepted.content) + 36
+    strings = len(key[0]) + len(key[1]) + len(accepted.upload_id) + len(accepted.content)
+    return ENTRY_OVERHEAD + strings
 
 
 class IdempotencyCache:

@@ -86,9 +86,9 @@ class AlertsSink:
             new = await store(conn, rows)
             STORED.labels("new").inc(new)
             STORED.labels("duplicate").inc(len(rows) - new)
-            for row in rows:
-                if row[13]:  # suppressed: recorded, and left out of `unpublished`
-                    SUPPRESSED.labels(row[3], row[1]).inc()
+            for _id, state, _patient, rule, *_, suppressed in rows:
+                if suppressed:  # recorded, and left out of `unpublished`
+                    SUPPRESSED.labels(rule, state).inc()
             pending = await unpublished(conn, keys_of(rows))
             if not pending:
                 return

@@ -11,11 +11,9 @@ The role must not write, nor read what the dashboard does not show.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from sinks.timescale.logins import LOGINS, ensure_logins, parse_passwords
 from sinks.timescale.migrate import migrate
 from sinks.timescale.scores import upsert_scores
 from sinks.timescale.writer import ReadingsWriter
+from tests import cli
 from vitals import localinfra
 from vitals.errors import ConfigError, InfrastructureError
 
@@ -415,19 +414,7 @@ def test_the_db_roles_command_refuses_missing_or_bad_passwords(logins: Logins) -
         ("gateway:short", "12+ characters"),
         ("processor:long-enough-password", "unknown process"),
     ):
-        env = {
-            **os.environ,
-            "VITALS_DATABASE_URL": logins.owner_url,
-            "VITALS_DB_LOGIN_PASSWORDS": passwords,
-        }
-        done = subprocess.run(
-            [sys.executable, "-m", "vitals.cli", "db", "roles"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 1, done.stdout + done.stderr
+        env = {"VITALS_DB_LOGIN_PASSWORDS": passwords}
+        done = cli.vitals("db", "roles", database_url=logins.owner_url, code=1, env=env)
         assert error in done.stderr
         assert passwords.split(":")[-1] not in done.stderr or not passwords  # never echoed

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +29,7 @@ from ingest.app import create_app
 from ingest.audit import AuditTrail
 from ingest.refresher import RegistryCache
 from ingest.server import build_server
+from tests import cli
 from tests.integration.test_gateway import (
     assert_problem,
     eventually,
@@ -322,20 +320,11 @@ async def test_the_simulator_registers_its_fleet_through_the_admin_api_then_uplo
 
 
 def test_the_cli_issues_lists_and_revokes_keys(settings: Settings) -> None:
-    env = {**os.environ, "VITALS_DATABASE_URL": settings.database_url}
     gw = uid("gw-cli")
 
-    def vitals(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "vitals.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+    def vitals(*args: str, code: int = 0) -> str:
+        done = cli.vitals(*args, database_url=settings.database_url, code=code)
+        return done.stdout if code == 0 else done.stderr
 
     issued = vitals("gateways", "issue", gw)
     key_id = issued.split("key_id: ")[1].split()[0]
@@ -351,24 +340,8 @@ def test_the_cli_issues_lists_and_revokes_keys(settings: Settings) -> None:
         (("devices", "register", "d\u202e1", "--patient", "p", "--gateway", gw), "invisible"),
         (("devices", "move", uid("dev"), "--patient", "p"), "not registered"),
     ):
-        failed = subprocess.run(
-            [sys.executable, "-m", "vitals.cli", *refused],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert (failed.returncode, why in failed.stderr) == (1, True), failed.stderr
-    again = subprocess.run(
-        [sys.executable, "-m", "vitals.cli", "gateways", "revoke", key_id],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert again.returncode == 1 and "no live key" in again.stderr
+        assert why in vitals(*refused, code=1)
+    assert "no live key" in vitals("gateways", "revoke", key_id, code=1)
 
 
 # --- device registry and binding -------------------------------------------------------

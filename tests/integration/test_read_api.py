@@ -8,9 +8,7 @@ ids of its own: the session's database is shared.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
@@ -33,6 +31,7 @@ from sinks.alerts import store
 from sinks.timescale.rows import Row
 from sinks.timescale.scores import score_row, upsert_scores
 from sinks.timescale.writer import copy_then_upsert
+from tests import cli
 from tests.polling import until
 from vitals import contract, localinfra
 from vitals.catalog import METRICS
@@ -238,19 +237,8 @@ async def _is(status: Awaitable[int], expected: int) -> bool:
 
 
 def test_the_cli_issues_lists_and_revokes_reader_keys(database_url: str, tmp_path: Path) -> None:
-    env = {**os.environ, "VITALS_DATABASE_URL": database_url}
-
     def vitals(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "vitals.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == code, done.stdout + done.stderr
-        return done
+        return cli.vitals(*args, database_url=database_url, code=code)
 
     issued = vitals("readers", "issue", "dash-cli").stdout
     key_id = issued.split("key_id: ")[1].split()[0]
