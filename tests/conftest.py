@@ -28,10 +28,11 @@ USE_CONTAINERS = os.environ.get("VITALS_TEST_CONTAINERS") == "1"
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     if USE_CONTAINERS:
-        from testcontainers.kafka import KafkaContainer
+        from tests.containers import kafka_container
 
-        with KafkaContainer("apache/kafka:3.8.0").with_kraft() as kafka:
-            yield kafka.get_bootstrap_server()
+        port = localinfra.free_port()
+        with kafka_container(port) as kafka:
+            yield f"{kafka.get_container_host_ip()}:{port}"
         return
     log = ROOT / ".local" / "test-tansu.log"
     log.parent.mkdir(exist_ok=True)
@@ -43,7 +44,7 @@ def kafka_bootstrap() -> Iterator[str]:
 def pg_server() -> Iterator[str]:
     """URL of a PostgreSQL server's maintenance database."""
     if USE_CONTAINERS:
-        from testcontainers.postgres import PostgresContainer
+        from testcontainers.community.postgres import PostgresContainer
 
         with PostgresContainer("timescale/timescaledb:latest-pg16", driver=None) as pg:
             yield pg.get_connection_url()
