@@ -37,7 +37,12 @@ COMMITS_LOST = Counter(
     "Commits refused because a rebalance moved the partitions",
     ["stage"],
 )
-LAG = Gauge("vitals_consumer_lag", "Messages behind the partition's end", ["stage", "partition"])
+LAG = Gauge(
+    "vitals_consumer_lag",
+    "Messages behind the partition's end: its end offset minus this member's next offset to"
+    " read, refreshed every few seconds (also while a batch is stuck)",
+    ["stage", "topic", "partition"],
+)
 
 # What a handler returns: offsets to commit (next offset to read), or None for "the batch".
 Commit = Mapping[TopicPartition, int] | None
@@ -58,6 +63,7 @@ class ConsumerLoop:
         max_records: Callable[[], int] = lambda: 500,
         tick: Callable[[], Awaitable[None]] | None = None,
         tick_interval_s: float = 5.0,
+        lag_interval_s: float = 5.0,
     ) -> None:
         self.settings = settings
         self.stage = stage
@@ -69,6 +75,9 @@ class ConsumerLoop:
         self._tick = tick
         self._tick_interval_s = tick_interval_s
         self._last_poll = 0.0
+        self._lag_interval_s = lag_interval_s
+        self._done: dict[TopicPartition, int] = {}  # committed here: next offset to read
+        self._reported: set[TopicPartition] = set()  # partitions with a lag series
 
     async def park(self, record: ConsumerRecord, error: Exception) -> None:
         await kafka.park(self.producer, self.settings, self.stage, record, error)
@@ -90,7 +99,12 @@ class ConsumerLoop:
                     if self.settings.probe_port
                     else _nothing()
                 ):
-                    await self._loop(handler, stop)
+                    lag = asyncio.create_task(self._watch_lag(stop))
+                    try:
+                        await self._loop(handler, stop)
+                    finally:
+                        lag.cancel()
+                        self._forget_lag(set())
             finally:
                 await self.consumer.stop()  # leaves the group: partitions move at once
         finally:
@@ -121,7 +135,6 @@ class ConsumerLoop:
                 RECORDS.labels(self.stage).inc(len(records))
                 BATCH_SIZE.labels(self.stage).observe(len(records))
                 BATCH_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
-                self._record_lag(batches)
             if self._tick is not None and time.monotonic() >= next_tick:
                 await self._tick()
                 next_tick = time.monotonic() + self._tick_interval_s
@@ -132,6 +145,7 @@ class ConsumerLoop:
         # this is not a reason to stop the process.
         try:
             await self.consumer.commit(dict(offsets))
+            self._done.update(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             COMMITS_LOST.labels(self.stage).inc()
             log.warning(
@@ -139,14 +153,44 @@ class ConsumerLoop:
                 extra={"stage": self.stage, "error": type(exc).__name__},
             )
 
-    def _record_lag(self, batches: Mapping[TopicPartition, list[ConsumerRecord]]) -> None:
+    async def _watch_lag(self, stop: asyncio.Event) -> None:
+        """Lag from the broker's end offsets on a timer of its own, not after each batch:
+        a consumer stuck in its handler (the database down) must show lag growing."""
+        while not stop.is_set():
+            try:
+                await self._refresh_lag()
+            except KafkaError as exc:  # the broker away: the poll loop reports it
+                log.debug("lag refresh failed", extra={"stage": self.stage, "error": repr(exc)})
+            await asyncio.sleep(self._lag_interval_s)
+
+    async def _refresh_lag(self) -> None:
         assigned = self.consumer.assignment()
-        for tp, part in batches.items():
-            if tp not in assigned:  # moved away by a rebalance meanwhile
-                continue
-            end = self.consumer.highwater(tp)
-            if end is not None:
-                LAG.labels(self.stage, str(tp.partition)).set(max(0, end - part[-1].offset - 1))
+        self._forget_lag(assigned)
+        if not assigned:
+            return
+        ends = await self.consumer.end_offsets(list(assigned))
+        unknown = [tp for tp in assigned if tp not in self._done]
+        if unknown:  # assigned but nothing committed here yet: the group's offset
+            for tp in unknown:
+                committed = await self.consumer.committed(tp)
+                if committed is None:  # never committed: read from the start
+                    committed = (await self.consumer.beginning_offsets([tp]))[tp]
+                self._done.setdefault(tp, committed)
+        for tp in self.consumer.assignment() & assigned:  # a rebalance may have run meanwhile
+            LAG.labels(self.stage, tp.topic, str(tp.partition)).set(
+                max(0, ends[tp] - self._done[tp])
+            )
+            self._reported.add(tp)
+
+    def _forget_lag(self, assigned: set[TopicPartition]) -> None:
+        """Drop the series of partitions this member no longer owns: their new owner
+        reports them, and a stale value here would be counted twice."""
+        for tp in self._reported - assigned:
+            LAG.remove(self.stage, tp.topic, str(tp.partition))
+            self._done.pop(tp, None)
+        self._reported &= assigned
+        for tp in set(self._done) - assigned:
+            del self._done[tp]
 
 
 class _nothing:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import REGISTRY
 
+from tests.polling import until
 from vitals import contract, kafka
 from vitals.consumer import ConsumerLoop
 from vitals.settings import Settings
@@ -64,3 +65,53 @@ async def test_a_commit_lost_to_a_rebalance_is_counted_and_the_loop_goes_on(
     stop.set()
     await asyncio.wait_for(asyncio.gather(task, task2), 60)
     assert _lost(stage) == before + 1
+
+
+def _lag(stage: str, settings: Settings) -> dict[int, float]:
+    """The stage's lag series on vitals.readings, by partition."""
+    topic = settings.topic(contract.READINGS)
+    return {
+        int(sample.labels["partition"]): sample.value
+        for metric in REGISTRY.collect()
+        if metric.name == "vitals_consumer_lag"
+        for sample in metric.samples
+        if sample.labels["stage"] == stage and sample.labels["topic"] == topic
+    }
+
+
+async def test_lag_grows_while_a_batch_is_stuck_falls_to_zero_and_goes_with_the_member(
+    settings: Settings,
+) -> None:
+    """The lag gauge follows the broker's end offsets on its own timer: a handler stuck
+    (the database down) shows lag growing, not its last value; once the handler is
+    through, every partition reads 0; a member that stops drops its series."""
+    stage = "test-lag"
+    loop = ConsumerLoop(
+        settings,
+        stage=stage,
+        group_id=f"{settings.topic_prefix}lag",
+        topics=[contract.READINGS],
+        lag_interval_s=0.2,
+    )
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def stuck_handler(records: Sequence[ConsumerRecord]) -> None:
+        started.set()
+        await release.wait()
+
+    stop = asyncio.Event()
+    await _produce(settings, 1)
+    task = asyncio.create_task(loop.run(stuck_handler, stop))
+    await asyncio.wait_for(started.wait(), 60)
+    await _produce(settings, 40)
+    # The first message is in the stuck batch, uncommitted: all 41 are behind.
+    await until(lambda: sum(_lag(stage, settings).values()) == 41, "lag of 41 while stuck")
+    assert set(_lag(stage, settings)) == {0, 1, 2}
+    release.set()
+    await until(
+        lambda: _lag(stage, settings) == {0: 0.0, 1: 0.0, 2: 0.0}, "lag 0 on every partition"
+    )
+    stop.set()
+    await asyncio.wait_for(task, 60)
+    assert _lag(stage, settings) == {}

@@ -743,7 +743,7 @@ def test_the_metrics_the_issue_lists_are_exported_with_their_labels() -> None:
         "vitals_gateway_readings_accepted_total": set(),
         "vitals_gateway_readings_rejected_total": {"code"},
         "vitals_gateway_produce_seconds_bucket": set(),
-        "vitals_consumer_lag": {"stage", "partition"},
+        "vitals_consumer_lag": {"stage", "topic", "partition"},
         "vitals_processor_windows": set(),
         "vitals_processor_detections_total": {"rule", "state", "severity"},
         "vitals_alerts_published_total": {"rule", "severity", "state"},
