@@ -167,6 +167,37 @@ def test_every_vitals_variable_named_in_deploy_is_a_setting() -> None:
     assert named - fields == set()
 
 
+def readme_configuration() -> set[str]:
+    """The variables the README's configuration table names. A cell abbreviates siblings
+    (`VITALS_SINK_BATCH_MIN`, `_MAX`: VITALS_SINK_BATCH_MAX) and families (`VITALS_KAFKA_SASL_*`)."""
+    fields = {f"VITALS_{name.upper()}" for name in Settings.model_fields}
+    text = (ROOT / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    named: set[str] = set()
+    for row in (line for line in text.splitlines() if line.startswith("| `")):
+        full = ""
+        for token in re.findall(r"`([A-Z0-9_*]+)`", row.split("|")[1]):
+            if token.endswith("*"):
+                family = {f for f in fields if f.startswith(token[:-1])}
+                assert family, f"README names {token}, which matches no setting"
+                named |= family
+                continue
+            if token.startswith("_"):  # replace as many trailing words as make a setting
+                words = full.split("_")
+                candidates = ["_".join(words[:-k]) + token for k in range(1, len(words))]
+                token = next((c for c in candidates if c in fields), candidates[0])
+            named.add(token)
+            full = token
+    return named
+
+
+def test_readme_configuration_table_names_every_setting_and_only_settings() -> None:
+    fields = {f"VITALS_{name.upper()}" for name in Settings.model_fields}
+    named = readme_configuration()
+    assert "VITALS_SINK_BATCH_TARGET_S" in named  # abbreviations are expanded
+    assert named - fields == set(), "README names variables that are not settings"
+    assert fields - named == set(), "settings missing from the README's table"
+
+
 # --- compose ------------------------------------------------------------------------
 
 
