@@ -33,8 +33,9 @@ from vitals.settings import LOCAL_GATEWAY_ID, LOCAL_GATEWAY_TOKEN, LOCAL_READER_
 
 LOCAL = Path.cwd() / ".local"
 DEMO_SETTINGS = {
-    # Short enough that a person sees a device-silence alert within two minutes.
-    "VITALS_SILENCE_AFTER_S": "60",
+    # Short enough that a person sees a device-silence alert within a minute (the
+    # simulator's silent watch stops at its start: vitals/simulate.py default_events).
+    "VITALS_SILENCE_AFTER_S": "45",
     "VITALS_SILENCE_CHECK_INTERVAL_S": "2",
     # The real path: keys and the device registry from the database, devices enforced. The
     # local token stays valid beside issued keys (the registry would otherwise drop it).
@@ -87,9 +88,12 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         async with _simulator_admin_key(database_url) as key_file:
             children = await _start_children(settings, env, logs_dir, args, key_file)
             try:
-                await _summary(settings, children, stop, args.duration)
+                crashed = await _summary(settings, children, stop, args.duration)
             finally:
                 await _stop_children(children)
+    if crashed:
+        _say(f"stopped: {crashed} exited on its own (see .local/logs/{crashed}.log)")
+        return 1
     _say("stopped")
     return 0
 
@@ -205,7 +209,10 @@ async def _summary(
     children: dict[str, asyncio.subprocess.Process],
     stop: asyncio.Event,
     duration: float,
-) -> None:
+) -> str | None:
+    """Print alerts and rates until stopped or the duration is up; the name of a child that
+    exited on its own, if one did (then everything stops: a pipeline short of a stage
+    would lose what it should show)."""
     deadline = time.monotonic() + duration if duration else None
     consumer = kafka.consumer(settings, group_id=None, auto_offset_reset="earliest")
     await consumer.start()
@@ -225,12 +232,13 @@ async def _summary(
                 for name, proc in children.items():
                     if proc.returncode is not None and name != "simulator":
                         _say(f"{name} exited with {proc.returncode}: see .local/logs/{name}.log")
-                        return
+                        return name
                 if deadline is not None and now >= deadline:
-                    return
+                    return None
     finally:
         await consumer.stop()
         await pool.close()
+    return None
 
 
 async def _print_summary(

@@ -144,7 +144,7 @@ def default_events(start: int, patients: int) -> list[Event]:
     if patients >= 2:
         events.append(Event("tachycardia", 1, start - 330_000, start + 60_000))
     if patients >= 3:
-        events.append(Event("silence", 2, start + 10_000, start + 100_000))
+        events.append(Event("silence", 2, start, start + 100_000))  # from its backlog on
     if patients >= 4:
         events.append(Event("desaturation", 3, start + 30_000, start + 200_000))
     return events

@@ -1,13 +1,19 @@
 """`make run` as a person sees it: `vitals dev` brings everything up, shows the simulator's
-injected events as alerts, and stops every process cleanly."""
+injected events as alerts, and Ctrl-C stops every process cleanly; a stage that dies
+stops the run with a non-zero exit instead of a demo that quietly shows less."""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -15,31 +21,87 @@ from vitals import localinfra
 
 pytestmark = pytest.mark.e2e
 
+RULES = ("spo2_low", "hr_high", "device_silence")
+PROCESSES = ("simulator", "gateway", "api", "processor", "sink-timescale", "sink-alerts")
 
-def test_dev_shows_alerts_for_injected_events_then_stops_cleanly(pg_server: str) -> None:
+
+@contextmanager
+def dev_env(pg_server: str, **extra: str) -> Iterator[dict[str, str]]:
     name = f"vitals_dev_test_{uuid.uuid4().hex[:8]}"
     database_url = localinfra.create_database(pg_server, name)
-    env = {
-        **os.environ,
-        "VITALS_DATABASE_URL": database_url,
-        "VITALS_GATEWAY_PORT": str(localinfra.free_port()),
-        "VITALS_API_PORT": str(localinfra.free_port()),
-    }
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "vitals.cli", "dev", "--patients", "6", "--duration", "95"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        yield {
+            **os.environ,
+            "VITALS_DATABASE_URL": database_url,
+            "VITALS_GATEWAY_PORT": str(localinfra.free_port()),
+            "VITALS_API_PORT": str(localinfra.free_port()),
+            **extra,
+        }
     finally:
         localinfra.drop_database(pg_server, name)
-    out = done.stdout
-    assert done.returncode == 0, out + done.stderr
-    for rule in ("spo2_low", "hr_high", "device_silence"):
-        assert re.search(rf"ALERT opened .* {rule} +patient p-0000\d", out), (rule, out)
-    stored = [int(n.replace(",", "")) for n in re.findall(r"rows in database +([\d,]+)", out)]
-    assert stored and stored[-1] > 1000, out
-    for process in ("simulator", "gateway", "api", "processor", "sink-timescale", "sink-alerts"):
+
+
+def run_dev(env: dict[str, str], seen_enough: Callable[[str], bool], within_s: float):
+    """`vitals dev --patients 6` until its output shows what the test waits for, then
+    Ctrl-C (SIGINT, as a terminal sends it); SIGINT anyway after `within_s`. Returns the
+    exit code, the output, and whether the wait was met."""
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vitals.cli", "dev", "--patients", "6"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        watchdog = threading.Timer(within_s, proc.send_signal, [signal.SIGINT])
+        watchdog.start()
+        out, met = "", False
+        try:
+            for line in proc.stdout:
+                out += line
+                if not met and seen_enough(out):
+                    met = True
+                    proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=90)
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+        stderr.seek(0)
+        return proc.returncode, out + stderr.read().decode(errors="replace"), met
+
+
+def alerted(out: str) -> set[str]:
+    return {r for r in RULES if re.search(rf"ALERT opened .* {r} +patient p-0000\d", out)}
+
+
+def rows_stored(out: str) -> int:
+    found = re.findall(r"rows in database +([\d,]+)", out)
+    return int(found[-1].replace(",", "")) if found else 0
+
+
+def test_dev_shows_alerts_for_injected_events_and_ctrl_c_stops_everything(
+    pg_server: str,
+) -> None:
+    with dev_env(pg_server) as env:
+        code, out, met = run_dev(
+            env, lambda out: alerted(out) == set(RULES) and rows_stored(out) > 1000, 150
+        )
+    assert met, f"alerts seen: {sorted(alerted(out))}, rows {rows_stored(out)}\n{out}"
+    assert code == 0, out
+    for process in PROCESSES:
+        assert f"{process} stopped (exit 0)" in out, out
+    assert re.search(r"\d\d:\d\d:\d\d  stopped$", out, re.MULTILINE), out
+
+
+def test_dev_stops_everything_and_fails_when_a_stage_dies(pg_server: str, tmp_path) -> None:
+    """A stage that exits on its own (here the processor, refused a rules file that is not
+    there) ends the run: the other processes are stopped and `vitals dev` exits 1."""
+    missing = tmp_path / "no-such-rules.toml"
+    with dev_env(pg_server, VITALS_RULES_FILE=str(missing)) as env:
+        code, out, _ = run_dev(env, lambda out: False, 120)  # it must end by itself
+    assert code == 1, out
+    assert re.search(r"processor exited with [1-9]", out), out
+    assert "stopped: processor exited on its own" in out, out
+    for process in ("gateway", "api", "sink-timescale", "sink-alerts"):
         assert f"{process} stopped (exit 0)" in out, out
