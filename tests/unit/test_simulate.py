@@ -70,3 +70,21 @@ def test_glitches_are_impossible_values_the_catalog_rejects() -> None:
     assert 10 <= len(glitches) <= 70  # ~5 % of 720 samples
     clean = Patient(0, seed=1).readings(T0, T0 + 3_600_000, 5_000, [])
     assert all(r["v"] != 0 for r in clean)  # no glitches unless asked for
+
+
+def test_values_follow_a_daily_rhythm_higher_by_day_than_at_night() -> None:
+    """The patients live at UTC+8: their afternoon is 06-10 UTC, their small hours 18-22."""
+    day0 = T0 - T0 % 86_400_000  # midnight UTC
+    readings = Patient(0, seed=1).readings(day0, day0 + 86_400_000, 60_000, [])
+
+    def mean(metric: str, utc_hours: range) -> float:
+        values = [
+            r["v"]
+            for r in readings
+            if r["metric"] == metric and datetime.fromisoformat(r["t"]).hour in utc_hours
+        ]
+        return sum(values) / len(values)
+
+    afternoon, night = range(6, 10), range(18, 22)
+    assert mean("heart_rate", afternoon) - mean("heart_rate", night) > 8  # 6 × (1 − −1) ≈ 12
+    assert mean("resp_rate", afternoon) - mean("resp_rate", night) > 2.5  # ≈ 4
