@@ -10,9 +10,10 @@ import uuid
 from datetime import UTC, datetime
 
 import asyncpg
+import orjson
 import pytest
 
-from tests.e2e.conftest import AlertReader, Pipeline, post
+from tests.e2e.conftest import COMMANDS, AlertReader, Pipeline, post
 from vitals.contract import now_ms
 
 pytestmark = pytest.mark.e2e
@@ -36,6 +37,16 @@ def _minute(start: int, minute: int, spo2: float) -> list[dict]:
 
 def _upload(patient: str, readings: list[dict]) -> dict:
     return {"device_id": f"watch-{patient}", "patient_id": patient, "readings": readings}
+
+
+def _logs_name_no_patient(pipeline: Pipeline, patient: str) -> None:
+    """Every stage logged (JSON lines), and none of them named the patient or the device
+    (its id contains the patient's)."""
+    for name in COMMANDS:
+        text = (pipeline.logs / f"{name}.log").read_text()
+        lines = [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+        assert lines, f"{name} wrote no JSON log lines"
+        assert patient not in text, f"{name}'s log names the patient"
 
 
 def _of(alerts: list[dict], patient: str, state: str | None = None) -> list[dict]:
@@ -130,6 +141,7 @@ async def test_desaturation_alerted_once_and_every_reading_stored_once(
         ("spo2_low", "resolved"),
     ]
     pipeline.assert_running()
+    _logs_name_no_patient(pipeline, patient)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
