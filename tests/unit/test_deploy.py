@@ -730,29 +730,35 @@ def test_every_dashboard_query_uses_a_provisioned_data_source() -> None:
         assert sources[ref["uid"]]["type"] == ref["type"], ref
 
 
+def check_promql(expr: str, exported: dict[str, set[str]], legend: str = "") -> set[str]:
+    """The vitals metrics `expr` names, after checking that each is exported and that its
+    matchers, groupings and the legend name only labels those metrics carry."""
+    assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+    names = set(re.findall(r"\b(vitals_[a-z0-9_]+)\b", expr))
+    assert names <= set(exported), (expr, names - set(exported))
+    known = set().union(*(exported[n] for n in names)) | TARGET_LABELS
+    for selector in re.findall(r"\{([^}]*)\}", expr):
+        matchers = re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector)
+        assert set(matchers) <= known, (expr, matchers)
+    grouped = {
+        label.strip()
+        for clause in re.findall(r"\bby\s*\(([^)]*)\)", expr)
+        for label in clause.split(",")
+    }
+    assert grouped <= known, (expr, grouped - known)
+    # A legend (or an alert's summary) may name only labels the query keeps.
+    shown = set(re.findall(r"\{\{\s*\$?(?:labels\.)?(\w+)\s*\}\}", legend))
+    assert shown <= grouped, (expr, shown - grouped)
+    return names
+
+
 def test_dashboard_promql_names_only_metrics_and_labels_the_code_exports() -> None:
     exported = exported_metrics()
     used: set[str] = set()
     queries = [t for _, t in dashboard_targets() if "expr" in t]
     assert queries
     for target in queries:
-        expr = target["expr"]
-        names = set(re.findall(r"\b(vitals_[a-z0-9_]+)\b", expr))
-        used |= names
-        assert names <= set(exported), (expr, names - set(exported))
-        known = set().union(*(exported[n] for n in names)) | TARGET_LABELS
-        for selector in re.findall(r"\{([^}]*)\}", expr):
-            matchers = re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", selector)
-            assert set(matchers) <= known, (expr, matchers)
-        grouped = {
-            label.strip()
-            for clause in re.findall(r"\bby\s*\(([^)]*)\)", expr)
-            for label in clause.split(",")
-        }
-        assert grouped <= known, (expr, grouped - known)
-        # A legend may name only labels the query keeps, or it renders empty.
-        legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
-        assert legend <= grouped, (expr, legend - grouped)
+        used |= check_promql(target["expr"], exported, target.get("legendFormat", ""))
     # What the issue asks the dashboard to show, by the metric that shows it.
     assert {
         "vitals_gateway_readings_accepted_total",  # ingest rate
@@ -763,6 +769,45 @@ def test_dashboard_promql_names_only_metrics_and_labels_the_code_exports() -> No
         "vitals_sink_rows_total",  # sink throughput
         "vitals_sink_write_seconds_bucket",  # sink batch latency
         "vitals_dead_letters_total",
+    } <= used
+
+
+def runbook_anchors() -> set[str]:
+    """GitHub's anchors of docs/operations.md's headings."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    headings = re.findall(r"^#+ (.+)$", text, re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+
+
+def test_alert_rules_are_loaded_name_exported_metrics_and_link_the_runbook() -> None:
+    prometheus = compose()["prometheus"]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (rules_path,) = config["rule_files"]
+    assert (
+        DEPLOY / mounts(prometheus)[rules_path]
+    ).resolve() == DEPLOY / "prometheus" / "alerts.yml"
+    exported, anchors = exported_metrics(), runbook_anchors()
+    rules = [
+        r
+        for group in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+        for r in group["rules"]
+    ]
+    assert len({r["alert"] for r in rules}) == len(rules) >= 8
+    used: set[str] = set()
+    for rule in rules:
+        used |= check_promql(rule["expr"], exported, rule["annotations"]["summary"])
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        doc, anchor = rule["annotations"]["runbook"].split("#")
+        assert doc == "docs/operations.md" and anchor == rule["alert"].lower(), rule["alert"]
+        assert anchor in anchors, f"{rule['alert']}: no runbook heading ### {rule['alert']}"
+    # Down, refusing, lagging, stuck, cut off, dead letters, slow alerts: each has a rule.
+    assert {
+        "vitals_gateway_requests_total",
+        "vitals_consumer_lag",
+        "vitals_consumed_records_total",
+        "vitals_sink_dependencies_up",
+        "vitals_dead_letters_total",
+        "vitals_alert_latency_seconds_bucket",
     } <= used
 
 
