@@ -4,10 +4,12 @@ For each batch: store the detections (ON CONFLICT (alert_id, state, episode_star
 NOTHING; the alert id determines the episode start); select those of the batch not yet
 published, leaving out suppressed repeats (stored, never published); produce each as the
 public alert document, keyed by patient, and await every acknowledgement; mark them
-published; return (offsets commit). A redelivered or
-duplicated detection finds its row published and is not sent again. Only a crash between
-the acknowledgements and the UPDATE can publish a state twice, with the same alert_id:
-subscribers dedupe on (alert_id, state), see docs/alert-schema.md.
+published; return (offsets commit). A redelivered or duplicated detection finds its row
+published and is not sent again. Between the acknowledgements and the marking, a state is
+on the topic but not marked: if the marking fails, the sink remembers what was
+acknowledged and only marks it on the retry; if the sink dies there, the next one finds
+those alerts on the topic before it consumes (recovery.py). Either way a state is
+published once; subscribers may still dedupe on (alert_id, state), docs/alert-schema.md.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Histogram
 
+from sinks.alerts.recovery import reconcile
 from sinks.alerts.store import (
     AlertRow,
+    Key,
     key_of,
     keys_of,
     mark_published,
@@ -77,12 +81,21 @@ class AlertsSink:
     def __init__(self, loop: SinkLoop, db: Database, stop: asyncio.Event) -> None:
         self._loop, self._db, self._stop = loop, db, stop
         self._topic = loop.settings.topic(contract.ALERTS)
+        # Acknowledged on vitals.alerts, not yet marked in the table: key -> published_at.
+        # (A key whose partition a rebalance took away stays here: a few bytes, harmless.)
+        self._acked: dict[Key, int] = {}
+        # Before its first publication the sink looks for alerts a predecessor published
+        # but could not mark (recovery.py); in the handler, so outages are retried as usual.
+        self._reconciled = False
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> Commit:
         return await self._loop.write_durably(records, decode, self.write, self._stop)
 
     async def write(self, rows: list[AlertRow]) -> None:
         async with self._db.connection() as conn:
+            if not self._reconciled:
+                await reconcile(self._loop.settings, conn)
+                self._reconciled = True
             new = await store(conn, rows)
             STORED.labels("new").inc(new)
             STORED.labels("duplicate").inc(len(rows) - new)
@@ -92,11 +105,21 @@ class AlertsSink:
             pending = await unpublished(conn, keys_of(rows))
             if not pending:
                 return
-            published = contract.now_ms()
-            await _publish(self._loop.producer, self._topic, pending, published)
-            await mark_published(conn, [key_of(d) for d in pending], from_ms(published))
-        for detection in pending:
-            observe_published(detection, published)
+            unsent = [d for d in pending if key_of(d) not in self._acked]
+            await _publish(self._loop.producer, self._topic, unsent, self._acked)
+            keys = [key_of(d) for d in pending]
+            for published, marked in _by_time(keys, self._acked).items():
+                await mark_published(conn, marked, from_ms(published))
+            for key in keys:
+                del self._acked[key]
+
+
+def _by_time(keys: list[Key], acked: dict[Key, int]) -> dict[int, list[Key]]:
+    """Keys grouped by their published_at (one time per publishing attempt)."""
+    groups: dict[int, list[Key]] = {}
+    for key in keys:
+        groups.setdefault(acked[key], []).append(key)
+    return groups
 
 
 def observe_published(detection: contract.Detection, published: int) -> None:
@@ -110,10 +133,17 @@ def observe_published(detection: contract.Detection, published: int) -> None:
 
 
 async def _publish(
-    producer: AIOKafkaProducer, topic: str, pending: list[contract.Detection], published: int
+    producer: AIOKafkaProducer,
+    topic: str,
+    pending: list[contract.Detection],
+    acked: dict[Key, int],
 ) -> None:
-    """Send all, then await every acknowledgement; raise the first failure."""
-    acks = [
+    """Send all, then await every acknowledgement, recording each in `acked`; raise the
+    first failure (the acknowledged ones are not sent again on the retry)."""
+    if not pending:
+        return
+    published = contract.now_ms()
+    sends = [
         await producer.send(
             topic,
             orjson.dumps(contract.alert_document(detection, published)),
@@ -121,7 +151,11 @@ async def _publish(
         )
         for detection in pending
     ]
-    outcomes = await asyncio.gather(*acks, return_exceptions=True)
+    outcomes = await asyncio.gather(*sends, return_exceptions=True)
+    for detection, outcome in zip(pending, outcomes, strict=True):
+        if not isinstance(outcome, BaseException):
+            acked[key_of(detection)] = published
+            observe_published(detection, published)
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome

@@ -421,6 +421,53 @@ async def test_a_sink_stopped_during_a_database_outage_publishes_and_commits_not
     assert await _rows(own.database_url, [detection.alert_id]) == []
 
 
+async def test_an_alert_acknowledged_but_never_marked_is_not_published_again(
+    own: Settings,
+) -> None:
+    """The window between vitals.alerts' acknowledgement and the row's marking: a trigger
+    refuses the marking, so the sink retries the batch again and again; then it stops there
+    (as a sink that dies in the window) and a new sink starts once the database takes the
+    update. The alert is on the topic once, and the row carries that document's time."""
+    patient = f"p-{uuid.uuid4().hex[:8]}"
+    detection = _detection(patient)
+    name = f"refuse_mark_{patient.replace('-', '_')}"
+    conn = await asyncpg.connect(own.database_url)
+    await conn.execute(
+        f"""
+        CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.patient_id = '{patient}' AND NEW.published_at IS NOT NULL THEN
+                RAISE EXCEPTION 'marking refused by the test';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER {name} BEFORE UPDATE ON alerts FOR EACH ROW EXECUTE FUNCTION {name}();
+        """
+    )
+    try:
+        await _produce(own, [(patient.encode(), contract.encode_detection(detection))])
+        consumed = _consumed()
+        async with _group_offsets(own) as committed:
+            async with _sink(own):
+                await until(lambda: _consumed() >= consumed + 3, "the batch retried twice")
+            assert await committed() == {}  # never marked, so never committed
+        mine = [a for a in await _alerts(own) if a["patient_id"] == patient]
+        assert len(mine) == 1, "an acknowledged alert was sent again on the retry"
+    finally:
+        await conn.execute(f"DROP TRIGGER IF EXISTS {name} ON alerts; DROP FUNCTION {name}()")
+        await conn.close()
+
+    await _sink_until_committed(own)  # a new sink: it knows nothing of the first
+    mine = [a for a in await _alerts(own) if a["patient_id"] == patient]
+    assert len(mine) == 1, "the new sink published the alert again"
+    (row,) = await _rows(own.database_url, [detection.alert_id])
+    assert row["published_at"] == datetime.fromisoformat(mine[0]["published_at"])
+
+
+async def _alerts(settings: Settings) -> list[dict[str, Any]]:
+    return [orjson.loads(r.value) for r in await _read_all(settings, contract.ALERTS)]
+
+
 def _sample(name: str, labels: dict[str, str]) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -474,3 +521,21 @@ async def test_published_alerts_are_counted_by_rule_and_severity_with_their_late
     )
     decided_s = _sample("vitals_alert_latency_seconds_sum", {"since": "detected"}) - decided["sum"]
     assert 2 + 3 <= decided_s <= 2 + 3 + 2 * elapsed_s
+
+
+def test_recovery_reads_alert_documents_and_passes_over_anything_else() -> None:
+    from sinks.alerts.recovery import _key
+
+    detection = _detection("p-recovery")
+    document = contract.alert_document(detection, T0 + 125_000)
+    key, published = _key(orjson.dumps(document))
+    assert key == row_of(detection)[0:2] + (row_of(detection)[6],)
+    assert to_ms(published) == T0 + 125_000
+    for other in (
+        b"not json",
+        b"[]",
+        b'{"alert_id": "x"}',
+        orjson.dumps({**document, "alert_id": "1"}),
+        None,
+    ):
+        assert _key(other) is None, other

@@ -1,0 +1,105 @@
+"""Alerts that reached vitals.alerts but were never marked published: found, not resent.
+
+The sink publishes, awaits the acknowledgements, then marks the rows published. A sink
+that dies between the two (or loses the database there) leaves rows unmarked whose alerts
+are already on the topic; publishing them again would page twice. So a sink, before it
+consumes, reads the topic from the oldest unmarked row's detection time on and marks the
+rows it finds there with the time the document carries. The rest stay unmarked: their
+detections were never committed, so they come back and are published then.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import UnsupportedVersionError
+from aiokafka.structs import TopicPartition
+
+from sinks.alerts.store import Key, mark_published
+from vitals import contract, kafka
+from vitals.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_UNMARKED = """
+SELECT alert_id, state, episode_start, detected_at FROM alerts
+WHERE published_at IS NULL AND NOT suppressed
+"""
+
+
+async def reconcile(settings: Settings, conn: asyncpg.Connection) -> int:
+    """Mark the unmarked rows whose alert is on the topic; how many were marked."""
+    rows = await conn.fetch(_UNMARKED)
+    if not rows:
+        return 0
+    unmarked = {(r["alert_id"], r["state"], r["episode_start"]) for r in rows}
+    since = min(r["detected_at"] for r in rows)  # publication always follows detection
+    found = await _on_topic(settings, unmarked, int(since.timestamp() * 1000))
+    marked = 0
+    for published_at, keys in found.items():
+        marked += await mark_published(conn, keys, published_at)
+    log.info(
+        "unmarked alerts reconciled",
+        extra={"stage": "sink-alerts", "unmarked": len(unmarked), "already_published": marked},
+    )
+    return marked
+
+
+async def _on_topic(
+    settings: Settings, unmarked: set[Key], since_ms: int
+) -> dict[datetime, list[Key]]:
+    """The unmarked keys found on vitals.alerts, by the published_at of their document."""
+    topic = settings.topic(contract.ALERTS)
+    consumer = kafka.consumer(settings, group_id=None, fetch_max_wait_ms=50)
+    await consumer.start()
+    try:
+        numbers = sorted(consumer.partitions_for_topic(topic) or ())
+        parts = [TopicPartition(topic, p) for p in numbers]
+        if not parts:
+            return {}
+        consumer.assign(parts)
+        ends = await consumer.end_offsets(parts)  # later alerts are not this sink's doing
+        for tp in parts:
+            consumer.seek(tp, await _first_at(consumer, tp, since_ms))
+        found: dict[datetime, list[Key]] = {}
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            batches = await consumer.getmany(timeout_ms=500)
+            for record in (r for part in batches.values() for r in part):
+                if record.offset >= ends[TopicPartition(record.topic, record.partition)]:
+                    continue
+                key = _key(record.value)
+                if key is not None and key[0] in unmarked:
+                    found.setdefault(key[1], []).append(key[0])
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def _first_at(consumer: AIOKafkaConsumer, tp: TopicPartition, since_ms: int) -> int:
+    try:
+        found = (await consumer.offsets_for_times({tp: max(0, since_ms)})).get(tp)
+    except UnsupportedVersionError:
+        found = None
+    if found is not None and found.offset is not None:
+        return int(found.offset)
+    # No answer (tansu answers none or 0): from the beginning, which is never wrong.
+    return int((await consumer.beginning_offsets([tp]))[tp])
+
+
+def _key(raw: bytes | None) -> tuple[Key, datetime] | None:
+    """(key, published_at) of a public alert document; None for anything else on the topic."""
+    try:
+        doc = orjson.loads(raw or b"")
+        key = (
+            uuid.UUID(doc["alert_id"]),
+            doc["state"],
+            datetime.fromisoformat(doc["episode_start"]),
+        )
+        return key, datetime.fromisoformat(doc["published_at"])
+    except (ValueError, KeyError, TypeError):
+        return None
