@@ -75,19 +75,20 @@ class TopicReader:
 
 
 async def lag(settings: Settings) -> dict[str, int]:
-    """Messages not yet committed, per consumer group (summed over partitions)."""
-    groups = {
-        settings.processor_group: contract.READINGS,
-        settings.sink_group: contract.READINGS,
-        settings.alerts_group: contract.DETECTIONS,
-    }
+    """Messages not yet committed, per consumer group (summed over its topics' partitions)."""
+    consumed = [
+        (settings.processor_group, contract.READINGS),
+        (settings.sink_group, contract.READINGS),
+        (settings.sink_group, contract.NEWS2_SCORES),
+        (settings.alerts_group, contract.DETECTIONS),
+    ]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     ends = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
     await admin.start()
     await ends.start()
     try:
         out: dict[str, int] = {}
-        for group, topic in groups.items():
+        for group, topic in consumed:
             name = settings.topic(topic)
             partitions = ends.partitions_for_topic(name) or set()
             tps = [TopicPartition(name, p) for p in partitions]
@@ -98,7 +99,7 @@ async def lag(settings: Settings) -> dict[str, int]:
                 meta = committed.get(tp)
                 done = meta.offset if meta is not None and meta.offset >= 0 else 0
                 total += max(0, end[tp] - done)
-            out[group] = total
+            out[group] = out.get(group, 0) + total
         return out
     finally:
         await ends.stop()

@@ -117,14 +117,17 @@ NOTES = """
   resumes it takes them, so they typically land (see *unknown landed*), stored once.
   docs/wire-format.md says so: retry a 503 with the same `Idempotency-Key`; idempotent
   writes make the retry harmless.
-- **Poison.** Undecodable messages are placed on the two consumed topics:
-  `vitals.readings` (both its consumers, processor and readings sink, must park each)
-  and `vitals.detections` (the alerts sink). `vitals.alerts` and `vitals.deadletter`
-  have no consumer inside the pipeline; poison there is the subscribers' concern.
-- **Alerts sink crash window.** The alerts sink marks an alert published after Kafka
-  acknowledged it; a crash between the two publishes that (alert_id, state) again on
-  restart (docs/alert-schema.md tells subscribers to dedupe on the pair). `kill -9` of the
-  alerts sink did not hit this window in these runs; it is not excluded by design.
+- **Poison.** Undecodable messages are placed on the three consumed topics:
+  `vitals.readings` (both its consumers, processor and readings sink, must park each),
+  `vitals.detections` (the alerts sink) and `vitals.news2` (the readings sink).
+  `vitals.alerts` and `vitals.deadletter` have no consumer inside the pipeline; poison
+  there is the subscribers' concern.
+- **Alerts sink crash window.** Between Kafka's acknowledgement of an alert and its row
+  being marked published, a crash used to mean a second publication on restart. The sink
+  now reads `vitals.alerts` for unmarked rows before it publishes anything
+  (`sinks/alerts/recovery.py`); `tests/integration/test_sink_alerts.py` holds the sink in
+  that window on purpose (a trigger refuses the marking), stops it there and starts
+  another: one publication. `kill -9` here is at a random moment.
 - **Leaving the group.** tansu keeps a stopped member listed, so "the consumer left the
   group" cannot be observed from outside here; the SIGTERM rows show instead that every
   consumer exits 0 after finishing its batch, and (readings sink) that everything below

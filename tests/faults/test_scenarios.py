@@ -230,6 +230,7 @@ async def test_poison_messages_on_every_consumed_topic(
     poison = {
         s.topic(contract.READINGS): [b"not json at all", b'{"v": 99}', b"[1, 2]"],
         s.topic(contract.DETECTIONS): [b"\xff\xfe garbage", b'{"v": 1, "alert_id": 3}'],
+        s.topic(contract.NEWS2_SCORES): [b"{not json", b'{"v": 1, "patient_id": "p", "news2": 99}'],
     }
     placed: list[tuple[str, int, int]] = []
 
@@ -248,16 +249,19 @@ async def test_poison_messages_on_every_consumed_topic(
 
     verdict, _ = await run(
         "poison messages",
-        "3 undecodable messages on vitals.readings, 2 on vitals.detections, at 3 s",
+        "3 undecodable messages on vitals.readings, 2 on vitals.detections, 2 on vitals.news2,"
+        " at 3 s",
         pipeline,
         fault_settings,
         alert_topic,
         inject,
     )
-    # Who must park what: both consumers of readings, the alerts sink for detections.
+    # Who must park what: both consumers of readings, the alerts sink for detections, the
+    # readings sink for NEWS2 scores.
     readers = {
         s.topic(contract.READINGS): {"processor", "sink-timescale"},
         s.topic(contract.DETECTIONS): {"sink-alerts"},
+        s.topic(contract.NEWS2_SCORES): {"sink-timescale"},
     }
     wanted = {(t, p, o, stage) for t, p, o in placed for stage in readers[t]}
     deadline = time.monotonic() + 20
