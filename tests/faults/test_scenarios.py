@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
@@ -21,6 +23,7 @@ from tests.faults.infra import Broker, PrivatePostgres
 from tests.faults.load import LoadPlan
 from tests.faults.scenario import after, in_thread, nothing, restart, run
 from tests.faults.stages import Stages
+from tests.polling import until
 from vitals import contract
 from vitals.settings import Settings
 
@@ -302,29 +305,62 @@ async def test_client_retrying_every_upload(
 async def test_rebalance_during_open_episodes(
     pipeline: Stages, fault_settings: Settings, alert_topic: TopicReader
 ) -> None:
-    # Slower here so that both rebalances fall while the episodes are open: they open
-    # at 8 s (event minute 4) and resolve at 14 s (minute 7).
-    plan = LoadPlan(interval_s=2.0)
+    """Both rebalances fall inside the episodes, and the test checks that they did. The
+    desaturations run from event minute 2 (low readings in, the episode pending) to 7
+    (resolved), one event minute every 7 s; the second processor starts once minute 2 is
+    in, leaves (SIGTERM) once it was given partitions, and the first must take them all
+    back before any episode resolves. (A longer desaturation would widen the window but
+    also raise NEWS2, which is not this scenario's event.)"""
+    plan = LoadPlan(interval_s=7.0)
+    before = len(alert_topic.seen)
+    resolved_early: list[dict] = []
 
     async def inject() -> float:
-        await after(3)
-        await restart(pipeline, "processor-2")  # joins while the episodes open
-        await after(3)
+        await after(2.3 * plan.interval_s)  # minute 2 posted: the episodes are under way
+        joined = datetime.now(UTC)
+        await restart(pipeline, "processor-2")
+        await until(
+            lambda: assigned_since(pipeline, "processor-2", joined), "processor-2's partitions", 60
+        )
+        left = datetime.now(UTC)
         code = await asyncio.to_thread(pipeline.terminate, "processor-2")
         assert code == 0
+        partitions = fault_settings.topic_partitions
+        await until(  # the first member takes every partition back
+            lambda: len(assigned_since(pipeline, "processor", left)) == partitions,
+            "every partition back with the first processor",
+            60,
+        )
+        await alert_topic.poll(200)
+        resolved_early.extend(a for a in alert_topic.seen[before:] if a["state"] == "resolved")
         return time.monotonic()
 
-    verdict, generator = await run(
+    verdict, _ = await run(
         "rebalance during open episodes",
-        "second processor added at 3 s, removed (SIGTERM) 3 s after it was ready; "
-        "episodes open from 8 s to 14 s",
+        "once the episodes were under way: a second processor added, removed (SIGTERM) once"
+        " it held partitions, the first one given them all back; all before any resolved",
         pipeline,
         fault_settings,
         alert_topic,
         inject,
         plan=plan,
     )
+    if resolved_early:
+        verdict.problems.append(
+            f"{len(resolved_early)} episodes resolved before the rebalances were over"
+        )
     assert_kept(verdict)
+
+
+def assigned_since(pipeline: Stages, name: str, since: datetime) -> set[int]:
+    """The partitions a processor logged as assigned to it since `since` (replay.py)."""
+    log = pipeline.logs / f"{name}.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return {
+        line["partition"]
+        for line in map(orjson.loads, filter(lambda text: text.startswith("{"), lines))
+        if line.get("msg") == "partition assigned" and datetime.fromisoformat(line["ts"]) >= since
+    }
 
 
 async def _redeliver(settings: Settings, topic: str, prefix: str) -> int:
