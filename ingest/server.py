@@ -104,6 +104,8 @@ async def serve_until_stopped(server: uvicorn.Server) -> None:
 
     async def exit_on_stop() -> None:
         await stop.wait()
+        # What the graceful stop owes: these are answered before "server stopped".
+        log.info("stopping", extra={"requests_in_flight": TALLY.unanswered})
         server.should_exit = True
 
     watcher = asyncio.create_task(exit_on_stop())
