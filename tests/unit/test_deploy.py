@@ -169,7 +169,8 @@ def test_every_vitals_variable_named_in_deploy_is_a_setting() -> None:
 
 def readme_configuration() -> set[str]:
     """The variables the README's configuration table names. A cell abbreviates siblings
-    (`VITALS_SINK_BATCH_MIN`, `_MAX`: VITALS_SINK_BATCH_MAX) and families (`VITALS_KAFKA_SASL_*`)."""
+    (`VITALS_SINK_BATCH_MIN`, `_MAX`: VITALS_SINK_BATCH_MAX) and families
+    (`VITALS_KAFKA_SASL_*`)."""
     fields = {f"VITALS_{name.upper()}" for name in Settings.model_fields}
     text = (ROOT / "README.md").read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
     named: set[str] = set()
@@ -809,6 +810,17 @@ def test_alert_rules_are_loaded_name_exported_metrics_and_link_the_runbook() -> 
         "vitals_dead_letters_total",
         "vitals_alert_latency_seconds_bucket",
     } <= used
+
+
+def test_runbook_names_only_kubernetes_objects_the_manifests_define() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    named = set(re.findall(r"\b(deployment|job)/(vitals-[a-z0-9-]+)", text))
+    for listed in re.findall(r"\bdelete job ((?:vitals-[a-z0-9-]+ ?)+)", text):
+        named |= {("job", name) for name in listed.split()}
+    defined = {("deployment", d["metadata"]["name"]) for d in k8s("Deployment")}
+    defined |= {("job", j["metadata"]["name"]) for j in k8s("Job")}
+    assert ("job", "vitals-db-migrate") in named  # the scan does see the upgrade steps
+    assert named <= defined, named - defined
 
 
 def test_the_metrics_the_issue_lists_are_exported_with_their_labels() -> None:
