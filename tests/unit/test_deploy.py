@@ -812,6 +812,20 @@ def test_alert_rules_are_loaded_name_exported_metrics_and_link_the_runbook() -> 
     } <= used
 
 
+def test_k8s_pods_are_annotated_for_scraping_on_the_port_they_serve_metrics() -> None:
+    for deployment in k8s("Deployment"):
+        component = component_of(deployment)
+        notes = deployment["spec"]["template"]["metadata"]["annotations"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        port = probe_port(component, settings_from(container_env(container)))
+        assert notes == {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(port),
+            "prometheus.io/path": "/metrics",
+        }, component
+        assert port in {p["containerPort"] for p in container["ports"]}, component
+
+
 def test_runbook_names_only_kubernetes_objects_the_manifests_define() -> None:
     text = (ROOT / "docs" / "operations.md").read_text()
     named = set(re.findall(r"\b(deployment|job)/(vitals-[a-z0-9-]+)", text))
