@@ -278,6 +278,7 @@ async def test_a_poison_message_is_parked_with_its_origin_and_processing_goes_on
     own: Settings,
 ) -> None:
     start = contract.now_ms() - 20 * 60_000
+    parked_before = sample("vitals_dead_letters_total", stage="processor")
     await produce(own, [(b"p-poison", b'{"v": 1, "readings": "nope"}')])
     await send(own, *episode("p-poison", start))
 
@@ -291,6 +292,7 @@ async def test_a_poison_message_is_parked_with_its_origin_and_processing_goes_on
     async with TopicReader(own, contract.DEADLETTER) as parked:
         [letter] = await parked.to_end()
 
+    assert sample("vitals_dead_letters_total", stage="processor") - parked_before == 1
     doc = orjson.loads(letter.value)
     assert doc["stage"] == "processor" and doc["error"].startswith("ContractError")
     readings = own.topic(contract.READINGS)

@@ -259,12 +259,18 @@ async def test_every_reading_is_stored_exactly_once_despite_redelivered_uploads(
     other = _upload(patient, [T0, T0 + 1000], metric="spo2")
     values = [contract.encode_upload(u) for u in (upload, upload, retried, other)]
     await _produce(own, values, key=patient.encode())
+    new, duplicate = (_sample("vitals_sink_rows_total", result=r) for r in ("new", "duplicate"))
+    writes = _sample("vitals_sink_write_seconds_count")
 
     async with _sink(own):
         await _all_committed(own)
 
     stored = await _stored(own.database_url, patient)
     assert len(stored) == 25 + 2
+    # The metrics tell the same: 27 new rows, the other 30 of the 57 sent already stored.
+    assert _sample("vitals_sink_rows_total", result="new") - new == 27
+    assert _sample("vitals_sink_rows_total", result="duplicate") - duplicate == 30
+    assert _sample("vitals_sink_write_seconds_count") > writes
     assert len({(r["metric"], r["t"], r["device_id"]) for r in stored}) == len(stored)
     # The first write of a key wins: readings 10-19 keep the first upload's id.
     by_time = {r["t"]: r for r in stored if r["metric"] == "heart_rate"}
