@@ -10,6 +10,7 @@ detections were never committed, so they come back and are published then.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import datetime
@@ -25,6 +26,8 @@ from vitals import contract, kafka
 from vitals.settings import Settings
 
 log = logging.getLogger(__name__)
+
+READ_TIMEOUT_S = 120.0  # reading the alerts topic's tail; alerts are few
 
 _UNMARKED = """
 SELECT alert_id, state, episode_start, detected_at FROM alerts
@@ -67,14 +70,16 @@ async def _on_topic(
         for tp in parts:
             consumer.seek(tp, await _first_at(consumer, tp, since_ms))
         found: dict[datetime, list[Key]] = {}
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            batches = await consumer.getmany(timeout_ms=500)
-            for record in (r for part in batches.values() for r in part):
-                if record.offset >= ends[TopicPartition(record.topic, record.partition)]:
-                    continue
-                key = _key(record.value)
-                if key is not None and key[0] in unmarked:
-                    found.setdefault(key[1], []).append(key[0])
+        # A broker that stops answering fails the batch (TimeoutError): it is retried.
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+                batches = await consumer.getmany(timeout_ms=500)
+                for record in (r for part in batches.values() for r in part):
+                    if record.offset >= ends[TopicPartition(record.topic, record.partition)]:
+                        continue
+                    key = _key(record.value)
+                    if key is not None and key[0] in unmarked:
+                        found.setdefault(key[1], []).append(key[0])
         return found
     finally:
         await consumer.stop()
