@@ -108,8 +108,13 @@ def minute_upload(patient: str, start_ms: int, minute: int, low: bool, impossibl
     for i in range(60_000 // EVERY_MS):
         t = start_ms + minute * 60_000 + i * EVERY_MS
         spo2 = DESATURATED if low and minute in LOW_MINUTES else NORMAL
-        readings.append({"metric": "heart_rate", "t": _iso(t), "v": 72, "unit": "/min"})
-        readings.append({"metric": "spo2", "t": _iso(t), "v": spo2, "unit": "%"})
+        # A little variation, as real sensors show: a value exactly constant for 10 minutes
+        # (heart rate) or 30 (SpO2) is a flat-line sensor fault, which the soak's hours of
+        # event time would otherwise raise for every patient.
+        wobble = (i + minute) % 3 - 1
+        heart_rate = 72 + wobble
+        readings.append({"metric": "heart_rate", "t": _iso(t), "v": heart_rate, "unit": "/min"})
+        readings.append({"metric": "spo2", "t": _iso(t), "v": spo2 + wobble, "unit": "%"})
         valid += [("heart_rate", t), ("spo2", t)]
     invalid: list[tuple[str, int]] = []
     if impossible:  # rejected item by item at the door, the rest accepted
