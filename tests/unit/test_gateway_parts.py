@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import uuid
 import zlib
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from ingest.auth import Authenticator
 from ingest.body import Inflater, check_headers, read_body
 from ingest.errors import Malformed, TooLarge, Unauthenticated, UnsupportedMedia
 from ingest.idempotency import (
+    RANDOM_IDS_AHEAD,
     Accepted,
     Answer,
     IdempotencyCache,
@@ -215,6 +217,22 @@ def test_upload_ids_without_a_key_are_random_version_4_uuids() -> None:
     for text in ids:
         parsed = uuid.UUID(text)
         assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+
+
+def test_a_forked_process_never_hands_out_the_ids_its_parent_made_ahead() -> None:
+    random_uuid()  # the parent now holds ids made ahead
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.write(write, " ".join(random_uuid() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    parent = {random_uuid() for _ in range(RANDOM_IDS_AHEAD)}
+    assert len(child) == 10
+    assert not child & parent
 
 
 def test_the_cache_keeps_the_most_recently_used_answers() -> None:
