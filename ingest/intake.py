@@ -82,7 +82,7 @@ class Intake:
             refusal.upload_id = upload_id
             if isinstance(refusal, NothingValid):
                 _count_rejected(refusal.rejected)
-            metrics.UPLOADS.labels(refusal.code).inc()
+            metrics.count_upload(refusal.code)
             log.info(
                 "upload refused",
                 extra={
@@ -98,17 +98,18 @@ class Intake:
                 )
             raise
         outcome = "replayed" if replayed else "accepted"
-        metrics.UPLOADS.labels(outcome).inc()
-        log.info(
-            "upload " + outcome,
-            extra={
-                "upload_id": upload_id,
-                "gateway_id": gateway_id,
-                "outcome": outcome,
-                "accepted": answer.accepted,
-                "rejected": answer.rejected,
-            },
-        )
+        metrics.count_upload(outcome)
+        if log.isEnabledFor(logging.INFO):  # else not even the record's fields
+            log.info(
+                "upload " + outcome,
+                extra={
+                    "upload_id": upload_id,
+                    "gateway_id": gateway_id,
+                    "outcome": outcome,
+                    "accepted": answer.accepted,
+                    "rejected": answer.rejected,
+                },
+            )
         if audit is not None:
             audit.upload(
                 gateway_id,

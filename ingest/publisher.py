@@ -42,6 +42,7 @@ class Publisher:
         # long stop() can spend flushing on SIGTERM.
         self._options: dict[str, Any] = {
             "request_timeout_ms": max(1000, int(settings.produce_timeout_s * 1000)),
+            "partitioner": kafka.KeyHashPartitioner(),
             **producer_options,
         }
         self._producer: AIOKafkaProducer | None = None

@@ -10,6 +10,7 @@ import zlib
 from collections.abc import AsyncIterator
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,6 +28,7 @@ from ingest.idempotency import (
 )
 from ingest.refresher import RegistryCache
 from vitals import contract
+from vitals.kafka import KeyHashPartitioner
 
 JSON_HEADERS = {"content-type": "application/json"}
 
@@ -291,3 +293,17 @@ async def test_requests_with_the_same_key_run_one_at_a_time() -> None:
     assert all(len([n for n in seen if n != "other"]) == 1 for seen in overlaps)
     assert any(len(seen) == 2 for seen in overlaps)  # a different key did run alongside
     assert cache.waiting() == 0  # no lock left behind
+
+
+# --- Kafka partitioning ----------------------------------------------------------------
+
+
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=30), st.integers(1, 64))
+def test_the_remembering_partitioner_picks_the_default_partitioners_partition(
+    keys: list[bytes], partitions: int
+) -> None:
+    remembering = KeyHashPartitioner(max_keys=8)  # small: forgets and hashes again
+    every = list(range(partitions))
+    for key in keys * 2:
+        assert remembering(key, every, every) == DefaultPartitioner()(key, every, every)
+    assert remembering(None, every, [every[0]]) == every[0]  # no key: an available one
