@@ -2,10 +2,10 @@
 
 The envelope must be right or the whole upload is refused (Malformed, TooLarge,
 NothingValid); each reading is then checked on its own and rejected with a stable code,
-so one bad item never costs the good ones beside it. An upload whose items are all valid
-is taken by ingest/fastitems.py's tighter loop; any other goes through the checks here,
-which say why each item is rejected (one dict lookup for metric and unit, timestamps
-parsed once per distinct string).
+so one bad item never costs the good ones beside it. An upload of the documented shape
+whose items are all valid is taken by ingest/fastitems.py (msgspec and a tighter loop);
+any other goes through the checks here, which say why each item is rejected (one dict
+lookup for metric and unit, timestamps parsed once per distinct string).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from ingest.errors import Malformed, NothingValid, TooLarge
-from ingest.fastitems import fast_rows
+from ingest.fastitems import fast_upload
 from vitals.catalog import METRICS, Metric
 from vitals.contract import Reading, Row
 
@@ -67,6 +67,18 @@ def validate_upload(
     body: bytes, *, now_ms: int, max_future_skew_s: float, max_readings: int
 ) -> Batch:
     """The upload's valid readings and per-item rejections; raises if nothing can be taken."""
+    latest_ms = now_ms + int(max_future_skew_s * 1000)
+    fast = fast_upload(body, latest_ms, max_readings)
+    if fast is not None:  # the documented shape, every item valid: the common upload
+        device_id, patient_id, rows = fast
+        if identifier_problem(device_id) is None and identifier_problem(patient_id) is None:
+            return Batch(device_id, patient_id, tuple(rows), ())
+    return checked_upload(body, latest_ms=latest_ms, max_readings=max_readings)
+
+
+def checked_upload(body: bytes, *, latest_ms: int, max_readings: int) -> Batch:
+    """The reference path: validate_upload without the fast path, every refusal and
+    rejection with its code and detail."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -86,10 +98,6 @@ def validate_upload(
     if not items:
         raise NothingValid("empty_batch", "readings is empty")
 
-    latest_ms = now_ms + int(max_future_skew_s * 1000)
-    rows = fast_rows(items, latest_ms)
-    if rows is not None:  # every item valid: the common upload
-        return Batch(device_id, patient_id, tuple(rows), ())
     rows, rejected = check_items(items, latest_ms)
     if not rows:
         raise NothingValid("nothing_valid", "every reading was rejected", rejected)
@@ -97,7 +105,7 @@ def validate_upload(
 
 
 def check_items(items: list[Any], latest_ms: int) -> tuple[list[Row], list[Rejection]]:
-    """The reference path: each item checked on its own, a rejection saying why."""
+    """Each item checked on its own, a rejection saying why."""
     rows: list[Row] = []
     rejected: list[Rejection] = []
     times: dict[str, int] = {}  # t as sent -> ms: a device's readings share instants
