@@ -1,6 +1,6 @@
 """The readings of an upload whose every item is plainly valid: decoded by msgspec into
-typed structs (C code checks the envelope's and items' fields and types), then one tight
-loop for the catalog's units and ranges and the timestamps.
+typed structs, one per metric (C code checks the fields, their types, the units and most
+ranges), then one tight loop for the timestamps and the ranges after a conversion.
 
 validation.py's reference path says why an upload is refused or an item rejected, with a
 code and a detail; this path only says "all valid, here are the rows" or "not sure":
@@ -16,19 +16,46 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal, Union
 
 import msgspec
 
-from vitals.catalog import METRICS
+from vitals.catalog import METRICS, Metric, identity
 from vitals.contract import Row
 
 
-class _Item(msgspec.Struct, forbid_unknown_fields=True):
-    metric: str
-    t: str
-    # An integer literal as float(orjson's int): "-0" is 0.0, not -0.0 (tested).
-    v: float
-    unit: str
+def _item_struct(metric: Metric) -> type[msgspec.Struct]:
+    """A reading of `metric`, tagged by its name: msgspec checks that the unit is one the
+    metric accepts and, when no unit needs a conversion, that the value is in range."""
+    units = (metric.unit, *metric.conversions)
+    in_range = msgspec.Meta(ge=metric.low, le=metric.high)
+    fields = [
+        ("t", str),
+        # An integer literal as float(orjson's int): "-0" is 0.0, not -0.0 (tested).
+        ("v", float if _scaled(metric) else Annotated[float, in_range]),
+        ("unit", Literal[units]),
+    ]
+    return msgspec.defstruct(
+        f"Reading_{metric.name}",
+        fields,
+        tag_field="metric",
+        tag=metric.name,
+        forbid_unknown_fields=True,
+    )
+
+
+def _scaled(metric: Metric) -> bool:
+    """Whether some accepted unit needs a conversion (the range applies after it)."""
+    return any(convert is not identity for convert in metric.conversions.values())
+
+
+Scaled = tuple[dict[str, Callable[[float], float]], float, float]  # conversions, low, high
+# struct -> (metric, canonical unit, what is left to check here: None, or for a metric
+# with a unit to convert, the conversions and the range).
+_KINDS: dict[type, tuple[str, str, Scaled | None]] = {
+    _item_struct(m): (m.name, m.unit, (m.conversions, m.low, m.high) if _scaled(m) else None)
+    for m in METRICS.values()
+}
 
 
 # Unknown fields are refused, not skipped: orjson refuses some JSON msgspec would skip
@@ -36,18 +63,10 @@ class _Item(msgspec.Struct, forbid_unknown_fields=True):
 class _Upload(msgspec.Struct, forbid_unknown_fields=True):
     device_id: str
     patient_id: str
-    readings: list[_Item]
+    readings: list[Union[tuple(_KINDS)]]  # type: ignore[valid-type]  # noqa: UP007
 
 
 _decode = msgspec.json.Decoder(_Upload).decode
-
-# (metric, unit as sent) -> (metric, canonical unit, low, high, conversion; None when the
-# unit is the canonical one). The same catalog entries as validation._UNITS.
-_RULES: dict[tuple[str, str], tuple[str, str, float, float, Callable[[float], float] | None]] = {
-    (name, unit): (metric.name, metric.unit, metric.low, metric.high, convert)
-    for name, metric in METRICS.items()
-    for unit, convert in ((metric.unit, None), *metric.conversions.items())
-}
 
 _fromisoformat = datetime.fromisoformat
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -75,9 +94,6 @@ def fast_upload(
     base_ms = base_sub_ms = 0
     try:
         for item in items:
-            rule = _RULES.get((item.metric, item.unit))
-            if rule is None:
-                return None
             t = item.t
             t_ms = times.get(t)
             if t_ms is None:
@@ -102,12 +118,15 @@ def fast_upload(
                 times[t] = t_ms
             if t_ms > latest_ms:
                 return None
+            name, unit, scaled = _KINDS[type(item)]
             value = item.v
-            name, unit, low, high, convert = rule
-            if convert is not None:
-                value = convert(value)
-            if not low <= value <= high:
-                return None
+            if scaled is not None:
+                conversions, low, high = scaled
+                convert = conversions.get(item.unit)  # None: the canonical unit
+                if convert is not None:
+                    value = convert(value)
+                if not low <= value <= high:
+                    return None
             append((name, t_ms, value, unit))
     except ValueError:  # t is not an ISO 8601 date-time
         return None

@@ -234,8 +234,8 @@ def test_edges_are_answered_as_the_reference(raw: bytes) -> None:
     _agree(raw)
 
 
-# Values written in a unit other than the canonical one, roughly inside the range.
-OTHER_UNIT_VALUES = {"[degF]": (86, 113), "degF": (86, 113), "mg/dL": (18, 720), "s": (0.2, 3)}
+# Values written in a unit other than the canonical one: around the range, either side.
+OTHER_UNIT_VALUES = {"[degF]": (80, 120), "degF": (80, 120), "mg/dL": (10, 800), "s": (0.1, 3.2)}
 
 
 @st.composite
@@ -243,7 +243,7 @@ def valid_items(draw: st.DrawFn) -> dict[str, Any]:
     name = draw(st.sampled_from(sorted(METRICS)))
     metric = METRICS[name]
     unit = draw(st.sampled_from([metric.unit, *metric.conversions]))
-    low, high = OTHER_UNIT_VALUES.get(unit, (metric.low, metric.high))
+    low, high = OTHER_UNIT_VALUES.get(unit, (metric.low - 1, metric.high + 1))
     value = draw(st.one_of(st.floats(low, high), st.integers(math.ceil(low), math.floor(high))))
     back_us = draw(st.integers(-300_000_010, 10**13))  # a few just past the clock's skew
     moment = datetime.fromtimestamp(NOW_MS // 1000, UTC) - timedelta(microseconds=back_us)
