@@ -178,7 +178,7 @@ def bodies(draw: st.DrawFn) -> bytes:
     return orjson.dumps(envelope)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1200, deadline=None)
 @given(bodies())
 def test_validate_upload_answers_every_body_as_the_reference(raw: bytes) -> None:
     _agree(raw)
@@ -198,7 +198,7 @@ def _one(
 NUMBER = r"-?(0|[1-9][0-9]{0,3})(\.[0-9]{1,25})?([eE][-+]?[0-9]{1,3})?"
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(st.from_regex(NUMBER, fullmatch=True))
 def test_numbers_as_written_are_read_as_orjson_reads_them(number: str) -> None:
     _agree(_one(v=number))
@@ -253,7 +253,7 @@ def valid_items(draw: st.DrawFn) -> dict[str, Any]:
     return {"metric": name, "t": t, "v": value, "unit": unit}
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(valid_items(), min_size=1, max_size=4))
 def test_uploads_of_valid_readings_take_the_fast_path_with_the_same_rows(
     readings: list[dict[str, Any]],
