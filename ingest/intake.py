@@ -82,7 +82,7 @@ class Intake:
             refusal.upload_id = upload_id
             if isinstance(refusal, NothingValid):
                 _count_rejected(refusal.rejected)
-            metrics.UPLOADS.labels(refusal.code).inc()
+            metrics.count_upload(refusal.code)
             log.info(
                 "upload refused",
                 extra={
@@ -98,17 +98,18 @@ class Intake:
                 )
             raise
         outcome = "replayed" if replayed else "accepted"
-        metrics.UPLOADS.labels(outcome).inc()
-        log.info(
-            "upload " + outcome,
-            extra={
-                "upload_id": upload_id,
-                "gateway_id": gateway_id,
-                "outcome": outcome,
-                "accepted": answer.accepted,
-                "rejected": answer.rejected,
-            },
-        )
+        metrics.count_upload(outcome)
+        if log.isEnabledFor(logging.INFO):  # else not even the record's fields
+            log.info(
+                "upload " + outcome,
+                extra={
+                    "upload_id": upload_id,
+                    "gateway_id": gateway_id,
+                    "outcome": outcome,
+                    "accepted": answer.accepted,
+                    "rejected": answer.rejected,
+                },
+            )
         if audit is not None:
             audit.upload(
                 gateway_id,
@@ -181,28 +182,28 @@ class Intake:
             max_readings=s.max_readings_per_upload,
         )
         batch = self._bound_to_registry(gateway_id, batch)
-        started = time.perf_counter()
-        await self._publisher.publish(
-            contract.Upload(
-                upload_id=upload_id,
-                gateway_id=gateway_id,
-                device_id=batch.device_id,
-                patient_id=batch.patient_id,
-                received=received,
-                readings=batch.readings,
-            )
+        message = contract.encode_upload_rows(
+            upload_id=upload_id,
+            gateway_id=gateway_id,
+            device_id=batch.device_id,
+            patient_id=batch.patient_id,
+            received=received,
+            rows=batch.rows,
         )
+        started = time.perf_counter()
+        await self._publisher.publish_message(message, batch.patient_id)
         metrics.PRODUCE_SECONDS.observe(time.perf_counter() - started)
-        metrics.READINGS_ACCEPTED.inc(len(batch.readings))
+        accepted = len(batch.rows)
+        metrics.READINGS_ACCEPTED.inc(accepted)
         _count_rejected(batch.rejected)
         content = orjson.dumps(
             {
                 "upload_id": upload_id,
-                "accepted": len(batch.readings),
+                "accepted": accepted,
                 "rejected": rejections_document(batch.rejected),
             }
         )
-        return Accepted(upload_id, content, len(batch.readings), len(batch.rejected))
+        return Accepted(upload_id, content, accepted, len(batch.rejected))
 
     def _bound_to_registry(self, gateway_id: str, batch: Batch) -> Batch:
         """The batch without readings outside the device's binding to its patient.
@@ -229,11 +230,11 @@ class Intake:
         )
         if not outside:
             return batch
-        # Positions in batch.readings -> indices in the upload: validation kept the order
+        # Positions in batch.rows -> indices in the upload: validation kept the order
         # and dropped only the items it rejected.
         rejected_at = {r.index for r in batch.rejected}
         upload_index = [
-            i for i in range(len(batch.readings) + len(batch.rejected)) if i not in rejected_at
+            i for i in range(len(batch.rows) + len(batch.rejected)) if i not in rejected_at
         ]
         dropped = set(outside)
         extra = [
@@ -245,10 +246,10 @@ class Intake:
             for p in outside
         ]
         rejected = tuple(sorted((*batch.rejected, *extra), key=lambda r: r.index))
-        readings = tuple(r for p, r in enumerate(batch.readings) if p not in dropped)
-        if not readings:
+        rows = tuple(r for p, r in enumerate(batch.rows) if p not in dropped)
+        if not rows:
             raise NothingValid("nothing_valid", "every reading was rejected", rejected)
-        return Batch(batch.device_id, batch.patient_id, readings, rejected)
+        return Batch(batch.device_id, batch.patient_id, rows, rejected)
 
 
 def _count_rejected(rejected: Iterable[Rejection]) -> None:

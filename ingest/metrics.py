@@ -22,6 +22,17 @@ UPLOADS = Counter(
     "POST /v1/readings by outcome (accepted, replayed, or the refusal's code)",
     ["outcome"],
 )
+_UPLOADS_BY_OUTCOME: dict[str, Any] = {}
+
+
+def count_upload(outcome: str) -> None:
+    """UPLOADS for `outcome`, its child kept: labels() takes a lock and builds a key."""
+    child = _UPLOADS_BY_OUTCOME.get(outcome)
+    if child is None:
+        child = _UPLOADS_BY_OUTCOME[outcome] = UPLOADS.labels(outcome)
+    child.inc()
+
+
 READINGS_ACCEPTED = Counter(
     "vitals_gateway_readings_accepted_total", "Readings accepted into Kafka"
 )

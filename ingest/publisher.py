@@ -42,6 +42,7 @@ class Publisher:
         # long stop() can spend flushing on SIGTERM.
         self._options: dict[str, Any] = {
             "request_timeout_ms": max(1000, int(settings.produce_timeout_s * 1000)),
+            "partitioner": kafka.KeyHashPartitioner(),
             **producer_options,
         }
         self._producer: AIOKafkaProducer | None = None
@@ -82,6 +83,10 @@ class Publisher:
 
     async def publish(self, upload: contract.Upload) -> None:
         """Return only once Kafka acknowledged the upload (acks=all), else raise."""
+        await self.publish_message(contract.encode_upload(upload), upload.patient_id)
+
+    async def publish_message(self, value: bytes, patient_id: str) -> None:
+        """publish() for an upload already encoded (contract.encode_upload_rows)."""
         retry_after = self._settings.retry_after_s
         producer = self._producer
         if producer is None:
@@ -90,14 +95,13 @@ class Publisher:
                 "not connected to Kafka yet; retry later",
                 retry_after_s=retry_after,
             )
-        value = contract.encode_upload(upload)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.produce_timeout_s
         delivery: asyncio.Future[Any] | None = None
         try:
             # send() waits only when it lacks metadata or buffer space, and aiokafka bounds
             # that by request_timeout_ms, which is the produce timeout (__init__).
-            delivery = await producer.send(self._topic, value, key=upload.patient_id.encode())
+            delivery = await producer.send(self._topic, value, key=patient_id.encode())
             # A waiter of our own, so that failing it at the deadline (or cancelling the
             # request) leaves aiokafka's delivery future alone.
             waiter: asyncio.Future[None] = loop.create_future()

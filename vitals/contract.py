@@ -122,16 +122,42 @@ def iso(ms: int) -> str:
 # --- encoding ------------------------------------------------------------------------
 
 
+# A reading as its array on the wire: (metric, t, v, unit), a plain tuple. orjson writes
+# plain tuples itself but not a named tuple (a subclass), which needs a copy per reading.
+Row = tuple[str, int, float, str]
+
+
 def encode_upload(upload: Upload) -> bytes:
+    return encode_upload_rows(
+        upload_id=upload.upload_id,
+        gateway_id=upload.gateway_id,
+        device_id=upload.device_id,
+        patient_id=upload.patient_id,
+        received=upload.received,
+        rows=[tuple(r) for r in upload.readings],  # type: ignore[misc]
+    )
+
+
+def encode_upload_rows(
+    *,
+    upload_id: str,
+    gateway_id: str,
+    device_id: str,
+    patient_id: str,
+    received: int,
+    rows: list[Row] | tuple[Row, ...],
+) -> bytes:
+    """encode_upload's message from readings already in wire order (the gateway's path:
+    it validates into rows and never builds an Upload)."""
     return orjson.dumps(
         {
             "v": VERSION,
-            "upload_id": upload.upload_id,
-            "gateway_id": upload.gateway_id,
-            "device_id": upload.device_id,
-            "patient_id": upload.patient_id,
-            "received": upload.received,
-            "readings": [[r.metric, r.t, r.v, r.unit] for r in upload.readings],
+            "upload_id": upload_id,
+            "gateway_id": gateway_id,
+            "device_id": device_id,
+            "patient_id": patient_id,
+            "received": received,
+            "readings": rows,
         }
     )
 

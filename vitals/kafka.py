@@ -7,6 +7,7 @@ import logging
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter
 
@@ -36,6 +37,29 @@ def producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
     options.update(security_options(settings))
     options.update(overrides)
     return AIOKafkaProducer(**options)
+
+
+class KeyHashPartitioner:
+    """aiokafka's DefaultPartitioner (murmur2 of the key, as the Java client), with each
+    key's hash remembered: murmur2 is pure Python, and a producer keyed by patient sees
+    the same few keys again and again. Same partition for every key as the default."""
+
+    def __init__(self, max_keys: int = 65_536) -> None:
+        self.max_keys = max_keys
+        self._hashes: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return _DEFAULT_PARTITIONER(key, all_partitions, available)
+        hashed = self._hashes.get(key)
+        if hashed is None:
+            if len(self._hashes) >= self.max_keys:
+                self._hashes.clear()
+            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return all_partitions[hashed % len(all_partitions)]
+
+
+_DEFAULT_PARTITIONER = DefaultPartitioner()
 
 
 def consumer(settings: Settings, group_id: str, **overrides: object) -> AIOKafkaConsumer:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import uuid
 import zlib
 from collections.abc import AsyncIterator
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,6 +18,7 @@ from ingest.auth import Authenticator
 from ingest.body import Inflater, check_headers, read_body
 from ingest.errors import Malformed, TooLarge, Unauthenticated, UnsupportedMedia
 from ingest.idempotency import (
+    RANDOM_IDS_AHEAD,
     Accepted,
     Answer,
     IdempotencyCache,
@@ -25,6 +28,7 @@ from ingest.idempotency import (
 )
 from ingest.refresher import RegistryCache
 from vitals import contract
+from vitals.kafka import KeyHashPartitioner
 
 JSON_HEADERS = {"content-type": "application/json"}
 
@@ -217,6 +221,22 @@ def test_upload_ids_without_a_key_are_random_version_4_uuids() -> None:
         assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
 
 
+def test_a_forked_process_never_hands_out_the_ids_its_parent_made_ahead() -> None:
+    random_uuid()  # the parent now holds ids made ahead
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.write(write, " ".join(random_uuid() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    parent = {random_uuid() for _ in range(RANDOM_IDS_AHEAD)}
+    assert len(child) == 10
+    assert not child & parent
+
+
 def test_the_cache_keeps_the_most_recently_used_answers() -> None:
     cache = IdempotencyCache(capacity=2)
     answers = {k: Answer(k.encode(), Accepted(k, b"{}", 1, 0)) for k in ("a", "b", "c")}
@@ -273,3 +293,17 @@ async def test_requests_with_the_same_key_run_one_at_a_time() -> None:
     assert all(len([n for n in seen if n != "other"]) == 1 for seen in overlaps)
     assert any(len(seen) == 2 for seen in overlaps)  # a different key did run alongside
     assert cache.waiting() == 0  # no lock left behind
+
+
+# --- Kafka partitioning ----------------------------------------------------------------
+
+
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=30), st.integers(1, 64))
+def test_the_remembering_partitioner_picks_the_default_partitioners_partition(
+    keys: list[bytes], partitions: int
+) -> None:
+    remembering = KeyHashPartitioner(max_keys=8)  # small: forgets and hashes again
+    every = list(range(partitions))
+    for key in keys * 2:
+        assert remembering(key, every, every) == DefaultPartitioner()(key, every, every)
+    assert remembering(None, every, [every[0]]) == every[0]  # no key: an available one
