@@ -242,12 +242,12 @@ def test_the_cache_keeps_the_most_recently_used_answers() -> None:
     answers = {k: Answer(k.encode(), Accepted(k, b"{}", 1, 0)) for k in ("a", "b", "c")}
     cache.put(("gw", "a"), answers["a"])
     cache.put(("gw", "b"), answers["b"])
-    assert cache.get(("gw", "a")) is answers["a"]  # a is now the most recent
+    assert cache.get(("gw", "a")) == answers["a"]  # a is now the most recent
     cache.put(("gw", "c"), answers["c"])
     assert len(cache) == 2
     assert cache.get(("gw", "b")) is None
-    assert cache.get(("gw", "a")) is answers["a"]
-    assert cache.get(("gw", "c")) is answers["c"]
+    assert cache.get(("gw", "a")) == answers["a"]
+    assert cache.get(("gw", "c")) == answers["c"]
 
 
 def test_the_cache_is_bounded_by_bytes_too() -> None:
@@ -263,11 +263,11 @@ def test_the_cache_is_bounded_by_bytes_too() -> None:
     cache.put(("gw", "big"), big)  # larger than the whole bound: not kept, nothing dropped
     assert cache.get(("gw", "big")) is None and len(cache) == 10
     cache.put(("gw", "s10"), small)  # one more: the least recently used (s01) goes
-    assert cache.get(("gw", "s01")) is None and cache.get(("gw", "s00")) is small
+    assert cache.get(("gw", "s01")) is None and cache.get(("gw", "s00")) == small
     assert cache.bytes == one_small * 10
     mid = Answer(b"f", Accepted("m", b"x" * (one_small * 3), 1, 0))
     cache.put(("gw", "mid"), mid)  # room made by dropping as many as needed
-    assert cache.get(("gw", "mid")) is mid and cache.bytes <= cache.max_bytes
+    assert cache.get(("gw", "mid")) == mid and cache.bytes <= cache.max_bytes
     assert len(cache) < 10
 
 
