@@ -40,8 +40,6 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Protocol
 
-from processors.windows import Sample
-
 
 class Condition(Protocol):
     """What a detector watches: a per-reading condition with persistence and hysteresis."""
@@ -182,15 +180,24 @@ class EpisodeMachine:
         return self.log.open_episode() is None
 
     def step(
-        self, state: EpisodeState, sample: Sample, prev_t: int | None, out: list[Change]
+        self,
+        state: EpisodeState,
+        t: int,
+        v: float,
+        device_id: str,
+        prev_t: int | None,
+        out: list[Change],
     ) -> EpisodeState:
-        state = self._advance(state, sample, out)
-        return self.pass_over(state, sample, prev_t)
+        """The condition judged on value `v` at event time `t`: the reading's own value or
+        what a detector derived from it (a fault flag, a deviation, a score), so that no
+        sample is built per reading and machine."""
+        state = self._advance(state, t, v, device_id, out)
+        return self.pass_over(state, t, prev_t)
 
-    def pass_over(self, state: EpisodeState, sample: Sample, prev_t: int | None) -> EpisodeState:
+    def pass_over(self, state: EpisodeState, t: int, prev_t: int | None) -> EpisodeState:
         """A reading the condition must not judge (a sensor fault flagged it): the run and
         the clear delay carry on unchanged; only emitted decisions are applied."""
-        for at, opening, episode in self.log.pins(prev_t, sample.t):
+        for at, opening, episode in self.log.pins(prev_t, t):
             state = self._pin(state, at, opening, episode)
         return state
 
@@ -206,13 +213,15 @@ class EpisodeMachine:
 
     # --- the machine ----------------------------------------------------------------------
 
-    def _advance(self, state: EpisodeState, sample: Sample, out: list[Change]) -> EpisodeState:
-        cond, t, v = self.condition, sample.t, sample.v
+    def _advance(
+        self, state: EpisodeState, t: int, v: float, device_id: str, out: list[Change]
+    ) -> EpisodeState:
+        cond = self.condition
         if state.phase is Phase.OPEN:
             if cond.clears(v):
                 since = t if state.clear_since is None else state.clear_since
                 if t - since >= cond.clear_for_ms:
-                    return self._resolve(state, t, sample.device_id, out)
+                    return self._resolve(state, t, device_id, out)
                 return replace(state, clear_since=since)
             worst = cond.worse(state.worst, v) if cond.breaches(v) else state.worst
             return replace(state, clear_since=None, worst=worst)
@@ -229,7 +238,7 @@ class EpisodeMachine:
             worst = cond.worse(state.worst, v)
             state = replace(state, worst=worst, dip_since=None, dipped=dipped)
         if t - state.start >= cond.for_ms:
-            return self._open(state, t, v, sample.device_id, out)
+            return self._open(state, t, v, device_id, out)
         return state
 
     def _open(

@@ -377,10 +377,9 @@ class News2Track:
         medium_value = max(value, RED_AS) if enough and red else value
         medium_out: list[Change] = []
         high_out: list[Change] = []
-        medium = self.machines[0].step(
-            state.medium, _valued(sample, medium_value), prev_t, medium_out
-        )
-        high = self.machines[1].step(state.high, _valued(sample, value), prev_t, high_out)
+        device_id = sample.device_id
+        medium = self.machines[0].step(state.medium, t, medium_value, device_id, prev_t, medium_out)
+        high = self.machines[1].step(state.high, t, value, device_id, prev_t, high_out)
         now: Score | None = None  # the whole score, built only for what is emitted
         for band, changes in zip(self.bands, (medium_out, high_out), strict=True):
             for change in changes:
@@ -404,7 +403,3 @@ class News2Track:
 
     def idle(self, state: News2State) -> bool:
         return state.medium.phase is Phase.IDLE and state.high.phase is Phase.IDLE
-
-
-def _valued(sample: Sample, value: float) -> Sample:
-    return Sample(sample.t, sample.device_id, value, sample.metric)
