@@ -381,10 +381,10 @@ class News2Track:
         medium = self.machines[0].step(state.medium, t, medium_value, device_id, prev_t, medium_out)
         high = self.machines[1].step(state.high, t, value, device_id, prev_t, high_out)
         now: Score | None = None  # the whole score, built only for what is emitted
-        for band, changes in zip(self.bands, (medium_out, high_out), strict=True):
-            for change in changes:
-                now = now or score(latest, t, rule.spo2_scale, rule.staleness_ms)
-                out.append(Found(band.rule, band.severity, None, change, now.detail()))
+        if medium_out or high_out:
+            now = score(latest, t, rule.spo2_scale, rule.staleness_ms)
+            for band, changes in zip(self.bands, (medium_out, high_out), strict=True):
+                out.extend(Found(band.rule, band.severity, None, c, now.detail()) for c in changes)
         scored = signature(total, red, used) if enough else None
         if scored is not None and self._record_due(t, scored, state.scored):
             self.log.add(t, scored)

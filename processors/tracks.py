@@ -72,6 +72,7 @@ class MetricTrack:
         self.rules = thresholds
         self.flat, self.jump, self.trend = flat, jump, trend
         self.threshold_machines = tuple(sustained_breach(rule) for rule in thresholds)
+        self._thresholds = tuple(zip(thresholds, self.threshold_machines, strict=True))
         self.flat_machine = flat and EpisodeMachine(flat.condition, flat.suppress_ms)
         self.jump_machine = jump and EpisodeMachine(jump.condition, jump.suppress_ms, jump.dip_ms)
         self.trend_machine = trend and EpisodeMachine(
@@ -108,9 +109,7 @@ class MetricTrack:
             jump_ep = self._flag(self.jump_machine, jump_ep, sample, verdict.suspect, prev_t, out)
         trusted = not (verdict.suspect or verdict.flat)
         stepped = []
-        for rule, machine, episode in zip(
-            self.rules, self.threshold_machines, state.thresholds, strict=True
-        ):
+        for (rule, machine), episode in zip(self._thresholds, state.thresholds, strict=True):
             if not trusted:
                 stepped.append(machine.pass_over(episode, sample.t, prev_t))
                 continue
