@@ -143,8 +143,6 @@ class EpisodeLog:
 
     def pins(self, after: int | None, upto: int) -> list[tuple[int, bool, Episode]]:
         """Emitted openings (True) and resolutions (False) in (after, upto], in time order."""
-        if not self._episodes:  # the common case, once per machine and reading
-            return []
         lo = -math.inf if after is None else after
         found: list[tuple[int, bool, Episode]] = []
         for e in self._episodes.values():
@@ -197,11 +195,15 @@ class EpisodeMachine:
         what a detector derived from it (a fault flag, a deviation, a score), so that no
         sample is built per reading and machine."""
         state = self._advance(state, t, v, device_id, out)
-        return self.pass_over(state, t, prev_t)
+        # Nothing emitted, nothing to apply: the common case, checked here without a call
+        # (the log is this module's own).
+        return self.pass_over(state, t, prev_t) if self.log._episodes else state
 
     def pass_over(self, state: EpisodeState, t: int, prev_t: int | None) -> EpisodeState:
         """A reading the condition must not judge (a sensor fault flagged it): the run and
         the clear delay carry on unchanged; only emitted decisions are applied."""
+        if not self.log._episodes:
+            return state
         for at, opening, episode in self.log.pins(prev_t, t):
             state = self._pin(state, at, opening, episode)
         return state
