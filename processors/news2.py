@@ -106,7 +106,6 @@ _POINTS: dict[str, Callable[[float], int]] = {
     "body_temp": temperature_points,
 }
 _O2 = INDEX["supplemental_o2"]
-_SPO2 = INDEX["spo2"]
 
 
 def valid(parameter: str, v: float) -> bool:
@@ -161,29 +160,33 @@ class Score:
         ).decode()
 
 
-# A parameter's latest valid value: (event time, value, points). The points are the
-# value's own, scored once when it arrives; SpO2's (0 here) depend on the scale and on
-# oxygen at the time of the score, and are scored then.
-Entry = tuple[int, float, int]
+# A parameter's latest valid value: (event time, value, points on air, points on oxygen),
+# scored once when it arrives on the patient's SpO2 scale. Only SpO2's points depend on
+# oxygen (on scale 2); the others' two are the same.
+Entry = tuple[int, float, int, int]
 Latest = tuple[Entry | None, ...]  # per PARAMETERS
 
 
-def entry(parameter: str, t: int, v: float) -> Entry:
-    return t, v, 0 if parameter == "spo2" else _POINTS[parameter](v)
+def entry(parameter: str, t: int, v: float, scale: int) -> Entry:
+    if parameter == "spo2":
+        on_air = spo2_points(v, scale, False)
+        return t, v, on_air, on_air if scale == 1 else spo2_points(v, scale, True)
+    points = _POINTS[parameter](v)
+    return t, v, points, points
 
 
-def tally(latest: Latest, at: int, scale: int, staleness_ms: int) -> tuple[int, bool, int]:
+def tally(latest: Latest, at: int, staleness_ms: int) -> tuple[int, bool, int]:
     """NEWS2 at event time `at` from each parameter's latest value within the staleness:
     the total, whether a single parameter scored 3, and the parameters used (a bit per
     PARAMETERS index). Runs for every reading of the seven parameters: nothing built."""
     oldest = at - staleness_ms
     oxygen = latest[_O2]
-    on_oxygen = oxygen is not None and oxygen[0] >= oldest and oxygen[1] == 1
+    scored = 3 if oxygen is not None and oxygen[0] >= oldest and oxygen[1] == 1 else 2
     total, red, used = 0, False, 0
     for index, found in enumerate(latest):
         if found is None or found[0] < oldest:
             continue
-        points = spo2_points(found[1], scale, on_oxygen) if index == _SPO2 else found[2]
+        points = found[scored]
         total += points
         red = red or points == 3
         used |= 1 << index
@@ -191,17 +194,17 @@ def tally(latest: Latest, at: int, scale: int, staleness_ms: int) -> tuple[int, 
 
 
 def score(latest: Latest, at: int, scale: int, staleness_ms: int) -> Score:
-    """The score of `tally` with each parameter's points and age: what a record says."""
-    total, red, used = tally(latest, at, scale, staleness_ms)
+    """The score of `tally` with each parameter's points and age: what a record says.
+    `latest` was scored on `scale`."""
+    total, red, used = tally(latest, at, staleness_ms)
     oxygen = latest[_O2]
-    on_oxygen = oxygen is not None and bool(used >> _O2 & 1) and oxygen[1] == 1
+    scored = 3 if oxygen is not None and used >> _O2 & 1 and oxygen[1] == 1 else 2
     points: dict[str, int] = {}
     ages: dict[str, int] = {}
     for index, (name, found) in enumerate(zip(PARAMETERS, latest, strict=True)):
         if found is not None and used >> index & 1:
-            t, v, own = found
-            points[name] = spo2_points(v, scale, on_oxygen) if index == _SPO2 else own
-            ages[name] = at - t
+            points[name] = found[scored]
+            ages[name] = at - found[0]
     return Score(total, red, points, ages, scale)
 
 
@@ -370,8 +373,9 @@ class News2Track:
         rule, index, t = self.rule, INDEX[sample.metric], sample.t
         latest = state.latest
         if valid(sample.metric, sample.v):
-            latest = (*latest[:index], entry(sample.metric, t, sample.v), *latest[index + 1 :])
-        total, red, used = tally(latest, t, rule.spo2_scale, rule.staleness_ms)
+            fresh = entry(sample.metric, t, sample.v, rule.spo2_scale)
+            latest = (*latest[:index], fresh, *latest[index + 1 :])
+        total, red, used = tally(latest, t, rule.staleness_ms)
         enough = used.bit_count() >= rule.min_parameters
         value = float(total) if enough else math.nan
         medium_value = max(value, RED_AS) if enough and red else value

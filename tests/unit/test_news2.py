@@ -106,8 +106,10 @@ def test_consciousness_and_oxygen() -> None:
 # --- the score ---------------------------------------------------------------------------
 
 
-def latest(at: int = 0, **values: float) -> news2.Latest:
-    return tuple(news2.entry(p, at, values[p]) if p in values else None for p in news2.PARAMETERS)
+def latest(at: int = 0, scale: int = 1, **values: float) -> news2.Latest:
+    return tuple(
+        news2.entry(p, at, values[p], scale) if p in values else None for p in news2.PARAMETERS
+    )
 
 
 def test_a_full_set_sums_and_is_not_partial() -> None:
@@ -133,7 +135,7 @@ def test_bands() -> None:
 
 def test_stale_values_are_left_out_and_ages_reported() -> None:
     entries = list(latest(at=0, heart_rate=115))
-    entries[news2.INDEX["spo2"]] = news2.entry("spo2", 9_000, 91.0)
+    entries[news2.INDEX["spo2"]] = news2.entry("spo2", 9_000, 91.0, 1)
     s = news2.score(tuple(entries), at=10_000, scale=1, staleness_ms=5_000)
     assert s.points == {"spo2": 3}  # the heart rate is 10 s old: stale
     detail = orjson.loads(s.detail())
@@ -142,11 +144,12 @@ def test_stale_values_are_left_out_and_ages_reported() -> None:
 
 
 def test_scale_2_on_oxygen_scores_high_saturation() -> None:
-    on_o2 = latest(spo2=97, supplemental_o2=1)
-    on_air = latest(spo2=97, supplemental_o2=0)
+    on_o2 = latest(scale=2, spo2=97, supplemental_o2=1)
+    on_air = latest(scale=2, spo2=97, supplemental_o2=0)
     assert news2.score(on_o2, 0, 2, 1000).points == {"spo2": 3, "supplemental_o2": 2}
     assert news2.score(on_air, 0, 2, 1000).points == {"spo2": 0, "supplemental_o2": 0}
-    assert news2.score(on_o2, 0, 1, 1000).points == {"spo2": 0, "supplemental_o2": 2}
+    scale_1 = latest(scale=1, spo2=97, supplemental_o2=1)
+    assert news2.score(scale_1, 0, 1, 1000).points == {"spo2": 0, "supplemental_o2": 2}
 
 
 values = {
@@ -169,11 +172,13 @@ values = {
 def test_the_per_reading_tally_is_the_score_of_the_record(
     entries: dict[str, tuple[int, float]], scale: int
 ) -> None:
-    """Each value is scored once, when it arrives (SpO2 at the score: scale and oxygen):
-    the tally every reading runs sums what the whole score says, points by points."""
-    latest = tuple(news2.entry(p, *entries[p]) if p in entries else None for p in news2.PARAMETERS)
+    """Each value is scored once, when it arrives (SpO2 both on air and on oxygen): the
+    tally every reading runs sums what the whole score says, and that is the chart's."""
+    latest = tuple(
+        news2.entry(p, *entries[p], scale) if p in entries else None for p in news2.PARAMETERS
+    )
     at, staleness = 2_000, 1_000
-    total, red, used = news2.tally(latest, at, scale, staleness)
+    total, red, used = news2.tally(latest, at, staleness)
     s = news2.score(latest, at, scale, staleness)
     fresh = {p: v for p, (t, v) in entries.items() if at - t <= staleness}
     assert set(s.points) == set(fresh)
