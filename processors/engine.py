@@ -135,10 +135,19 @@ class Engine:
             detections.append(resolved)
         rules = self.rules.for_patient(upload.patient_id)
         by_series: defaultdict[str, list[Sample]] = defaultdict(list)
+        routed: dict[str, list[list[Sample]]] = {}  # per metric: the series it goes to
+        device_id = upload.device_id
         for reading in upload.readings:
-            for kind in routes(rules, reading.metric):
-                sample = Sample(reading.t, upload.device_id, reading.v, reading.metric)
-                by_series[kind].append(sample)
+            metric = reading.metric
+            into = routed.get(metric)
+            if into is None:
+                into = routed[metric] = [by_series[kind] for kind in routes(rules, metric)]
+            if not into:
+                continue
+            # One sample for every series it goes to: samples are never changed.
+            sample = Sample(reading.t, device_id, reading.v, metric)
+            for samples in into:
+                samples.append(sample)
         learned = max(upload.received, now)
         for kind, samples in by_series.items():
             series = state.series.get((upload.patient_id, kind))

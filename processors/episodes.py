@@ -40,8 +40,6 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Protocol
 
-from processors.windows import Sample
-
 
 class Condition(Protocol):
     """What a detector watches: a per-reading condition with persistence and hysteresis."""
@@ -61,6 +59,11 @@ class Phase(IntEnum):
     IDLE = 0
     PENDING = 1  # the condition holds, not yet for long enough
     OPEN = 2
+
+
+# `Phase.OPEN` is looked up through the enum's descriptor on every use (~0.1 us on 3.11);
+# the machine, which checks the phase several times per reading, uses these names.
+_IDLE, _PENDING, _OPEN = Phase.IDLE, Phase.PENDING, Phase.OPEN
 
 
 # Not frozen: built for every reading, and a frozen dataclass costs four times as much to
@@ -140,8 +143,6 @@ class EpisodeLog:
 
     def pins(self, after: int | None, upto: int) -> list[tuple[int, bool, Episode]]:
         """Emitted openings (True) and resolutions (False) in (after, upto], in time order."""
-        if not self._episodes:  # the common case, once per machine and reading
-            return []
         lo = -math.inf if after is None else after
         found: list[tuple[int, bool, Episode]] = []
         for e in self._episodes.values():
@@ -182,15 +183,28 @@ class EpisodeMachine:
         return self.log.open_episode() is None
 
     def step(
-        self, state: EpisodeState, sample: Sample, prev_t: int | None, out: list[Change]
+        self,
+        state: EpisodeState,
+        t: int,
+        v: float,
+        device_id: str,
+        prev_t: int | None,
+        out: list[Change],
     ) -> EpisodeState:
-        state = self._advance(state, sample, out)
-        return self.pass_over(state, sample, prev_t)
+        """The condition judged on value `v` at event time `t`: the reading's own value or
+        what a detector derived from it (a fault flag, a deviation, a score), so that no
+        sample is built per reading and machine."""
+        state = self._advance(state, t, v, device_id, out)
+        # Nothing emitted, nothing to apply: the common case, checked here without a call
+        # (the log is this module's own).
+        return self.pass_over(state, t, prev_t) if self.log._episodes else state
 
-    def pass_over(self, state: EpisodeState, sample: Sample, prev_t: int | None) -> EpisodeState:
+    def pass_over(self, state: EpisodeState, t: int, prev_t: int | None) -> EpisodeState:
         """A reading the condition must not judge (a sensor fault flagged it): the run and
         the clear delay carry on unchanged; only emitted decisions are applied."""
-        for at, opening, episode in self.log.pins(prev_t, sample.t):
+        if not self.log._episodes:
+            return state
+        for at, opening, episode in self.log.pins(prev_t, t):
             state = self._pin(state, at, opening, episode)
         return state
 
@@ -206,30 +220,32 @@ class EpisodeMachine:
 
     # --- the machine ----------------------------------------------------------------------
 
-    def _advance(self, state: EpisodeState, sample: Sample, out: list[Change]) -> EpisodeState:
-        cond, t, v = self.condition, sample.t, sample.v
-        if state.phase is Phase.OPEN:
+    def _advance(
+        self, state: EpisodeState, t: int, v: float, device_id: str, out: list[Change]
+    ) -> EpisodeState:
+        cond = self.condition
+        if state.phase is _OPEN:
             if cond.clears(v):
                 since = t if state.clear_since is None else state.clear_since
                 if t - since >= cond.clear_for_ms:
-                    return self._resolve(state, t, sample.device_id, out)
+                    return self._resolve(state, t, device_id, out)
                 return replace(state, clear_since=since)
             worst = cond.worse(state.worst, v) if cond.breaches(v) else state.worst
             return replace(state, clear_since=None, worst=worst)
         if not cond.breaches(v):
-            if state.phase is Phase.PENDING and self.dip_ms > 0:
+            if state.phase is _PENDING and self.dip_ms > 0:
                 since = t if state.dip_since is None else state.dip_since
                 if state.dipped + t - since < self.dip_ms:  # brief dips: the run carries on
                     return replace(state, dip_since=since)
             return IDLE
         dipped = state.dipped if state.dip_since is None else state.dipped + t - state.dip_since
-        if state.phase is Phase.IDLE or dipped >= self.dip_ms > 0:
-            state = EpisodeState(Phase.PENDING, start=t, worst=v)
+        if state.phase is _IDLE or dipped >= self.dip_ms > 0:
+            state = EpisodeState(_PENDING, start=t, worst=v)
         else:
             worst = cond.worse(state.worst, v)
             state = replace(state, worst=worst, dip_since=None, dipped=dipped)
         if t - state.start >= cond.for_ms:
-            return self._open(state, t, v, sample.device_id, out)
+            return self._open(state, t, v, device_id, out)
         return state
 
     def _open(
@@ -240,23 +256,23 @@ class EpisodeMachine:
             if known.resolved_at is not None and known.resolved_at <= t:
                 self.conflicts += 1
                 return IDLE
-            return EpisodeState(Phase.OPEN, start=known.start, worst=run.worst)
+            return EpisodeState(_OPEN, start=known.start, worst=run.worst)
         other = self.log.overlapping(run.start, t)
         if other is not None:
             self.conflicts += 1
             if other.resolved_at is None or other.resolved_at > t:
                 # Late data moved this run's start: it is the episode already alerted.
                 worst = self.condition.worse(other.value, run.worst)
-                return EpisodeState(Phase.OPEN, start=other.start, worst=worst)
+                return EpisodeState(_OPEN, start=other.start, worst=worst)
             # `other` resolved inside this run: the breach from here on is a new run.
-            restarted = EpisodeState(Phase.PENDING, start=t, worst=v)
+            restarted = EpisodeState(_PENDING, start=t, worst=v)
             if self.condition.for_ms == 0:
                 return self._open(restarted, t, v, device_id, out)
             return restarted
         if self.log.next_after(t) is not None:
             # An earlier episode than one already emitted: wait for how it ends.
             return EpisodeState(
-                Phase.OPEN,
+                _OPEN,
                 start=run.start,
                 worst=run.worst,
                 tentative=True,
@@ -267,7 +283,7 @@ class EpisodeMachine:
         suppressed = self._repeat(t)
         self.log.add(Episode(run.start, t, run.worst, suppressed=suppressed))
         out.append(Change("opened", run.start, t, run.worst, device_id, suppressed))
-        return EpisodeState(Phase.OPEN, start=run.start, worst=run.worst)
+        return EpisodeState(_OPEN, start=run.start, worst=run.worst)
 
     def _resolve(
         self, state: EpisodeState, t: int, device_id: str, out: list[Change]
@@ -302,7 +318,7 @@ class EpisodeMachine:
         return IDLE
 
     def _pin(self, state: EpisodeState, at: int, opening: bool, episode: Episode) -> EpisodeState:
-        inside = state.phase is Phase.OPEN and state.start == episode.start
+        inside = state.phase is _OPEN and state.start == episode.start
         if opening:
             if inside:
                 return replace(state, tentative=False)
@@ -310,7 +326,7 @@ class EpisodeMachine:
                 return state
             # The data now disagree with what was emitted: the emitted episode stands.
             self.conflicts += 1
-            return EpisodeState(Phase.OPEN, start=episode.start, worst=episode.value)
+            return EpisodeState(_OPEN, start=episode.start, worst=episode.value)
         if inside:  # emitted as resolved here, though the data now say otherwise
             self.conflicts += 1
             return IDLE

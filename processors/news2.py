@@ -23,13 +23,15 @@ them correct a record the late data changed.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from processors.episodes import IDLE, EpisodeMachine, EpisodeState, Phase
+from processors.episodes import IDLE, Change, EpisodeMachine, EpisodeState, Phase
+from processors.tracks import Found
 from processors.windows import Sample
 from vitals.contract import News2Score, ScoredParameter
 
@@ -115,6 +117,16 @@ def valid(parameter: str, v: float) -> bool:
     return math.isfinite(v)
 
 
+def band_of(total: int, red: bool) -> str:
+    if total >= HIGH_SCORE:
+        return "high"
+    if total >= MEDIUM_SCORE:
+        return "medium"
+    if red:
+        return "low-medium"
+    return "low" if total > 0 else "zero"
+
+
 # Not frozen: built for every reading, and a frozen dataclass costs four times as much to
 # build. Treated as immutable all the same (windows keep them as checkpoints).
 @dataclass(slots=True, unsafe_hash=True)
@@ -131,13 +143,7 @@ class Score:
 
     @property
     def band(self) -> str:
-        if self.total >= HIGH_SCORE:
-            return "high"
-        if self.total >= MEDIUM_SCORE:
-            return "medium"
-        if self.red:
-            return "low-medium"
-        return "low" if self.total > 0 else "zero"
+        return band_of(self.total, self.red)
 
     def detail(self) -> str:
         """Compact JSON for Detection.detail: what the score used and how old each was."""
@@ -154,25 +160,52 @@ class Score:
         ).decode()
 
 
-Latest = tuple[tuple[int, float] | None, ...]  # per PARAMETERS: (event time, value)
+# A parameter's latest valid value: (event time, value, points on air, points on oxygen),
+# scored once when it arrives on the patient's SpO2 scale. Only SpO2's points depend on
+# oxygen (on scale 2); the others' two are the same.
+Entry = tuple[int, float, int, int]
+Latest = tuple[Entry | None, ...]  # per PARAMETERS
+
+
+def entry(parameter: str, t: int, v: float, scale: int) -> Entry:
+    if parameter == "spo2":
+        on_air = spo2_points(v, scale, False)
+        return t, v, on_air, on_air if scale == 1 else spo2_points(v, scale, True)
+    points = _POINTS[parameter](v)
+    return t, v, points, points
+
+
+def tally(latest: Latest, at: int, staleness_ms: int) -> tuple[int, bool, int]:
+    """NEWS2 at event time `at` from each parameter's latest value within the staleness:
+    the total, whether a single parameter scored 3, and the parameters used (a bit per
+    PARAMETERS index). Runs for every reading of the seven parameters: nothing built."""
+    oldest = at - staleness_ms
+    oxygen = latest[_O2]
+    scored = 3 if oxygen is not None and oxygen[0] >= oldest and oxygen[1] == 1 else 2
+    total, red, used = 0, False, 0
+    for index, found in enumerate(latest):
+        if found is None or found[0] < oldest:
+            continue
+        points = found[scored]
+        total += points
+        red = red or points == 3
+        used |= 1 << index
+    return total, red, used
 
 
 def score(latest: Latest, at: int, scale: int, staleness_ms: int) -> Score:
-    """NEWS2 at event time `at` from each parameter's latest value within the staleness.
-
-    Runs for every reading of the seven parameters: one pass, no closures built per call.
-    """
+    """The score of `tally` with each parameter's points and age: what a record says.
+    `latest` was scored on `scale`."""
+    total, red, used = tally(latest, at, staleness_ms)
     oxygen = latest[_O2]
-    on_oxygen = oxygen is not None and at - oxygen[0] <= staleness_ms and oxygen[1] == 1
+    scored = 3 if oxygen is not None and used >> _O2 & 1 and oxygen[1] == 1 else 2
     points: dict[str, int] = {}
     ages: dict[str, int] = {}
-    for name, entry in zip(PARAMETERS, latest, strict=True):
-        if entry is None or at - entry[0] > staleness_ms:
-            continue
-        t, v = entry
-        points[name] = spo2_points(v, scale, on_oxygen) if name == "spo2" else _POINTS[name](v)
-        ages[name] = at - t
-    return Score(sum(points.values()), 3 in points.values(), points, ages, scale)
+    for index, (name, found) in enumerate(zip(PARAMETERS, latest, strict=True)):
+        if found is not None and used >> index & 1:
+            points[name] = found[scored]
+            ages[name] = at - found[0]
+    return Score(total, red, points, ages, scale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,8 +278,8 @@ class Band:
 Signature = tuple[int, str, int]
 
 
-def signature(s: Score) -> Signature:
-    return s.total, s.band, sum(1 << INDEX[p] for p in s.points)
+def signature(total: int, red: bool, used: int) -> Signature:
+    return total, band_of(total, red), used
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,20 +315,27 @@ class ScoreLog:
     """The signature last emitted per event time (what the store holds there), while a
     recompute can still reach that time."""
 
-    __slots__ = ("_by_t",)
+    __slots__ = ("_by_t", "_order")
 
     def __init__(self) -> None:
         self._by_t: dict[int, Signature] = {}
+        self._order: deque[int] = deque()  # the times in the order first recorded
 
     def get(self, t: int) -> Signature | None:
         return self._by_t.get(t)
 
     def add(self, t: int, sig: Signature) -> None:
+        if t not in self._by_t:
+            self._order.append(t)
         self._by_t[t] = sig
 
     def prune(self, before: int | None) -> None:
-        if before is not None and self._by_t:
-            self._by_t = {t: s for t, s in self._by_t.items() if t >= before}
+        """Forget records before `before`, visiting only those: in-order data records in
+        event-time order. One a recompute recorded behind newer times goes with them; it
+        is older than they are, so no recompute asks for it meanwhile."""
+        order, by_t = self._order, self._by_t
+        while before is not None and order and order[0] < before:
+            del by_t[order.popleft()]
 
 
 # Not frozen: built for every reading, and a frozen dataclass costs four times as much to
@@ -330,30 +370,31 @@ class News2Track:
     def step(
         self, state: News2State, sample: Sample, prev_t: int | None, out: list[Any]
     ) -> News2State:
-        from processors.tracks import Found  # the engine's output record
-
-        index = INDEX[sample.metric]
+        rule, index, t = self.rule, INDEX[sample.metric], sample.t
         latest = state.latest
         if valid(sample.metric, sample.v):
-            latest = (*latest[:index], (sample.t, sample.v), *latest[index + 1 :])
-        now = score(latest, sample.t, self.rule.spo2_scale, self.rule.staleness_ms)
-        enough = len(now.points) >= self.rule.min_parameters
-        total = float(now.total) if enough else math.nan
-        medium_value = max(total, RED_AS) if enough and now.red else total
-        medium_out: list[Any] = []
-        high_out: list[Any] = []
-        medium = self.machines[0].step(
-            state.medium, _valued(sample, medium_value), prev_t, medium_out
-        )
-        high = self.machines[1].step(state.high, _valued(sample, total), prev_t, high_out)
-        for band, changes in zip(self.bands, (medium_out, high_out), strict=True):
-            for change in changes:
-                out.append(Found(band.rule, band.severity, None, change, now.detail()))
-        scored = signature(now) if enough else None
-        if scored is not None and self._record_due(sample.t, scored, state.scored):
-            self.log.add(sample.t, scored)
+            fresh = entry(sample.metric, t, sample.v, rule.spo2_scale)
+            latest = (*latest[:index], fresh, *latest[index + 1 :])
+        total, red, used = tally(latest, t, rule.staleness_ms)
+        enough = used.bit_count() >= rule.min_parameters
+        value = float(total) if enough else math.nan
+        medium_value = max(value, RED_AS) if enough and red else value
+        medium_out: list[Change] = []
+        high_out: list[Change] = []
+        device_id = sample.device_id
+        medium = self.machines[0].step(state.medium, t, medium_value, device_id, prev_t, medium_out)
+        high = self.machines[1].step(state.high, t, value, device_id, prev_t, high_out)
+        now: Score | None = None  # the whole score, built only for what is emitted
+        if medium_out or high_out:
+            now = score(latest, t, rule.spo2_scale, rule.staleness_ms)
+            for band, changes in zip(self.bands, (medium_out, high_out), strict=True):
+                out.extend(Found(band.rule, band.severity, None, c, now.detail()) for c in changes)
+        scored = signature(total, red, used) if enough else None
+        if scored is not None and self._record_due(t, scored, state.scored):
+            self.log.add(t, scored)
+            now = now or score(latest, t, rule.spo2_scale, rule.staleness_ms)
             values = {p: e[1] for p, e in zip(PARAMETERS, latest, strict=True) if p in now.points}
-            out.append(Scored(sample.t, now, values))
+            out.append(Scored(t, now, values))
         return News2State(latest, medium, high, scored)
 
     def _record_due(self, t: int, scored: Signature, before: Signature | None) -> bool:
@@ -366,7 +407,3 @@ class News2Track:
 
     def idle(self, state: News2State) -> bool:
         return state.medium.phase is Phase.IDLE and state.high.phase is Phase.IDLE
-
-
-def _valued(sample: Sample, value: float) -> Sample:
-    return Sample(sample.t, sample.device_id, value, sample.metric)

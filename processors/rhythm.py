@@ -231,8 +231,9 @@ class RhythmTrack:
             # Unreadable or too few windows prove nothing: an episode stays open.
             value = math.nan
         changes: list[Any] = []
-        valued = Sample(sample.t, sample.device_id, value, sample.metric)
-        episode = self.machines[0].step(state.episode, valued, prev_t, changes)
+        episode = self.machines[0].step(
+            state.episode, sample.t, value, sample.device_id, prev_t, changes
+        )
         for change in changes:
             detail = (
                 f"{change.value:g} of the last {self.rule.windows_of} windows of "

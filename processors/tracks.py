@@ -72,6 +72,7 @@ class MetricTrack:
         self.rules = thresholds
         self.flat, self.jump, self.trend = flat, jump, trend
         self.threshold_machines = tuple(sustained_breach(rule) for rule in thresholds)
+        self._thresholds = tuple(zip(thresholds, self.threshold_machines, strict=True))
         self.flat_machine = flat and EpisodeMachine(flat.condition, flat.suppress_ms)
         self.jump_machine = jump and EpisodeMachine(jump.condition, jump.suppress_ms, jump.dip_ms)
         self.trend_machine = trend and EpisodeMachine(
@@ -97,6 +98,7 @@ class MetricTrack:
     def step(
         self, state: MetricState, sample: Sample, prev_t: int | None, out: list[Found]
     ) -> MetricState:
+        t, device_id = sample.t, sample.device_id
         fault_state, verdict = state.faults, faults.CLEAR
         if self.flat or self.jump:
             fault_state, verdict = faults.check(state.faults, sample, self.flat, self.jump)
@@ -107,14 +109,12 @@ class MetricTrack:
             jump_ep = self._flag(self.jump_machine, jump_ep, sample, verdict.suspect, prev_t, out)
         trusted = not (verdict.suspect or verdict.flat)
         stepped = []
-        for rule, machine, episode in zip(
-            self.rules, self.threshold_machines, state.thresholds, strict=True
-        ):
+        for (rule, machine), episode in zip(self._thresholds, state.thresholds, strict=True):
             if not trusted:
-                stepped.append(machine.pass_over(episode, sample, prev_t))
+                stepped.append(machine.pass_over(episode, sample.t, prev_t))
                 continue
             changes: list[Change] = []
-            stepped.append(machine.step(episode, sample, prev_t, changes))
+            stepped.append(machine.step(episode, t, sample.v, device_id, prev_t, changes))
             if changes:  # rare: most readings change no episode
                 out.extend(
                     Found(rule.rule, rule.severity, rule.metric, c, rule.describe())
@@ -123,10 +123,11 @@ class MetricTrack:
         learned, trend_ep = state.baseline, state.trend
         if self.trend and self.trend_machine:
             if trusted:
-                learned, deviation = baseline.learn(learned, sample.t, sample.v, self.trend)
+                learned, deviation = baseline.learn(learned, t, sample.v, self.trend)
                 changes = []
-                valued = Sample(sample.t, sample.device_id, deviation, sample.metric)
-                trend_ep = self.trend_machine.step(trend_ep, valued, prev_t, changes)
+                trend_ep = self.trend_machine.step(
+                    trend_ep, t, deviation, device_id, prev_t, changes
+                )
                 if changes:
                     detail = self.trend.describe(learned)
                     out.extend(
@@ -134,7 +135,7 @@ class MetricTrack:
                         for c in changes
                     )
             else:
-                trend_ep = self.trend_machine.pass_over(trend_ep, sample, prev_t)
+                trend_ep = self.trend_machine.pass_over(trend_ep, t, prev_t)
         return MetricState(tuple(stepped), fault_state, flat_ep, jump_ep, learned, trend_ep)
 
     def _flag(
@@ -148,10 +149,8 @@ class MetricTrack:
     ) -> EpisodeState:
         """A fault episode, run on the flagged readings' values (faults.Flagged)."""
         changes: list[Change] = []
-        valued = Sample(
-            sample.t, sample.device_id, sample.v if flagged else math.nan, sample.metric
-        )
-        episode = machine.step(episode, valued, prev_t, changes)
+        value = sample.v if flagged else math.nan
+        episode = machine.step(episode, sample.t, value, sample.device_id, prev_t, changes)
         if changes:
             rule = self.flat if machine is self.flat_machine else self.jump
             assert rule is not None

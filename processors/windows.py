@@ -93,38 +93,47 @@ class EventWindow(Generic[S]):
 
     def insert(self, samples: Iterable[Sample]) -> Inserted:
         """Add new samples in event-time order; call recompute(result.first) next."""
+        held = self._keys
         fresh: list[Sample] = []
         duplicates = 0
-        seen: set[tuple[int, str, str]] = set()
+        newest: int | None = None
         for sample in samples:
             key = (sample.t, sample.device_id, sample.metric)
-            if key in self._keys or key in seen:
+            if key in held:  # held before, or earlier in this upload
                 duplicates += 1
                 continue
-            seen.add(key)
+            held.add(key)
             fresh.append(sample)
-        if not fresh:
+            if newest is None or sample.t > newest:
+                newest = sample.t
+        if newest is None:
             return Inserted(None, 0, duplicates, 0)
-        newest = max(s.t for s in fresh)
         frontier = self.frontier
         cutoff = (newest if frontier is None else max(frontier, newest)) - self.horizon_ms
         # The state before a sample older than the cutoff may already be evicted: such a
         # sample cannot be placed, so it is counted and left out (the sinks still store it).
         kept = [s for s in fresh if s.t >= cutoff]
-        first: int | None = None
-        for sample in sorted(kept, key=_order):
-            order = _order(sample)
-            if not self._samples or _order(self._samples[-1]) <= order:
-                index = len(self._samples)  # in order: the common case
-                self._samples.append(sample)
-                self._states.append(None)
-            else:
-                index = bisect.bisect_right(self._samples, order, key=_order)
-                self._samples.insert(index, sample)
-                self._states.insert(index, None)
-            self._keys.add((sample.t, sample.device_id, sample.metric))
-            first = index if first is None else min(first, index)
-        return Inserted(first, len(kept), duplicates, len(fresh) - len(kept))
+        if len(kept) < len(fresh):
+            for sample in fresh:
+                if sample.t < cutoff:
+                    held.discard((sample.t, sample.device_id, sample.metric))
+        too_old = len(fresh) - len(kept)
+        if not kept:
+            return Inserted(None, 0, duplicates, too_old)
+        kept.sort(key=_order)
+        placed, states = self._samples, self._states
+        if not placed or _order(placed[-1]) <= _order(kept[0]):
+            first = len(placed)  # in order, the common case: all after what is held
+            placed.extend(kept)
+            states.extend([None] * len(kept))
+            return Inserted(first, len(kept), duplicates, too_old)
+        first = len(placed)
+        for sample in kept:
+            index = bisect.bisect_right(placed, _order(sample), key=_order)
+            placed.insert(index, sample)
+            states.insert(index, None)
+            first = min(first, index)
+        return Inserted(first, len(kept), duplicates, too_old)
 
     def recompute(self, start: int, step: Step[S]) -> None:
         """Run `step` over the samples from `start` on, from the checkpoint before it."""

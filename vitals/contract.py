@@ -9,8 +9,9 @@ All times inside messages are integers of milliseconds since the epoch, UTC.
 from __future__ import annotations
 
 import base64
+import functools
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -180,8 +181,22 @@ def decode_upload(raw: bytes | None) -> Upload:
         raise ContractError(f"not a v{VERSION} upload: {exc!r}") from exc
 
 
+def _versioned(message: Any) -> bytes:
+    """A message dataclass as JSON, the contract version first. Its fields are copied
+    shallow: orjson writes nested dataclasses (a score's parameters) itself, several times
+    faster than `asdict`'s deep copy, which the processor paid for every score record."""
+    return orjson.dumps(
+        {"v": VERSION, **{name: getattr(message, name) for name in _fields(type(message))}}
+    )
+
+
+@functools.cache
+def _fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
 def encode_detection(detection: Detection) -> bytes:
-    return orjson.dumps({"v": VERSION, **asdict(detection)})
+    return _versioned(detection)
 
 
 def decode_detection(raw: bytes | None) -> Detection:
@@ -203,7 +218,7 @@ def decode_detection(raw: bytes | None) -> Detection:
 
 
 def encode_news2_score(score: News2Score) -> bytes:
-    return orjson.dumps({"v": VERSION, **asdict(score)})
+    return _versioned(score)
 
 
 def decode_news2_score(raw: bytes | None) -> News2Score:

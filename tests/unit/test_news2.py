@@ -106,8 +106,10 @@ def test_consciousness_and_oxygen() -> None:
 # --- the score ---------------------------------------------------------------------------
 
 
-def latest(at: int = 0, **values: float) -> news2.Latest:
-    return tuple((at, values[p]) if p in values else None for p in news2.PARAMETERS)
+def latest(at: int = 0, scale: int = 1, **values: float) -> news2.Latest:
+    return tuple(
+        news2.entry(p, at, values[p], scale) if p in values else None for p in news2.PARAMETERS
+    )
 
 
 def test_a_full_set_sums_and_is_not_partial() -> None:
@@ -133,7 +135,7 @@ def test_bands() -> None:
 
 def test_stale_values_are_left_out_and_ages_reported() -> None:
     entries = list(latest(at=0, heart_rate=115))
-    entries[news2.INDEX["spo2"]] = (9_000, 91.0)
+    entries[news2.INDEX["spo2"]] = news2.entry("spo2", 9_000, 91.0, 1)
     s = news2.score(tuple(entries), at=10_000, scale=1, staleness_ms=5_000)
     assert s.points == {"spo2": 3}  # the heart rate is 10 s old: stale
     detail = orjson.loads(s.detail())
@@ -142,11 +144,63 @@ def test_stale_values_are_left_out_and_ages_reported() -> None:
 
 
 def test_scale_2_on_oxygen_scores_high_saturation() -> None:
-    on_o2 = latest(spo2=97, supplemental_o2=1)
-    on_air = latest(spo2=97, supplemental_o2=0)
+    on_o2 = latest(scale=2, spo2=97, supplemental_o2=1)
+    on_air = latest(scale=2, spo2=97, supplemental_o2=0)
     assert news2.score(on_o2, 0, 2, 1000).points == {"spo2": 3, "supplemental_o2": 2}
     assert news2.score(on_air, 0, 2, 1000).points == {"spo2": 0, "supplemental_o2": 0}
-    assert news2.score(on_o2, 0, 1, 1000).points == {"spo2": 0, "supplemental_o2": 2}
+    scale_1 = latest(scale=1, spo2=97, supplemental_o2=1)
+    assert news2.score(scale_1, 0, 1, 1000).points == {"spo2": 0, "supplemental_o2": 2}
+
+
+values = {
+    "resp_rate": st.integers(4, 40),
+    "spo2": st.integers(80, 100),
+    "supplemental_o2": st.sampled_from([0, 1]),
+    "systolic_bp": st.integers(70, 230),
+    "heart_rate": st.integers(30, 150),
+    "consciousness": st.sampled_from([0, 1, 2, 3, 4]),
+    "body_temp": st.floats(34, 41).map(lambda v: round(v, 1)),
+}
+
+
+@given(
+    st.fixed_dictionaries(
+        {}, optional={p: st.tuples(st.integers(0, 2_000), v) for p, v in values.items()}
+    ),
+    st.sampled_from([1, 2]),
+)
+def test_the_per_reading_tally_is_the_score_of_the_record(
+    entries: dict[str, tuple[int, float]], scale: int
+) -> None:
+    """Each value is scored once, when it arrives (SpO2 both on air and on oxygen): the
+    tally every reading runs sums what the whole score says, and that is the chart's."""
+    latest = tuple(
+        news2.entry(p, *entries[p], scale) if p in entries else None for p in news2.PARAMETERS
+    )
+    at, staleness = 2_000, 1_000
+    total, red, used = news2.tally(latest, at, staleness)
+    s = news2.score(latest, at, scale, staleness)
+    fresh = {p: v for p, (t, v) in entries.items() if at - t <= staleness}
+    assert set(s.points) == set(fresh)
+    assert used == sum(1 << news2.INDEX[p] for p in fresh)
+    assert (total, red) == (sum(s.points.values()), 3 in s.points.values())
+    on_o2 = fresh.get("supplemental_o2") == 1
+    for p, v in fresh.items():
+        own = news2.spo2_points(v, scale, on_o2) if p == "spo2" else news2._POINTS[p](v)
+        assert s.points[p] == own
+
+
+def test_the_score_log_forgets_oldest_first_and_a_late_record_with_the_newer() -> None:
+    log = news2.ScoreLog()
+    sig = (1, "low", 1)
+    for t in (10, 20, 30):
+        log.add(t, sig)
+    log.add(15, sig)  # a recompute after late data recorded behind 30
+    log.add(20, (0, "zero", 1))  # corrected where one was: no second place in the order
+    log.prune(20)
+    assert [log.get(t) for t in (10, 15, 20, 30)] == [None, sig, (0, "zero", 1), sig]
+    log.prune(31)
+    assert [log.get(t) for t in (15, 20, 30)] == [None, None, None]
 
 
 # --- episodes on the engine ---------------------------------------------------------------

@@ -100,3 +100,44 @@ def test_a_window_never_holds_more_than_its_horizon(arrivals: list[tuple[int, st
         assert held == sorted(held)
         assert held[-1] == newest
         assert held[-1] - held[0] <= HORIZON
+
+
+def trail(state: tuple, sample: Sample, prev_t: int | None) -> tuple:
+    """A state that is the whole sequence stepped: any step out of order shows."""
+    return (*state, (sample.t, sample.device_id, prev_t))
+
+
+def replayed(samples: list[Sample]) -> tuple:
+    state: tuple = ()
+    prev_t = None
+    for sample in sorted(samples, key=lambda s: (s.t, s.device_id, s.v, s.metric)):
+        state, prev_t = trail(state, sample, prev_t), sample.t
+    return state
+
+
+batches = st.lists(
+    st.lists(st.tuples(st.integers(0, 5_000), st.sampled_from("ab")), min_size=1, max_size=8),
+    max_size=25,
+)
+
+
+@given(batches)
+def test_stepping_from_the_earliest_new_sample_equals_a_full_recompute(
+    arrivals: list[list[tuple[int, str]]],
+) -> None:
+    """Uploads in order (appended, only the new samples stepped), late, overlapping,
+    repeated or too old, with eviction: the state is always that of running every sample
+    ever placed from the start, in event-time order."""
+    window: EventWindow[tuple] = EventWindow(HORIZON, ())
+    placed: set[Sample] = set()
+    for batch in arrivals:
+        before = list(window.samples)
+        result = window.insert([Sample(t, device, 1) for t, device in batch])
+        new = [s for s in window.samples if s not in set(before)]
+        assert result.added == len(new)
+        if result.first is not None:
+            assert result.first == min(window.samples.index(s) for s in new)
+            window.recompute(result.first, trail)
+        placed |= set(window.samples)
+        assert window.state == replayed(list(placed))
+        window.evict()
