@@ -489,6 +489,19 @@ def rhythm_episode(patient: str, start: int) -> Halves:
     return uploads[:1], uploads[1:]
 
 
+def processor_stages(own: Settings, logs: Path, **env: str) -> Stages:
+    """`vitals process` as a process on the test's broker, topics and group."""
+    variables = environment(
+        own.kafka_bootstrap,
+        own.database_url,
+        own.topic_prefix,
+        localinfra.free_port(),
+        VITALS_PROCESSOR_GROUP=own.processor_group,
+        **env,
+    )
+    return Stages(variables, logs, gateway_port=0)
+
+
 @pytest.mark.parametrize(
     ("rule", "build"),
     [("news2_medium", news2_episode), ("rhythm_irregular", rhythm_episode)],
@@ -499,14 +512,7 @@ async def test_a_killed_processor_process_continues_the_episode_without_a_second
 ) -> None:
     patient = f"p-{rule}"
     before, after = build(patient, contract.now_ms() - 40 * 60_000)
-    env = environment(
-        own.kafka_bootstrap,
-        own.database_url,
-        own.topic_prefix,
-        localinfra.free_port(),
-        VITALS_PROCESSOR_GROUP=own.processor_group,
-    )
-    stages = Stages(env, tmp_path, gateway_port=0)
+    stages = processor_stages(own, tmp_path)
     try:
         stages.start("processor")
         async with TopicReader(own, contract.DETECTIONS) as reader:
@@ -601,16 +607,9 @@ async def test_an_episode_older_than_the_replay_horizon_keeps_its_id_across_a_re
     rules = tmp_path / "rules.toml"
     rules.write_text(SHORT_HORIZON_RULES)
     patient = "p-long-episode"
-    env = environment(
-        own.kafka_bootstrap,
-        own.database_url,
-        own.topic_prefix,
-        localinfra.free_port(),
-        VITALS_PROCESSOR_GROUP=own.processor_group,
-        VITALS_RULES_FILE=str(rules),
-        VITALS_ALLOWED_LATENESS_S="10",
+    stages = processor_stages(
+        own, tmp_path, VITALS_RULES_FILE=str(rules), VITALS_ALLOWED_LATENESS_S="10"
     )
-    stages = Stages(env, tmp_path, gateway_port=0)
     try:
         stages.start("processor")
         async with TopicReader(own, contract.DETECTIONS) as reader:
