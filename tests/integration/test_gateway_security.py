@@ -167,7 +167,11 @@ async def test_keys_are_stored_only_as_sha256_digests(
 ) -> None:
     stored = await db.fetch("SELECT key_sha256::text AS h, key_id FROM api_keys")
     text = repr([dict(r) for r in stored])
-    assert fleet["key_a"] not in text and fleet["key_a"].split("_")[-1] not in text
+    # vk_<key_id>_<secret>: the secret (token_urlsafe, so it may hold "_" itself) is never
+    # stored; splitting on every "_" took its last fragment, sometimes one character.
+    secret = fleet["key_a"].split("_", 2)[2]
+    assert len(secret) == 43
+    assert fleet["key_a"] not in text and secret not in text
     columns = await db.fetch(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'api_keys'"
     )
