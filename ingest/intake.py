@@ -226,7 +226,7 @@ class Intake:
             gateway_id=gateway_id,
             device_id=batch.device_id,
             patient_id=batch.patient_id,
-            readings=batch.readings,
+            times=[row[1] for row in batch.rows],  # (metric, t, v, unit)
         )
         if not outside:
             return batch

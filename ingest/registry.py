@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ingest.errors import Forbidden
-from vitals.contract import Reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +61,10 @@ def outside_binding(
     gateway_id: str,
     device_id: str,
     patient_id: str,
-    readings: Sequence[Reading],
+    times: Sequence[int],
 ) -> list[int]:
-    """Positions in `readings` taken before or after the device was this patient's.
+    """Positions in `times` (the readings' event times, ms) taken before or after the
+    device was this patient's.
 
     Raises Forbidden (the whole upload) for an unregistered device, a gateway not bound to
     it, or a patient the device has never been bound to. Readings of a patient the device
@@ -80,7 +80,7 @@ def outside_binding(
     spans = [b for b in device.bindings if b.patient_id == patient_id]
     if not spans:
         raise Forbidden("patient_not_bound", "this device is not bound to this patient")
-    return [i for i, reading in enumerate(readings) if not any(b.covers(reading.t) for b in spans)]
+    return [i for i, t in enumerate(times) if not any(b.covers(t) for b in spans)]
 
 
 def with_env_credentials(

@@ -30,10 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import IllegalStateError, UnsupportedVersionError
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
 from processors.engine import Engine
+from vitals import kafka
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,6 @@ class ReplayOnAssign(ConsumerRebalanceListener):
         consumer.resume(*assigned)
 
     async def _replay_start(self, tp: TopicPartition, horizon_start: int) -> int:
-        consumer = self._consumer
-        assert consumer is not None
-        try:
-            found = (await consumer.offsets_for_times({tp: max(0, horizon_start)})).get(tp)
-        except UnsupportedVersionError:
-            found = None
-        if found is not None:
-            return int(found.offset)
-        # No answer: from the beginning, and the timestamp filter keeps the horizon.
-        return int((await consumer.beginning_offsets([tp]))[tp])
+        assert self._consumer is not None
+        # Without an answer, from the beginning: the timestamp filter keeps the horizon.
+        return await kafka.offset_at(self._consumer, tp, horizon_start)

@@ -169,13 +169,11 @@ class ConsumerLoop:
         if not assigned:
             return
         ends = await self.consumer.end_offsets(list(assigned))
-        unknown = [tp for tp in assigned if tp not in self._done]
-        if unknown:  # assigned but nothing committed here yet: the group's offset
-            for tp in unknown:
-                committed = await self.consumer.committed(tp)
-                if committed is None:  # never committed: read from the start
-                    committed = (await self.consumer.beginning_offsets([tp]))[tp]
-                self._done.setdefault(tp, committed)
+        for tp in assigned - self._done.keys():  # nothing committed here yet: the group's
+            committed = await self.consumer.committed(tp)
+            if committed is None:  # never committed: read from the start
+                committed = (await self.consumer.beginning_offsets([tp]))[tp]
+            self._done.setdefault(tp, committed)
         for tp in self.consumer.assignment() & assigned:  # a rebalance may have run meanwhile
             LAG.labels(self.stage, tp.topic, str(tp.partition)).set(
                 max(0, ends[tp] - self._done[tp])
@@ -187,10 +185,8 @@ class ConsumerLoop:
         reports them, and a stale value here would be counted twice."""
         for tp in self._reported - assigned:
             LAG.remove(self.stage, tp.topic, str(tp.partition))
-            self._done.pop(tp, None)
         self._reported &= assigned
-        for tp in set(self._done) - assigned:
-            del self._done[tp]
+        self._done = {tp: offset for tp, offset in self._done.items() if tp in assigned}
 
 
 class _nothing:

@@ -6,9 +6,10 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import UnsupportedVersionError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner, murmur2
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from prometheus_client import Counter
 
 from vitals import contract
@@ -60,6 +61,19 @@ class KeyHashPartitioner:
 
 
 _DEFAULT_PARTITIONER = DefaultPartitioner()
+
+
+async def offset_at(consumer: AIOKafkaConsumer, tp: TopicPartition, ms: int) -> int:
+    """The first offset of `tp` with a timestamp at or after `ms` (offsets-for-times); the
+    partition's beginning when the broker has no answer (tansu answers none or 0), which
+    reads more than needed but never misses a record."""
+    try:
+        found = (await consumer.offsets_for_times({tp: max(0, ms)})).get(tp)
+    except UnsupportedVersionError:
+        found = None
+    if found is not None:
+        return int(found.offset)
+    return int((await consumer.beginning_offsets([tp]))[tp])
 
 
 def consumer(settings: Settings, group_id: str, **overrides: object) -> AIOKafkaConsumer:

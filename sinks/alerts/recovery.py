@@ -17,8 +17,6 @@ from datetime import datetime
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import UnsupportedVersionError
 from aiokafka.structs import TopicPartition
 
 from sinks.alerts.store import Key, mark_published
@@ -68,7 +66,7 @@ async def _on_topic(
         consumer.assign(parts)
         ends = await consumer.end_offsets(parts)  # later alerts are not this sink's doing
         for tp in parts:
-            consumer.seek(tp, await _first_at(consumer, tp, since_ms))
+            consumer.seek(tp, await kafka.offset_at(consumer, tp, since_ms))
         found: dict[datetime, list[Key]] = {}
         # A broker that stops answering fails the batch (TimeoutError): it is retried.
         async with asyncio.timeout(READ_TIMEOUT_S):
@@ -83,17 +81,6 @@ async def _on_topic(
         return found
     finally:
         await consumer.stop()
-
-
-async def _first_at(consumer: AIOKafkaConsumer, tp: TopicPartition, since_ms: int) -> int:
-    try:
-        found = (await consumer.offsets_for_times({tp: max(0, since_ms)})).get(tp)
-    except UnsupportedVersionError:
-        found = None
-    if found is not None and found.offset is not None:
-        return int(found.offset)
-    # No answer (tansu answers none or 0): from the beginning, which is never wrong.
-    return int((await consumer.beginning_offsets([tp]))[tp])
 
 
 def _key(raw: bytes | None) -> tuple[Key, datetime] | None:

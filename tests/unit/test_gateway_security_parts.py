@@ -23,7 +23,6 @@ from ingest.registry import (
 from ingest.server import tls_options
 from ingest.validation import identifier_problem
 from vitals import contract
-from vitals.contract import Reading
 from vitals.errors import ConfigError
 from vitals.kafka import security_options
 from vitals.settings import Settings
@@ -80,8 +79,9 @@ DEVICE = Device(
 SNAPSHOT = Snapshot({}, {"dev-1": DEVICE}, loaded=True)
 
 
-def readings(*hours: float) -> list[Reading]:
-    return [Reading("heart_rate", int(h * H), 70.0, "/min") for h in hours]
+def times(*hours: float) -> list[int]:
+    """Readings' event times, ms, at these hours."""
+    return [int(h * H) for h in hours]
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_someone_elses_device_or_patient_is_forbidden(
 ) -> None:
     with pytest.raises(Forbidden) as caught:
         outside_binding(
-            SNAPSHOT, gateway_id=gateway, device_id=device, patient_id=patient, readings=readings(1)
+            SNAPSHOT, gateway_id=gateway, device_id=device, patient_id=patient, times=times(1)
         )
     assert caught.value.code == code
 
@@ -118,7 +118,7 @@ def test_each_reading_keeps_the_patient_whose_binding_its_time_is_in(
         gateway_id="gw-a",
         device_id="dev-1",
         patient_id=patient,
-        readings=readings(*hours),
+        times=times(*hours),
     )
     assert got == outside
     assert DEVICE.current_patient == "p-new"
