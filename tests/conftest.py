@@ -49,12 +49,9 @@ def pg_server() -> Iterator[str]:
         with PostgresContainer("timescale/timescaledb:latest-pg16", driver=None) as pg:
             yield pg.get_connection_url()
         return
-    url = os.environ.get("VITALS_TEST_PG_SERVER", localinfra.LOCAL_SERVER)
-    if localinfra.server_answers(url):
+    given = os.environ.get("VITALS_TEST_PG_SERVER")
+    with localinfra.postgres_server(given, ROOT / ".local" / "test-pg") as url:
         yield url
-        return
-    with localinfra.private_cluster(ROOT / ".local" / "test-pg") as private_url:
-        yield private_url
 
 
 @pytest.fixture(scope="session")

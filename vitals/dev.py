@@ -130,9 +130,7 @@ async def _simulator_admin_key(database_url: str) -> AsyncIterator[Path]:
 def _database(stack: contextlib.ExitStack) -> str:
     if url := os.environ.get("VITALS_DATABASE_URL"):
         return url
-    if localinfra.server_answers(localinfra.LOCAL_SERVER):
-        return localinfra.create_database(localinfra.LOCAL_SERVER, "vitals_dev")
-    server = stack.enter_context(localinfra.private_cluster(LOCAL / "pg"))
+    server = stack.enter_context(localinfra.postgres_server(None, LOCAL / "pg"))
     return localinfra.create_database(server, "vitals_dev")
 
 

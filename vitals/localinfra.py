@@ -143,6 +143,20 @@ def _pg_bindir() -> Path:
 
 
 @contextmanager
+def postgres_server(url: str | None, folder: Path) -> Iterator[str]:
+    """A PostgreSQL server's maintenance URL: `url` when given; else the server at
+    127.0.0.1:5432 when one answers; else a private cluster of our own in `folder`,
+    stopped on exit. The one rule for `vitals dev`, the benchmarks and the tests."""
+    if url:
+        yield url
+    elif server_answers(LOCAL_SERVER):
+        yield LOCAL_SERVER
+    else:
+        with private_cluster(folder) as private_url:
+            yield private_url
+
+
+@contextmanager
 def private_cluster(folder: Path) -> Iterator[str]:
     """A PostgreSQL cluster of our own in `folder` (trust auth, loopback, free port)."""
     bindir = _pg_bindir()

@@ -1,9 +1,11 @@
 """What a benchmark run needs and cleans up: its own tansu broker and a scratch database on
-the local PostgreSQL (dropped afterwards), and per-scenario settings with their own topics."""
+a PostgreSQL server (the given one, the local one, or a private cluster; dropped
+afterwards), and per-scenario settings with their own topics."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,9 +58,15 @@ class Infra:
 @contextmanager
 def infrastructure(logs: Path, pg_server: str | None = None) -> Iterator[Infra]:
     logs.mkdir(parents=True, exist_ok=True)
-    server = pg_server or os.environ.get("VITALS_BENCH_PG_SERVER", localinfra.LOCAL_SERVER)
+    given = pg_server or os.environ.get("VITALS_BENCH_PG_SERVER")
     name = f"vitals_bench_{uuid.uuid4().hex[:8]}"
-    with localinfra.tansu(log_path=logs / "tansu.log") as bootstrap:
+    # A private cluster goes under /tmp, not beside the logs: the working directory may be
+    # root-only (pytest's tmp_path), and PostgreSQL runs as its own user.
+    with (
+        tempfile.TemporaryDirectory(prefix="vitals-bench-pg-") as scratch,
+        localinfra.postgres_server(given, Path(scratch)) as server,
+        localinfra.tansu(log_path=logs / "tansu.log") as bootstrap,
+    ):
         url = localinfra.create_database(server, name, exist_ok=False)
         try:
             migrate(url)
