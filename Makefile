@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # PGlite with TimescaleDB (WASM) for the TimescaleDB engine check; pinned by its lockfile.
 ENGINE := tests/timescale/node_modules/.installed-stamp
 
-.PHONY: install engine run test test-unit test-integration test-e2e test-faults soak test-containers lint fmt clean
+.PHONY: install engine broker faults-report run test test-unit test-integration test-e2e test-faults soak test-containers lint fmt clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,22 +31,31 @@ engine: $(ENGINE)
 run: install
 	$(BIN)/vitals dev
 
+# The suites' broker: Apache Kafka's jars fetched by Maven into .local/kafka/ (cached) when
+# Java 17+ is here or VITALS_TEST_BROKER=kafka; tansu with VITALS_TEST_BROKER=tansu.
+broker: install
+	$(BIN)/python -m vitals.localkafka prepare
+
 ## test: install what is needed and run every test (unit, integration, end-to-end, faults)
-test: install engine
+test: install engine broker
 	$(BIN)/python -m pytest
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: install engine
+test-integration: install engine broker
 	$(BIN)/python -m pytest tests/integration
 
-test-e2e: install
+test-e2e: install broker
 	$(BIN)/python -m pytest tests/e2e
 
-## test-faults: the fault-injection suite (part of `make test`); writes docs/faults.md
-test-faults: install
+## test-faults: the fault-injection suite (part of `make test`); its report goes to
+## .local/faults/faults.md, and `make faults-report` publishes it into docs/faults.md
+test-faults: install broker
 	$(BIN)/python -m pytest tests/faults
+
+faults-report: install
+	$(BIN)/python -m tests.faults.report
 
 ## soak: the pipeline under steady load for SOAK_MINUTES (default 10); figures in .local/soak/
 SOAK_MINUTES ?= 10

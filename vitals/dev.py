@@ -1,6 +1,7 @@
 """`vitals dev` (what `make run` calls): the whole pipeline on local defaults.
 
-Starts a tansu broker on a free port, finds PostgreSQL (VITALS_DATABASE_URL if set, else
+Starts a local broker (Apache Kafka when Java 17+ is here, else tansu; VITALS_DEV_BROKER
+chooses: vitals/localkafka.py), finds PostgreSQL (VITALS_DATABASE_URL if set, else
 the server at 127.0.0.1:5432 with a `vitals_dev` database, else a private cluster under
 .local/), creates topics, migrates, then runs gateway, read API, processor, both sinks
 and the simulator as child processes, and prints a live summary and every alert as it
@@ -27,7 +28,7 @@ import asyncpg
 import httpx
 import orjson
 
-from vitals import contract, kafka, localinfra
+from vitals import contract, kafka, localinfra, localkafka
 from vitals.lifecycle import stop_on_signals
 from vitals.settings import LOCAL_GATEWAY_ID, LOCAL_GATEWAY_TOKEN, LOCAL_READER_TOKEN, Settings
 
@@ -61,7 +62,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     logs_dir = LOCAL / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        bootstrap = stack.enter_context(localinfra.tansu(log_path=logs_dir / "tansu.log"))
+        kind, why = localkafka.broker_kind(os.environ.get("VITALS_DEV_BROKER") or None)
+        _say(f"starting the broker ({why}) ...")
+        broker = stack.enter_context(localkafka.local_broker(kind, LOCAL / "broker", LOCAL))
+        bootstrap = broker.bootstrap
         database_url = _database(stack)
         settings = settings.model_copy(
             update={"kafka_bootstrap": bootstrap, "database_url": database_url}
@@ -71,7 +75,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
         await asyncio.to_thread(migrate, database_url)
         env = _child_env(settings)
-        _say(f"broker   {bootstrap} (tansu, memory storage)")
+        _say(f"broker   {bootstrap}: {broker.describe()}, {broker.resources()}")
         _say(f"database {_redact(database_url)}")
         _say(
             f"gateway  http://{settings.gateway_host}:{settings.gateway_port}  "

