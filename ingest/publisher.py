@@ -63,7 +63,7 @@ class Publisher:
                 await asyncio.gather(task, return_exceptions=True)
         if self._producer is not None:
             producer, self._producer = self._producer, None
-            await producer.stop()  # flushes what is in flight
+            await kafka.stop_producer(producer, self._settings.produce_timeout_s + 1)
 
     @property
     def connected(self) -> bool:
@@ -141,11 +141,10 @@ class Publisher:
     async def _connect(self) -> None:
         delay = RETRY_FIRST_S
         while True:
-            producer = kafka.producer(self._settings, **self._options)
             try:
-                await producer.start()
+                # Stopped by start_producer() itself when it fails or is cancelled.
+                producer = await kafka.start_producer(self._settings, **self._options)
             except (KafkaError, OSError) as exc:
-                await producer.stop()
                 log.warning(
                     "kafka not reachable, retrying",
                     extra={"error": type(exc).__name__, "retry_in_s": delay},
@@ -153,9 +152,6 @@ class Publisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
-            except asyncio.CancelledError:  # the app stops while connecting
-                await producer.stop()
-                raise
             self._producer = producer
             log.info("kafka connected", extra={"topic": self._topic})
             return

@@ -42,7 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     topics = sub.add_parser("topics", help="Kafka topics").add_subparsers(
         dest="topics", required=True
     )
-    topics.add_parser("create", help="create the pipeline's topics if missing")
+    topics.add_parser(
+        "create",
+        help="create the pipeline's topics if missing; check the configs of those that exist",
+    )
 
     sim = sub.add_parser("simulate", help="a simulated fleet of wearables posting readings")
     from vitals import simulate
@@ -170,10 +173,20 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
             applied = await asyncio.to_thread(migrate, settings.database_url)
             print(f"migrations applied: {applied or 'none (up to date)'}")
         case "topics":
-            from vitals.kafka import create_topics
+            from vitals.kafka import create_topics, topic_differences
 
             created = await create_topics(settings)
             print(f"topics created: {created or 'none (all exist)'}")
+            differences = await topic_differences(settings)
+            for difference in differences:
+                print(f"differs: {difference}", file=sys.stderr)
+            if differences:
+                print(
+                    "the topics above differ from what the pipeline needs: change them with "
+                    "kafka-configs.sh / kafka-topics.sh (docs/operations.md#topics)",
+                    file=sys.stderr,
+                )
+                return 1
         case "simulate":
             from vitals import simulate
 

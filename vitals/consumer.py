@@ -69,7 +69,7 @@ class ConsumerLoop:
         self.stage = stage
         self.topics = [settings.topic(t) for t in topics]
         self.consumer: AIOKafkaConsumer = kafka.consumer(settings, group_id)
-        self.producer: AIOKafkaProducer = kafka.producer(settings)
+        self._producer: AIOKafkaProducer | None = None  # started by run()
         self._listener = listener
         self._max_records = max_records
         self._tick = tick
@@ -85,8 +85,15 @@ class ConsumerLoop:
     async def ready(self) -> bool:
         return time.monotonic() - self._last_poll < 30.0
 
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The stage's producer (outputs, dead letters); there while run() runs."""
+        if self._producer is None:
+            raise RuntimeError("the consume loop's producer is started by run()")
+        return self._producer
+
     async def run(self, handler: Handler, stop: asyncio.Event) -> None:
-        await self.producer.start()
+        self._producer = await kafka.start_producer(self.settings)
         try:
             await self.consumer.start()
             try:
@@ -108,7 +115,7 @@ class ConsumerLoop:
             finally:
                 await self.consumer.stop()  # leaves the group: partitions move at once
         finally:
-            await self.producer.stop()
+            await kafka.stop_producer(self.producer, self.settings.shutdown_grace_s)
         log.info("stopped", extra={"stage": self.stage})
 
     async def _loop(self, handler: Handler, stop: asyncio.Event) -> None:

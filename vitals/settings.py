@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="prepended to every topic name")
     topic_partitions: int = 6
     topic_replication: int = 1
+    # Idempotent producers: "auto" asks the cluster whether it grants producer ids
+    # (vitals/kafka.py idempotence()); "on" / "off" decide without asking.
+    kafka_idempotence: str = "auto"
 
     # --- PostgreSQL / TimescaleDB ------------------------------------------------------
     database_url: str = "postgresql://postgres@127.0.0.1:5432/vitals"

@@ -59,8 +59,7 @@ async def _on_topic(
     consumer = kafka.consumer(settings, group_id=None, fetch_max_wait_ms=50)
     await consumer.start()
     try:
-        numbers = sorted(consumer.partitions_for_topic(topic) or ())
-        parts = [TopicPartition(topic, p) for p in numbers]
+        parts = await kafka.partitions(consumer, topic)
         if not parts:
             return {}
         consumer.assign(parts)

@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from ingest.readapi import server as api_server
 from ingest.server import build_server
 from tests.integration.test_gateway import JSON, limits, produced, upload
+from tests.polling import until
 from vitals.settings import LOCAL_READER_TOKEN, Settings
 
 pytestmark = pytest.mark.integration
@@ -101,6 +102,10 @@ async def serving_on(settings: Settings, build: Callable = build_server) -> Asyn
         await asyncio.wait_for(serving, 15)
 
 
+async def _answers_200(client: httpx.AsyncClient, url: str) -> bool:
+    return (await client.get(url)).status_code == 200
+
+
 def _client_context(pki: Path, *, with_certificate: bool) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     if with_certificate:
@@ -119,6 +124,9 @@ async def test_the_gateway_serves_https_and_refuses_plain_http(
     async with serving_on(tls) as port:
         context = _client_context(pki, with_certificate=False)
         async with httpx.AsyncClient(verify=context, timeout=10) as client:
+            # Ready once its producer is connected (until then an upload is a fair 503).
+            ready = f"https://127.0.0.1:{port}/readyz"
+            await until(lambda: _answers_200(client, ready), "the gateway ready over HTTPS", 30)
             answer = await client.post(
                 f"https://127.0.0.1:{port}/v1/readings", content=upload(), headers=JSON
             )

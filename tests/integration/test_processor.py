@@ -332,11 +332,13 @@ async def test_restart_mid_episode_neither_loses_it_nor_opens_it_again(own: Sett
     assert [d.state for d in found] == ["opened", "resolved"]
     assert found[0].alert_id == found[1].alert_id
     assert found[1].at == start + 27 * STEP_MS and found[1].value == 84
-    # The second instance replayed the three records before its offset, fed the two
-    # within the horizon to the detectors and skipped the old one (as the first did).
-    assert sample("vitals_processor_replayed_records_total") - replayed_before == 3
+    # The second instance replayed the records before its offset that lie within the
+    # horizon (two) and fed them to the detectors; the old one never reached them. Apache
+    # Kafka answers offsets-for-times, so neither instance read it at all; tansu answers
+    # none, so each read it from the partition's start and skipped it.
+    replayed = sample("vitals_processor_replayed_records_total") - replayed_before
     skipped = sample("vitals_processor_skipped_records_total", reason="beyond_horizon")
-    assert skipped - skipped_before == 2
+    assert (replayed, skipped - skipped_before) in {(2, 0), (3, 2)}
 
 
 async def test_a_failed_replay_set_up_stops_the_processor(own: Settings) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 from prometheus_client import REGISTRY
 
@@ -23,7 +23,7 @@ from sinks.alerts.runner import STAGE, run_sink
 from sinks.alerts.store import row_of
 from sinks.pgtime import to_ms
 from tests.polling import WAIT_S, until
-from vitals import contract, localinfra
+from vitals import contract, kafka, localinfra
 from vitals.errors import ContractError
 from vitals.settings import Settings
 
@@ -158,7 +158,7 @@ async def _read_all(settings: Settings, name: str) -> list[ConsumerRecord]:
     )
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        parts = await kafka.partitions(consumer, topic)
         ends = await consumer.end_offsets(parts)
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
@@ -185,10 +185,10 @@ async def _group_offsets(settings: Settings) -> AsyncIterator[Callable[[], Any]]
 
     async def committed() -> dict[int, int]:
         found = {}
-        for partition in reader.partitions_for_topic(topic) or ():
-            offset = await reader.committed(TopicPartition(topic, partition))
+        for tp in await kafka.partitions(reader, topic):
+            offset = await reader.committed(tp)
             if offset is not None and offset >= 0:
-                found[partition] = offset
+                found[tp.partition] = offset
         return found
 
     try:

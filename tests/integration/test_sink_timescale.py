@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from prometheus_client import REGISTRY
 
@@ -28,7 +28,7 @@ from sinks.timescale.rows import rows_of
 from sinks.timescale.runner import STAGE, run_sink
 from sinks.timescale.writer import ReadingsWriter, copy_then_upsert
 from tests.polling import WAIT_S, until
-from vitals import contract, localinfra
+from vitals import contract, kafka, localinfra
 from vitals.errors import ConfigError, ContractError
 from vitals.settings import Settings
 
@@ -74,7 +74,7 @@ async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        parts = await kafka.partitions(consumer, topic)
         ends = await consumer.end_offsets(parts)
         return {tp.partition: offset for tp, offset in ends.items() if offset}
     finally:
@@ -97,10 +97,10 @@ async def _group_offsets(settings: Settings, group: str) -> AsyncIterator[AIOKaf
 
 async def _committed(reader: AIOKafkaConsumer, topic: str) -> dict[int, int]:
     committed = {}
-    for partition in reader.partitions_for_topic(topic) or ():
-        offset = await reader.committed(TopicPartition(topic, partition))
+    for tp in await kafka.partitions(reader, topic):
+        offset = await reader.committed(tp)
         if offset is not None and offset >= 0:
-            committed[partition] = offset
+            committed[tp.partition] = offset
     return committed
 
 
