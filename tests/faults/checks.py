@@ -15,10 +15,9 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import TopicPartition
 
 from tests.faults.load import Ledger
-from vitals import contract
+from vitals import contract, kafka
 from vitals.settings import Settings
 
 Key = tuple[str, str, int]  # patient, metric, event time ms
@@ -53,14 +52,7 @@ class TopicReader:
 
     async def start(self) -> None:
         await self.consumer.start()
-        partitions = self.consumer.partitions_for_topic(self.topic) or set()
-        for _ in range(50):
-            if partitions:
-                break
-            await asyncio.sleep(0.1)
-            await self.consumer._client.force_metadata_update()  # noqa: SLF001
-            partitions = self.consumer.partitions_for_topic(self.topic) or set()
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        tps = await kafka.partitions(self.consumer, self.topic)
         self.consumer.assign(tps)
         await self.consumer.seek_to_beginning(*tps)
 
@@ -90,8 +82,7 @@ async def lag(settings: Settings) -> dict[str, int]:
         out: dict[str, int] = {}
         for group, topic in consumed:
             name = settings.topic(topic)
-            partitions = ends.partitions_for_topic(name) or set()
-            tps = [TopicPartition(name, p) for p in partitions]
+            tps = await kafka.partitions(ends, name)
             end = await ends.end_offsets(tps)
             committed = await admin.list_consumer_group_offsets(group, partitions=tps)
             total = 0

@@ -1,10 +1,10 @@
 """The fault suite's own infrastructure and pipeline, shared by its scenarios.
 
-Its own tansu broker and PostgreSQL cluster (it freezes and restarts them), one database,
+Its own broker and PostgreSQL cluster (it freezes and restarts them), one database,
 one topic prefix, and one pipeline of `vitals` processes that every scenario starts from
 (a scenario restarts whatever the previous one left stopped). Results are collected per
-scenario and written to .local/faults/results.json, and docs/faults.md is regenerated
-when every scenario ran.
+scenario and written to .local/faults/results.json, with the report beside it
+(.local/faults/faults.md) when every scenario ran; `make faults-report` publishes it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from sinks.timescale.migrate import migrate
+from tests.conftest import test_broker_kind
 from tests.faults import report
 from tests.faults.checks import TopicReader, Verdict
 from tests.faults.infra import Broker, PrivatePostgres
@@ -32,6 +33,7 @@ LOGS = ROOT / ".local" / "faults"
 # Every scenario in docs/faults.md; the document is regenerated only when all ran.
 SCENARIOS: list[str] = []
 RESULTS: dict[str, Verdict] = {}
+BROKER: list[str] = []  # what the session's broker was, for the report
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -48,7 +50,11 @@ def fault_logs() -> Path:
 
 @pytest.fixture(scope="session")
 def broker(fault_logs: Path) -> Iterator[Broker]:
-    b = Broker(fault_logs / "tansu.log")
+    """Apache Kafka as production runs it, three brokers (topics replicated three times,
+    two in sync for a write), so that brokers can fail; tansu has one node only."""
+    kind, _ = test_broker_kind()
+    b = Broker(fault_logs / "broker", size=3 if kind == "kafka" else 1)
+    BROKER.append(b.describe())
     yield b
     b.stop()
 
@@ -69,6 +75,7 @@ async def fault_settings(broker: Broker, postgres: PrivatePostgres) -> Settings:
         database_url=url,
         topic_prefix=f"f{uuid.uuid4().hex[:6]}.",
         topic_partitions=3,
+        topic_replication=len(broker.nodes),
         gateway_port=localinfra.free_port(),
         migrate_on_start=False,
     )
@@ -127,6 +134,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     merged = {r["scenario"]: r for r in previous}
     merged.update({name: v.as_dict() for name, v in RESULTS.items()})
     ordered = [merged[name] for name in SCENARIOS if name in merged]
-    path.write_bytes(orjson.dumps({"results": ordered}, option=orjson.OPT_INDENT_2))
+    doc = {"broker": BROKER[0] if BROKER else "", "results": ordered}
+    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     if set(SCENARIOS) <= RESULTS.keys():
-        report.write([RESULTS[name].as_dict() for name in SCENARIOS])
+        report.write([RESULTS[name].as_dict() for name in SCENARIOS], doc["broker"])

@@ -51,6 +51,7 @@ class Upload:
     invalid: list[tuple[str, int]]  # readings the gateway must reject
     attempts: list[int] = field(default_factory=list)  # status per attempt, NO_ANSWER = 0
     answered_after_s: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)  # time.monotonic() of each attempt
 
     @property
     def device(self) -> str:
@@ -210,6 +211,7 @@ class LoadGenerator:
             status = NO_ANSWER
         upload.attempts.append(status)
         upload.answered_after_s.append(time.monotonic() - sent)
+        upload.sent_at.append(sent)
         return status
 
     async def _refused_upload(self, client: httpx.AsyncClient, start_ms: int) -> None:

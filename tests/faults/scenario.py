@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from tests.faults.checks import TopicReader, Verdict, settle
 from tests.faults.conftest import record
@@ -17,6 +18,7 @@ from vitals.settings import Settings
 # few seconds after an outage; 60 s leaves room for this shared 2-core machine.
 RECOVERY_BOUND_S = 60.0
 
+T = TypeVar("T")
 Injection = Callable[[], Awaitable[float]]  # returns time.monotonic() when it ended
 
 
@@ -64,9 +66,9 @@ async def run(
     return verdict, generator
 
 
-async def in_thread(fn: Callable[..., object], *args: object) -> None:
+async def in_thread(fn: Callable[..., T], *args: object) -> T:
     """Process control blocks (waits on processes, polls /readyz): keep the load going."""
-    await asyncio.to_thread(fn, *args)
+    return await asyncio.to_thread(fn, *args)
 
 
 async def restart(stages: Stages, name: str) -> float:

@@ -3,7 +3,7 @@
     python -m tests.faults.soak [--minutes 10] [--patients 50] [--interval 1.0]
     make soak
 
-Starts its own tansu broker and PostgreSQL cluster and the four `vitals` processes,
+Starts its own broker and PostgreSQL cluster and the four `vitals` processes,
 posts `patients / interval` uploads per second (24 readings each: heart rate and SpO2
 every 5 s of event time; every second patient with a desaturation), and every
 `--sample` seconds prints and records each process's resident memory, every consumer
@@ -70,7 +70,7 @@ async def soak(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     logs = OUT / f"logs-{stamp}"
     logs.mkdir()
-    broker = Broker(logs / "tansu.log")
+    broker = Broker(logs / "broker")
     pg = PrivatePostgres()
     stages: Stages | None = None
     try:
@@ -100,7 +100,7 @@ async def soak(args: argparse.Namespace) -> int:
         )
         load = asyncio.create_task(generator.run())
         pids = {name: stages.pid(name) for name in BASELINE}
-        pids["tansu"] = broker.proc.pid
+        pids["broker"] = broker.nodes[0].pid
         pids["postgres"] = _postmaster_pid(pg)
         samples: list[dict] = []
         started = time.monotonic()

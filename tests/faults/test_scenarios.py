@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import TopicPartition
 
 from tests.faults.checks import TopicReader
 from tests.faults.conftest import SCENARIOS
@@ -24,7 +23,7 @@ from tests.faults.load import LoadPlan
 from tests.faults.scenario import after, in_thread, nothing, restart, run
 from tests.faults.stages import Stages
 from tests.polling import until
-from vitals import contract
+from vitals import contract, kafka
 from vitals.settings import Settings
 
 pytestmark = pytest.mark.faults
@@ -371,7 +370,7 @@ async def _redeliver(settings: Settings, topic: str, prefix: str) -> int:
     await producer.start()
     try:
         name = settings.topic(topic)
-        tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+        tps = await kafka.partitions(consumer, name)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)

@@ -16,7 +16,6 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import TopicPartition
 
 from tests.faults.checks import TopicReader, stored_counts
 from tests.faults.conftest import SCENARIOS
@@ -24,7 +23,7 @@ from tests.faults.infra import Broker
 from tests.faults.load import NO_ANSWER, LoadPlan
 from tests.faults.scenario import after, restart, run
 from tests.faults.stages import Stages
-from vitals import contract
+from vitals import contract, kafka
 from vitals.settings import Settings
 
 pytestmark = pytest.mark.faults
@@ -109,7 +108,7 @@ async def _commit_matches_database(settings: Settings, prefix: str) -> tuple[int
     await admin.start()
     await reader.start()
     try:
-        tps = [TopicPartition(topic, p) for p in reader.partitions_for_topic(topic) or ()]
+        tps = await kafka.partitions(reader, topic)
         committed = await admin.list_consumer_group_offsets(settings.sink_group, partitions=tps)
         limits = {tp: committed[tp].offset if tp in committed else 0 for tp in tps}
         ends = await reader.end_offsets(tps)
