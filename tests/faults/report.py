@@ -108,14 +108,23 @@ NOTES = """
   one upload (24 readings) per patient every 0.8 s, each upload covering one minute of
   event time; each patient's gateway retries an unanswered or 5xx upload every 0.5 s for
   up to 60 s, alternately with and without an `Idempotency-Key`.
-- **Recovery bound: 60 s.** A consumer restarted after `kill -9` on tansu waits out its
-  dead member's session (10 s) before the group rebalances; a sink backs off up to a few
-  seconds after a database outage. Recovery is measured from the end of the injection
-  (the restart command, the SIGCONT, the `pg_ctl start`); for the reference and the
-  retrying client, from the start of the load.
-- **Broker.** tansu keeps messages in memory only: killing it loses everything, a limit
-  of the test broker, not of the pipeline; so the broker is frozen (SIGSTOP/SIGCONT).
-  Against Apache Kafka a broker restart is the same as a longer freeze to the clients.
+- **Recovery bound: 60 s.** A consumer restarted after `kill -9` waits out its dead
+  member's session (10 s) before the group rebalances; a killed broker node keeps its
+  leaderships until the controller fences it (its 9 s session with the controller); a
+  sink backs off up to a few seconds after a database outage. Recovery is measured from
+  the end of the injection (the restart command, the SIGCONT, the `pg_ctl start`, every
+  replica back in sync); for the reference and the retrying client, from the start of the
+  load.
+- **Broker.** On Apache Kafka the suite runs a cluster of three combined nodes (broker and
+  controller voter each), topics replicated three times with `min.insync.replicas` 2 and
+  idempotent producers with `acks=all`: the rows named *broker:* kill, freeze and restart
+  its nodes. *broker frozen* freezes every node at once (the whole cluster unreachable).
+  On tansu (no Java) the suite has one node that keeps messages in memory only, so it is
+  frozen, never killed, and the *broker:* rows do not run.
+- **Two of three down.** With `min.insync.replicas` 2 a write needs two brokers: every
+  upload sent while two nodes were down (from the produce timeout after the kill until
+  the restart) is checked to be `503`, never `202`, and everything answered `202` before
+  and after is stored once.
 - **A 503 is "unknown", not "not stored".** In the frozen-broker row, patients without
   an injected event do not retry: their uploads answered 503 stay *unknown* in the
   ledger. The bytes of such an upload were already on the socket to the broker; when it
@@ -133,10 +142,10 @@ NOTES = """
   (`sinks/alerts/recovery.py`); `tests/integration/test_sink_alerts.py` holds the sink in
   that window on purpose (a trigger refuses the marking), stops it there and starts
   another: one publication. `kill -9` here is at a random moment.
-- **Leaving the group.** tansu keeps a stopped member listed, so "the consumer left the
-  group" cannot be observed from outside here; the SIGTERM rows show instead that every
-  consumer exits 0 after finishing its batch, and (readings sink) that everything below
-  its committed offsets is in the database at the moment it exits.
+- **Leaving the group.** Every consumer leaves its group on SIGTERM (LeaveGroup), so its
+  partitions move at once; the SIGTERM rows show that every consumer exits 0 after
+  finishing its batch, and (readings sink) that everything below its committed offsets is
+  in the database at the moment it exits.
 - **Backpressure.** The readings sink writes one batch at a time, so while the table is
   locked it polls nothing new: the backlog waits in Kafka (lag grows) and the sink's
   memory stays within its fetch buffer and one batch. The gateway does not depend on the

@@ -13,9 +13,10 @@ from tests.faults.load import LoadGenerator, LoadPlan, Upload
 from tests.faults.stages import Stages
 from vitals.settings import Settings
 
-# The bound on recovery the suite states: tansu makes a restarted consumer wait out its
-# old member's session (10 s) before the group rebalances, and a sink backs off up to a
-# few seconds after an outage; 60 s leaves room for this shared 2-core machine.
+# The bound on recovery the suite states: a consumer restarted after kill -9 waits out its
+# old member's session (10 s) before the group rebalances, a broker node killed holds its
+# leaderships until the controller fences it (its 9 s session), and a sink backs off up
+# to a few seconds after an outage; 60 s leaves room for this shared 2-core machine.
 RECOVERY_BOUND_S = 60.0
 
 T = TypeVar("T")

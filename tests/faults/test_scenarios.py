@@ -147,7 +147,7 @@ async def test_broker_frozen_longer_than_produce_timeout(
 
     verdict, generator = await run(
         "broker frozen 5 s",
-        "tansu SIGSTOP at 3 s for 5 s (produce timeout 2 s), then SIGCONT; "
+        "every broker node SIGSTOP at 3 s for 5 s (produce timeout 2 s), then SIGCONT; "
         "patients without an event do not retry (their failures stay unknown)",
         pipeline,
         fault_settings,
@@ -189,7 +189,7 @@ async def test_gateway_killed_while_broker_frozen(
 
     verdict, _ = await run(
         "broker frozen, gateway killed meanwhile",
-        "tansu SIGSTOP at 3 s; gateway SIGKILL 2.5 s later; SIGCONT; gateway restarted",
+        "every broker node SIGSTOP at 3 s; gateway SIGKILL 2.5 s later; SIGCONT; gateway restarted",
         pipeline,
         fault_settings,
         alert_topic,

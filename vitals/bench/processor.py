@@ -41,16 +41,13 @@ class Drain:
 
 async def fill(settings: Settings, uploads: int, patients: int) -> dict[TopicPartition, int]:
     """Create the topics (the input with explicit retention configs, which Quix needs on
-    tansu) and fill the input; returns each partition's end offset."""
+    tansu, and more partitions) and fill the input; returns each partition's end offset."""
     topic = settings.topic(contract.READINGS)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        configs = {
-            **kafka.topic_configs(settings),
-            "retention.ms": str(7 * 24 * 3600 * 1000),
-            "retention.bytes": "-1",
-        }
+        # retention.bytes too: Quix reads it, and tansu does not report its default.
+        configs = {**kafka.topic_configs(settings, contract.READINGS), "retention.bytes": "-1"}
         await admin.create_topics([NewTopic(topic, PARTITIONS, 1, topic_configs=configs)])
     finally:
         await admin.close()

@@ -108,6 +108,7 @@ class Results:
             f"- date: {m.get('date')}",
             f"- machine: {m.get('cores')} cores, {m.get('memory_gib')} GiB, "
             f"{m.get('cpu_model')}; Python {m.get('python')}",
+            f"- broker: {m.get('broker')} (rows marked (tansu): the same scenario on tansu)",
             f"- load average before the run: {m.get('load_before')}; "
             f"shared with other work: {'yes' if m.get('shared') else 'no'}",
             "",

@@ -5,6 +5,7 @@ bench/results/ (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import signal
@@ -22,10 +23,11 @@ from vitals.bench import (
     machine,
     processor,
     profile,
+    replay,
     sink,
     storage,
 )
-from vitals.bench.infra import infrastructure
+from vitals.bench.infra import Infra, infrastructure
 from vitals.bench.options import PEER_SCENARIOS
 from vitals.bench.report import Results
 
@@ -131,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
         if "export" in args.only:
             _say(f"export: peak memory of vitals export, {len(export_rows)} ranges")
             results.rows += export.run(infra, export_rows, results.notes)
+        results.machine["broker"] = infra.broker
+        _side_by_side(args, plan, reps, infra, logs, results)
     load_after = machine.load_average()
     results.machine["load_after"] = round(load_after, 2)
     results.machine["duration_s"] = round(time.monotonic() - started)
@@ -151,6 +155,37 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"written: {json_path}, {md_path} (and latest-{mode}.*)")
     return 0
+
+
+def _side_by_side(
+    args: argparse.Namespace, plan: Plan, reps: int, infra: Infra, logs: Path, results: Results
+) -> None:
+    """The broker-bound scenarios again on tansu, in the same run and while the Kafka of
+    `infra` still runs: the figures a user of `make run` without Java sees, beside those
+    on the broker production runs, and the replay on restart on both."""
+    chosen = {"gateway", "e2e", "replay"} & set(args.only)
+    if not chosen:
+        return
+    if not infra.broker.startswith("Apache Kafka"):
+        results.notes.append(
+            "the broker was tansu: no side-by-side broker rows and no replay comparison "
+            "(they need Apache Kafka: Java 17+)"
+        )
+        return
+    with infrastructure(logs / "tansu", broker_kind="tansu") as on_tansu:
+        tansu_rows = []
+        if "gateway" in chosen:
+            _say("gateway on tansu")
+            tansu_rows += gateway.run(on_tansu, reps, plan.load, [])
+        if "e2e" in chosen:
+            _say("end to end on tansu")
+            tansu_rows += e2e.run(on_tansu, plan.e2e, plan.e2e_reps)
+        results.rows += [
+            dataclasses.replace(row, scenario=f"{row.scenario} (tansu)") for row in tansu_rows
+        ]
+        if "replay" in chosen:
+            _say("replay on restart: Apache Kafka vs tansu, the same history")
+            results.rows += replay.run(infra, on_tansu, min(reps, 2))
 
 
 def _profiles(results: Results, stage: str, folded: str, out: Path) -> None:
