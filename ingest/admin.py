@@ -7,6 +7,7 @@ the other replicas see it within `registry_refresh_s`.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -19,7 +20,11 @@ from ingest import registry_store
 from ingest.auth import Authenticator
 from ingest.problems import json_response
 from ingest.refresher import RegistryCache
-from ingest.validation import identifier_problem
+from vitals.bounds import identifier_problem
+from vitals.logs import exception_fields
+
+log = logging.getLogger(__name__)
+
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -62,8 +67,13 @@ async def _pool(request: Request) -> asyncpg.Pool:
 
 
 async def _changed(request: Request, pool: asyncpg.Pool) -> Response:
+    """204 once the change is committed, whatever this replica's reload does: a reload that
+    fails is logged and counted (ingest/refresher.py) and tried again by the refresher."""
     registry: RegistryCache = request.app.state.registry
-    await registry.refresh(pool)
+    try:
+        await registry.refresh(pool)
+    except Exception as exc:  # noqa: BLE001 - committed already: never a 500 after that
+        log.error("registry reload after an admin change failed", extra=exception_fields(exc))
     return Response(status_code=204)
 
 

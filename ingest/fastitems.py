@@ -20,6 +20,7 @@ from typing import Annotated, Literal, Union
 
 import msgspec
 
+from vitals.bounds import EARLIEST_MS, LATEST_MS
 from vitals.catalog import METRICS, Metric, identity
 from vitals.contract import Row
 
@@ -87,6 +88,7 @@ def fast_upload(
     items = upload.readings
     if not items or len(items) > max_readings:
         return None
+    latest_ms = min(latest_ms, LATEST_MS - 1)  # the accepted range (vitals/bounds.py)
     times: dict[str, int] = {}  # t as sent -> ms: a device's readings share instants
     rows: list[Row] = []
     append = rows.append
@@ -115,9 +117,10 @@ def fast_upload(
                         + d.seconds * 1000
                         + (base_sub_ms + d.microseconds) // 1000
                     )
+                # Checked once per distinct t: every time in `times` is in range.
+                if not EARLIEST_MS <= t_ms <= latest_ms:
+                    return None
                 times[t] = t_ms
-            if t_ms > latest_ms:
-                return None
             name, unit, scaled = _KINDS[type(item)]
             value = item.v
             if scaled is not None:

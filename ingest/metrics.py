@@ -139,6 +139,19 @@ REGISTRY_LOADED_AT = Gauge(
     "vitals_gateway_registry_loaded_timestamp_seconds",
     "When the registry in memory was last loaded (0: never; it serves the last good copy)",
 )
+REGISTRY_AGE = Gauge(
+    "vitals_registry_age_seconds",
+    "Age of the registry in memory (gateway: keys and devices; reader: reader keys), from"
+    " its last load, or from start while never loaded; /readyz is 503 past"
+    " VITALS_REGISTRY_MAX_AGE_S",
+    ["registry"],
+)
+REGISTRY_ROWS_SKIPPED = Counter(
+    "vitals_registry_rows_skipped_total",
+    "Registry rows not loaded because a time in them is outside the accepted range (a row"
+    " written behind the API's back), by table; the rest of the registry loads",
+    ["table"],
+)
 AUDIT_RECORDS = Counter(
     "vitals_gateway_audit_records_total",
     "Audit records by fate (written, dropped: the queue was full while the database was down)",

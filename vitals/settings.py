@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # Needs gateway_registry. A deployment turns both on (docs/security.md).
     require_device_registry: bool = False
     registry_refresh_s: float = 10.0
+    # /readyz answers 503 while the registry in memory is older than this (its reloads
+    # failing or stopped): 0 means 3 reloads' worth, 3 * registry_refresh_s.
+    registry_max_age_s: float = 0.0
     rate_limit_per_s: float = 50.0  # per gateway and replica; 0 = no limit
     rate_limit_burst: int = 200
     # The request line and headers must arrive within header_timeout_s of the connection
@@ -163,6 +166,10 @@ class Settings(BaseSettings):
         if set(self.credentials()) & set(self.readers()):
             raise ValueError("a reader token must not also be a gateway token")
         return self
+
+    def registry_age_bound_s(self) -> float:
+        """How old the registry in memory may grow before /readyz turns 503."""
+        return self.registry_max_age_s or 3 * self.registry_refresh_s
 
     def credentials(self) -> dict[str, str]:
         """token -> gateway id."""

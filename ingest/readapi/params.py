@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from ingest.errors import Malformed
-from ingest.validation import MAX_ID_CHARS
+from vitals.bounds import MAX_ID_CHARS
 from vitals.catalog import METRICS
 
 RESOLUTIONS = ("raw", "1m", "1h", "auto")

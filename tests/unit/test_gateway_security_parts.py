@@ -21,8 +21,8 @@ from ingest.registry import (
     with_env_credentials,
 )
 from ingest.server import tls_options
-from ingest.validation import identifier_problem
 from vitals import contract
+from vitals.bounds import identifier_problem
 from vitals.errors import ConfigError
 from vitals.kafka import security_options
 from vitals.settings import Settings
