@@ -12,12 +12,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
+import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 from starlette.responses import Response
 
 from ingest import registry_store
 from ingest.auth import Authenticator
+from ingest.jsonkeys import refuse_repeated_keys
 from ingest.problems import json_response
 from ingest.refresher import RegistryCache
 from vitals.bounds import identifier_problem
@@ -26,7 +28,20 @@ from vitals.logs import exception_fields
 log = logging.getLogger(__name__)
 
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+async def _unique_keys(request: Request) -> None:
+    """A body that repeats a key is 400 malformed_json, as at the upload door: FastAPI's
+    parser (json) would keep the last value without a word (ingest/jsonkeys.py)."""
+    raw = await request.body()  # read and kept already by FastAPI for the body model
+    if not raw:
+        return
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return  # FastAPI answers it (400 invalid_request, json_invalid)
+    refuse_repeated_keys(raw, doc)
+
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(_unique_keys)])
 
 
 def _checked(value: str) -> str:

@@ -19,6 +19,7 @@ import orjson
 
 from ingest.errors import Malformed, NothingValid, TooLarge
 from ingest.fastitems import fast_upload
+from ingest.jsonkeys import refuse_repeated_keys
 from vitals.bounds import epoch_ms, identifier_problem, ms_problem
 from vitals.catalog import METRICS, Metric
 from vitals.contract import Reading, Row
@@ -78,6 +79,7 @@ def checked_upload(body: bytes, *, latest_ms: int, max_readings: int) -> Batch:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Malformed("malformed_json", f"body is not valid JSON: {exc}") from None
+    refuse_repeated_keys(body, doc)
     if not isinstance(doc, dict):
         raise Malformed("not_an_object", f"body must be a JSON object, not {_kind(doc)}")
     device_id = _identifier(doc, "device_id")
