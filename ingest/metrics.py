@@ -42,7 +42,8 @@ READINGS_REJECTED = Counter(
 HTTP_REFUSALS = Counter(
     "vitals_http_refusals_total",
     "Requests refused by the HTTP layer before the app (ingest/protocol.py), by code: "
-    "malformed_http, headers_too_large, header_timeout, body_timeout, too_many_connections",
+    "malformed_http, bad_host, unsupported_transfer_coding, headers_too_large, header_timeout,"
+    " body_timeout, too_many_connections",
     ["code"],
 )
 PRODUCE_SECONDS = Histogram(
