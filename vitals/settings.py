@@ -8,6 +8,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vitals.bounds import identifier_problem
+
 # The credential that `make run`'s simulator uses; documented in the README.
 LOCAL_GATEWAY_ID = "gw-local"
 LOCAL_GATEWAY_TOKEN = "local-dev-token"
@@ -191,5 +193,8 @@ def parse_credentials(value: str, kind: str = "gateway") -> dict[str, str]:
             raise ValueError(
                 f"{kind} credentials must be '{kind}_id:token' pairs with tokens of 8+ characters"
             )
+        problem = identifier_problem(principal)  # the same grammar as issued keys' names
+        if problem is not None:
+            raise ValueError(f"{kind} id {principal[:40]!r} in the credentials {problem}")
         tokens[token] = principal
     return tokens

@@ -203,6 +203,8 @@ def test_invisible_reordering_or_unnormalised_identifiers_are_refused(value: obj
         {"require_device_registry": True},
         {"gateway_tls_certfile": "cert.pem"},
         {"gateway_tls_client_ca": "ca.pem"},
+        {"gateway_credentials": "gw/1:a-long-token"},  # ids follow one grammar everywhere
+        {"reader_credentials": "reader\u202e:a-long-token"},
     ],
 )
 def test_inconsistent_security_settings_are_refused(fields: dict[str, object]) -> None:
