@@ -7,21 +7,41 @@ the other replicas see it within `registry_refresh_s`.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
+import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 from starlette.responses import Response
 
 from ingest import registry_store
 from ingest.auth import Authenticator
+from ingest.jsonkeys import refuse_repeated_keys
 from ingest.problems import json_response
 from ingest.refresher import RegistryCache
-from ingest.validation import identifier_problem
+from vitals.bounds import identifier_problem
+from vitals.logs import exception_fields
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+log = logging.getLogger(__name__)
+
+
+async def _unique_keys(request: Request) -> None:
+    """A body that repeats a key is 400 malformed_json, as at the upload door: FastAPI's
+    parser (json) would keep the last value without a word (ingest/jsonkeys.py)."""
+    raw = await request.body()  # read and kept already by FastAPI for the body model
+    if not raw:
+        return
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return  # FastAPI answers it (400 invalid_request, json_invalid)
+    refuse_repeated_keys(raw, doc)
+
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(_unique_keys)])
 
 
 def _checked(value: str) -> str:
@@ -62,8 +82,13 @@ async def _pool(request: Request) -> asyncpg.Pool:
 
 
 async def _changed(request: Request, pool: asyncpg.Pool) -> Response:
+    """204 once the change is committed, whatever this replica's reload does: a reload that
+    fails is logged and counted (ingest/refresher.py) and tried again by the refresher."""
     registry: RegistryCache = request.app.state.registry
-    await registry.refresh(pool)
+    try:
+        await registry.refresh(pool)
+    except Exception as exc:  # noqa: BLE001 - committed already: never a 500 after that
+        log.error("registry reload after an admin change failed", extra=exception_fields(exc))
     return Response(status_code=204)
 
 

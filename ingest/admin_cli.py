@@ -74,7 +74,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             case (command, "issue") if command in KEY_COMMANDS:
                 expires = None
                 if args.expires_days is not None:
-                    expires = registry_store.now() + timedelta(days=args.expires_days)
+                    expires = _expiry(args.expires_days)
                 # The file first: a key must not be issued that could not be handed over.
                 key_file = _open_key_file(args.key_file) if args.key_file else None
                 key_id, key = await registry_store.issue_key(
@@ -97,16 +97,16 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             case ("devices", "register"):
                 await registry_store.register_device(
                     conn,
-                    _identifier(args.device_id),
-                    _identifier(args.patient),
-                    [_identifier(g) for g in args.gateway],
+                    args.device_id,
+                    args.patient,
+                    args.gateway,
                     since=args.since or registry_store.now(),
                     actor=actor,
                 )
                 print(f"registered {args.device_id}")
             case ("devices", "bind"):
                 await registry_store.bind_gateway(
-                    conn, args.device_id, _identifier(args.gateway_id), actor=actor
+                    conn, args.device_id, args.gateway_id, actor=actor
                 )
                 print(f"bound {args.gateway_id} to {args.device_id}")
             case ("devices", "unbind"):
@@ -118,7 +118,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 await registry_store.move_device(
                     conn,
                     args.device_id,
-                    _identifier(args.patient),
+                    args.patient,
                     since=args.since or registry_store.now(),
                     actor=actor,
                 )
@@ -146,13 +146,12 @@ def _open_key_file(path: str) -> TextIO:
     return os.fdopen(fd, "w", encoding="utf-8")
 
 
-def _identifier(value: str) -> str:
-    from ingest.validation import identifier_problem
-
-    problem = identifier_problem(value)
-    if problem is not None:
-        raise ConfigError(f"identifier {value!r} {problem}")
-    return value
+def _expiry(days: float) -> datetime:
+    """Now + `days`; a number of days past the calendar is refused like a far date."""
+    try:
+        return registry_store.now() + timedelta(days=days)
+    except OverflowError:
+        raise ConfigError(f"--expires-days {days:g} is beyond the accepted range") from None
 
 
 def _moment(text: str) -> datetime:

@@ -6,6 +6,7 @@ exist together or not at all. Keys are returned in clear exactly once, by `issue
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -13,15 +14,56 @@ from typing import Any
 import asyncpg
 import orjson
 
-from ingest import keys
-from ingest.errors import NotFound, RegistryConflict
+from ingest import keys, metrics
+from ingest.errors import Malformed, NotFound, RegistryConflict
 from ingest.registry import Binding, Credential, Device, Snapshot
+from vitals import bounds
+
+log = logging.getLogger(__name__)
 
 KINDS = ("gateway", "admin", "reader")
 
 
-def _ms(moment: datetime | None) -> int | None:
-    return None if moment is None else int(moment.timestamp() * 1000)
+class _Unloadable(Exception):
+    """A stored time outside the accepted range (vitals/bounds.py): `-infinity`,
+    `infinity`, a NULL where one is needed, year 1. Only SQL behind the API's back writes
+    one; the row is skipped so that the rest of the registry still loads."""
+
+
+def _ms(moment: datetime | None) -> int:
+    # asyncpg reads +-infinity as datetime.max and datetime.min: outside the range too.
+    if moment is None or moment.tzinfo is None or bounds.time_problem(moment) is not None:
+        raise _Unloadable
+    return bounds.epoch_ms(moment)
+
+
+def _optional_ms(moment: datetime | None) -> int | None:
+    return None if moment is None else _ms(moment)
+
+
+def _skipped(table: str, **ids: str) -> None:
+    """Count and log a row left out: by device or key id, never the patient's."""
+    metrics.REGISTRY_ROWS_SKIPPED.labels(table).inc()
+    log.warning(
+        "registry row skipped: a time in it is outside the accepted range",
+        extra={"table": table, **ids},
+    )
+
+
+def checked_time(name: str, moment: datetime) -> datetime:
+    """`moment` if it is in the accepted range; else Malformed (400), before any write."""
+    problem = bounds.time_problem(moment)
+    if problem is not None:
+        raise Malformed("bad_time", f"{name} {problem}")
+    return moment
+
+
+def checked_id(name: str, value: str) -> str:
+    """`value` if it follows the identifier grammar; else Malformed (400)."""
+    problem = bounds.identifier_problem(value)
+    if problem is not None:
+        raise Malformed("bad_identifier", f"{name} {value[:40]!r} {problem}")
+    return value
 
 
 async def load(conn: asyncpg.Connection) -> Snapshot:
@@ -41,9 +83,14 @@ async def load(conn: asyncpg.Connection) -> Snapshot:
     bindings: dict[str, list[Binding]] = {r["device_id"]: [] for r in device_rows}
     gateways: dict[str, set[str]] = {r["device_id"]: set() for r in device_rows}
     for r in binding_rows:
-        bindings[r["device_id"]].append(
-            Binding(r["patient_id"], _ms(r["valid_from"]) or 0, _ms(r["valid_to"]))
-        )
+        try:
+            binding = Binding(r["patient_id"], _ms(r["valid_from"]), _optional_ms(r["valid_to"]))
+        except _Unloadable:
+            # Without this binding the device is not this patient's: uploads are refused
+            # (403), never attributed by a guessed time.
+            _skipped("device_patients", device_id=r["device_id"])
+            continue
+        bindings[r["device_id"]].append(binding)
     for r in gateway_rows:
         gateways[r["device_id"]].add(r["gateway_id"])
     devices = {
@@ -64,16 +111,18 @@ async def load_readers(conn: asyncpg.Connection) -> Snapshot:
 
 
 def _credentials(rows: Iterable[asyncpg.Record]) -> dict[bytes, Credential]:
-    return {
-        bytes(r["key_sha256"]): Credential(
-            r["key_id"],
-            r["kind"],
-            r["principal"],
-            _ms(r["expires_at"]),
-            r["revoked_at"] is not None,
+    """Keys by digest; a key whose expiry cannot be read is left out (it opens nothing)."""
+    credentials = {}
+    for r in rows:
+        try:
+            expires_ms = _optional_ms(r["expires_at"])
+        except _Unloadable:
+            _skipped("api_keys", key_id=r["key_id"])
+            continue
+        credentials[bytes(r["key_sha256"])] = Credential(
+            r["key_id"], r["kind"], r["principal"], expires_ms, r["revoked_at"] is not None
         )
-        for r in rows
-    }
+    return credentials
 
 
 async def _audit(
@@ -100,8 +149,9 @@ async def issue_key(
     """(key_id, key); the principal's other keys stay valid (rotation: issue, deploy, revoke)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    if not principal or len(principal) > 128:
-        raise RegistryConflict("bad_principal", "the name must be 1 to 128 characters")
+    checked_id("the name", principal)
+    if expires_at is not None:
+        checked_time("the expiry", expires_at)
     key_id, key = keys.new_key()
     async with conn.transaction():
         await conn.execute(
@@ -153,7 +203,11 @@ async def register_device(
     since: datetime,
     actor: tuple[str, str],
 ) -> None:
-    gateway_ids = sorted(set(gateways))
+    # Everything checked before the transaction: a change is refused whole (400) or made.
+    checked_id("device_id", device_id)
+    checked_id("patient_id", patient_id)
+    gateway_ids = sorted({checked_id("gateway_id", g) for g in gateways})
+    checked_time("since", since)
     async with conn.transaction():
         created = await conn.fetchval(
             "INSERT INTO devices (device_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1",
@@ -183,6 +237,7 @@ async def register_device(
 async def bind_gateway(
     conn: asyncpg.Connection, device_id: str, gateway_id: str, *, actor: tuple[str, str]
 ) -> None:
+    checked_id("gateway_id", gateway_id)
     async with conn.transaction():
         await _require_device(conn, device_id)
         await conn.execute(
@@ -220,6 +275,8 @@ async def move_device(
     actor: tuple[str, str],
 ) -> None:
     """The device is `patient_id`'s from `since`; the binding before it ends there."""
+    checked_id("patient_id", patient_id)
+    checked_time("since", since)
     async with conn.transaction():
         await _require_device(conn, device_id)
         current = await conn.fetchrow(

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vitals.bounds import identifier_problem
+
 # The credential that `make run`'s simulator uses; documented in the README.
 LOCAL_GATEWAY_ID = "gw-local"
 LOCAL_GATEWAY_TOKEN = "local-dev-token"
@@ -57,6 +59,9 @@ class Settings(BaseSettings):
     # Needs gateway_registry. A deployment turns both on (docs/security.md).
     require_device_registry: bool = False
     registry_refresh_s: float = 10.0
+    # /readyz answers 503 while the registry in memory is older than this (its reloads
+    # failing or stopped): 0 means 3 reloads' worth, 3 * registry_refresh_s.
+    registry_max_age_s: float = 0.0
     rate_limit_per_s: float = 50.0  # per gateway and replica; 0 = no limit
     rate_limit_burst: int = 200
     # The request line and headers must arrive within header_timeout_s of the connection
@@ -167,6 +172,10 @@ class Settings(BaseSettings):
             raise ValueError("a reader token must not also be a gateway token")
         return self
 
+    def registry_age_bound_s(self) -> float:
+        """How old the registry in memory may grow before /readyz turns 503."""
+        return self.registry_max_age_s or 3 * self.registry_refresh_s
+
     def credentials(self) -> dict[str, str]:
         """token -> gateway id."""
         return parse_credentials(self.gateway_credentials)
@@ -187,5 +196,8 @@ def parse_credentials(value: str, kind: str = "gateway") -> dict[str, str]:
             raise ValueError(
                 f"{kind} credentials must be '{kind}_id:token' pairs with tokens of 8+ characters"
             )
+        problem = identifier_problem(principal)  # the same grammar as issued keys' names
+        if problem is not None:
+            raise ValueError(f"{kind} id {principal[:40]!r} in the credentials {problem}")
         tokens[token] = principal
     return tokens

@@ -17,6 +17,7 @@ from ingest.metrics import RequestMetrics
 from ingest.readapi import routes
 from ingest.refresher import RegistryCache
 from vitals.settings import Settings
+from vitals.supervise import supervise
 
 POOL_CONNECT_TIMEOUT_S = 5.0
 POOL_MAX = 10
@@ -35,7 +36,12 @@ REQUEST_SECONDS = Histogram(
 def create_app(settings: Settings) -> FastAPI:
     # Only reader keys: a gateway key or admin token is unknown here (the loader reads the
     # reader_keys view, the environment tokens are readers').
-    keys = RegistryCache(settings.readers(), kind="reader", load=registry_store.load_readers)
+    keys = RegistryCache(
+        settings.readers(),
+        kind="reader",
+        load=registry_store.load_readers,
+        max_age_s=settings.registry_age_bound_s(),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,7 +60,9 @@ def create_app(settings: Settings) -> FastAPI:
             },
         )
         app.state.pool = pool
-        reloads = asyncio.create_task(keys.run(pool, settings.registry_refresh_s))
+        reloads = supervise(
+            "reader-keys-refresh", lambda: keys.run(pool, settings.registry_refresh_s)
+        )
         try:
             yield
         finally:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from ingest.errors import Malformed
-from ingest.validation import MAX_ID_CHARS
+from vitals import bounds
 from vitals.catalog import METRICS
 
 RESOLUTIONS = ("raw", "1m", "1h", "auto")
@@ -28,9 +28,9 @@ DEFAULT_LIMIT = 1_000
 AUTO_RAW_UP_TO = timedelta(hours=6)
 AUTO_1M_UP_TO = timedelta(days=7)
 ALERT_STATES = ("opened", "resolved")
-# Open ends of an alerts range: the extremes PostgreSQL's timestamptz and Python share.
-EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
-LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+# Open ends of a range: the ends of the accepted range (vitals/bounds.py).
+EARLIEST = bounds.EARLIEST
+LATEST = bounds.LATEST
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 
@@ -53,8 +53,11 @@ def only(query: Mapping[str, Sequence[str]], allowed: Sequence[str]) -> dict[str
 
 
 def patient(patient_id: str) -> str:
-    if not patient_id or len(patient_id) > MAX_ID_CHARS:
-        raise Malformed("bad_patient_id", f"the patient id must be 1 to {MAX_ID_CHARS} characters")
+    """The path's patient id, if it follows the grammar every door checks (a NUL, say,
+    would otherwise reach PostgreSQL, which refuses it)."""
+    problem = bounds.identifier_problem(patient_id)
+    if problem is not None:
+        raise Malformed("bad_patient_id", f"the patient id {problem}")
     return patient_id
 
 
@@ -83,8 +86,9 @@ def moment(name: str, value: str | None) -> datetime:
             "bad_time",
             f"{name} is not an ISO 8601 time: {value[:40]!r} (send + as %2B in a URL)",
         ) from None
-    if parsed.tzinfo is None:
-        raise Malformed("bad_time", f"{name} needs an offset (Z or +hh:mm)")
+    problem = bounds.time_problem(parsed)
+    if problem is not None:  # checked before the shift to UTC, which overflows at the ends
+        raise Malformed("bad_time", f"{name} {problem}")
     return parsed.astimezone(UTC)
 
 

@@ -159,8 +159,8 @@ async def readyz(request: Request) -> Response:
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
         why = "the database is not reachable"
     else:
-        if not request.app.state.keys.current().loaded:
-            why = "the reader keys have not been loaded from the database yet"
+        if not request.app.state.keys.fresh():
+            why = "the reader keys have not been loaded from the database recently"
     if why is not None:
         retry = str(request.app.state.settings.retry_after_s)
         return problem_response(503, "not_ready", "Not ready", why, {"Retry-After": retry})

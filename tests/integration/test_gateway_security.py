@@ -340,7 +340,7 @@ def test_the_cli_issues_lists_and_revokes_keys(settings: Settings) -> None:
     (mine,) = [r for r in rows if r["key_id"] == key_id]
     assert mine["principal"] == gw and mine["revoked_at"] is not None
     for refused, why in (
-        (("gateways", "issue", ""), "1 to 128 characters"),
+        (("gateways", "issue", ""), "at most 128 characters"),
         (("devices", "register", "d\u202e1", "--patient", "p", "--gateway", gw), "invisible"),
         (("devices", "move", uid("dev"), "--patient", "p"), "not registered"),
     ):

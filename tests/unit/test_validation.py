@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingest.errors import GatewayError, Malformed, NothingValid, TooLarge
-from ingest.validation import MAX_ID_CHARS, validate_upload
+from ingest.validation import validate_upload
+from vitals.bounds import MAX_ID_CHARS
 from vitals.catalog import GLUCOSE_MG_DL_PER_MMOL_L, METRICS
 
 NOW = datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
