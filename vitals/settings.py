@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     # Per reader key and replica (docs/security.md#limits): requests (token bucket; 0 = off)
     # and rows returned per minute (0 = off).
     api_rate_limit_per_s: float = 20.0
-    api_rate_limit_burst: int = 100
+    api_rate_limit_burst: int = 200
     api_rows_per_minute: int = 300_000
     # HMAC key of the paging cursors; empty: a random key per process (one replica only).
     api_cursor_key: SecretStr = SecretStr("")
