@@ -183,6 +183,7 @@ async def test_keys_are_stored_only_as_sha256_digests(
         "created_at",
         "expires_at",
         "revoked_at",
+        "all_patients",  # a reader key's scope (0010)
     }
 
 
