@@ -1,4 +1,4 @@
-"""The admin API: the device registry, with admin tokens (never gateway keys).
+"""The admin API: the device registry and care teams, with admin tokens (never gateway keys).
 
 Served by the gateway when `gateway_registry` is on. Each change is written and audited in
 one transaction (ingest/registry_store.py), then this replica reloads its registry at once;
@@ -59,6 +59,10 @@ class Registration(BaseModel):
     patient_id: Identifier
     gateways: list[Identifier] = Field(min_length=1, max_length=100)
     since: AwareDatetime | None = None  # default: now
+
+
+class Team(BaseModel):
+    team_id: Identifier
 
 
 class Move(BaseModel):
@@ -148,6 +152,46 @@ async def move_device(
             conn, device_id, body.patient_id, since=_since(body.since), actor=actor
         )
     return await _changed(request, pool)
+
+
+# Care teams: who may read which patient through the read API. The read API (another
+# process) picks a change up at its next reload of the reader keys.
+@router.get("/teams")
+async def list_teams(request: Request, actor: Admin) -> Response:
+    async with (await _pool(request)).acquire() as conn:
+        rows = await registry_store.list_teams(conn)
+    return json_response({"teams": [_plain(r) for r in rows]})
+
+
+@router.post("/teams", status_code=204)
+async def add_team(request: Request, actor: Admin, body: Team) -> Response:
+    async with (await _pool(request)).acquire() as conn:
+        await registry_store.add_team(conn, body.team_id, actor=actor)
+    return Response(status_code=204)
+
+
+@router.put("/teams/{team_id}/patients/{patient_id}", status_code=204)
+async def assign_patient(
+    request: Request, actor: Admin, team_id: Identifier, patient_id: Identifier
+) -> Response:
+    return await _assign(request, actor, team_id, patient_id, assign=True)
+
+
+@router.delete("/teams/{team_id}/patients/{patient_id}", status_code=204)
+async def unassign_patient(
+    request: Request, actor: Admin, team_id: Identifier, patient_id: Identifier
+) -> Response:
+    return await _assign(request, actor, team_id, patient_id, assign=False)
+
+
+async def _assign(
+    request: Request, actor: tuple[str, str], team_id: str, patient_id: str, *, assign: bool
+) -> Response:
+    async with (await _pool(request)).acquire() as conn:
+        await registry_store.assign_patients(
+            conn, team_id, [patient_id], assign=assign, actor=actor
+        )
+    return Response(status_code=204)
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The registry in PostgreSQL: keys, devices and bindings. Used by the CLI and the admin API.
+"""The registry in PostgreSQL: keys, devices and bindings, care teams. Used by the CLI and
+the admin API.
 
 Every change writes its audit record in the same transaction, so a change and its record
 exist together or not at all. Keys are returned in clear exactly once, by `issue_key`.
@@ -101,13 +102,20 @@ async def load(conn: asyncpg.Connection) -> Snapshot:
 
 
 async def load_readers(conn: asyncpg.Connection) -> Snapshot:
-    """The read API's registry: reader keys only, through the `reader_keys` view (0008),
-    the one thing its role may read besides the clinical data."""
-    rows = await conn.fetch(
-        "SELECT key_id, 'reader' AS kind, principal, key_sha256, expires_at, revoked_at"
-        " FROM reader_keys"
-    )
-    return Snapshot(_credentials(rows), loaded=True)
+    """The read API's registry: reader keys with their scope, through the views
+    `reader_keys` (0008) and `reader_key_scopes` (0010), and the care teams' patients
+    (0010), in one consistent snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await conn.fetch(
+            "SELECT key_id, 'reader' AS kind, principal, key_sha256, expires_at, revoked_at,"
+            " all_patients, teams FROM reader_keys JOIN reader_key_scopes USING (key_id)"
+        )
+        assigned = await conn.fetch("SELECT team_id, patient_id FROM care_team_patients")
+    teams: dict[str, set[str]] = {}
+    for r in assigned:
+        teams.setdefault(r["patient_id"], set()).add(r["team_id"])
+    care_teams = {patient: frozenset(ids) for patient, ids in teams.items()}
+    return Snapshot(_credentials(rows), care_teams=care_teams, loaded=True)
 
 
 def _credentials(rows: Iterable[asyncpg.Record]) -> dict[bytes, Credential]:
@@ -120,7 +128,13 @@ def _credentials(rows: Iterable[asyncpg.Record]) -> dict[bytes, Credential]:
             _skipped("api_keys", key_id=r["key_id"])
             continue
         credentials[bytes(r["key_sha256"])] = Credential(
-            r["key_id"], r["kind"], r["principal"], expires_ms, r["revoked_at"] is not None
+            r["key_id"],
+            r["kind"],
+            r["principal"],
+            expires_ms,
+            r["revoked_at"] is not None,
+            frozenset(r.get("teams") or ()),
+            bool(r.get("all_patients")),
         )
     return credentials
 
@@ -145,25 +159,48 @@ async def issue_key(
     *,
     expires_at: datetime | None,
     actor: tuple[str, str],
+    teams: Iterable[str] = (),
+    all_patients: bool = False,
 ) -> tuple[str, str]:
-    """(key_id, key); the principal's other keys stay valid (rotation: issue, deploy, revoke)."""
+    """(key_id, key); the principal's other keys stay valid (rotation: issue, deploy, revoke).
+
+    A reader key is scoped: to care `teams` (which must exist), or to `all_patients`,
+    exactly one of the two; the audit record says which."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
     checked_id("the name", principal)
     if expires_at is not None:
         checked_time("the expiry", expires_at)
+    team_ids = sorted(set(teams))
+    for team in team_ids:
+        checked_id("the team id", team)
+    if kind == "reader" and bool(team_ids) == all_patients:
+        raise RegistryConflict(
+            "bad_scope", "a reader key is issued for one or more teams, or for all patients"
+        )
+    if kind != "reader" and (team_ids or all_patients):
+        raise RegistryConflict("bad_scope", "only reader keys have a patient scope")
     key_id, key = keys.new_key()
     async with conn.transaction():
         await conn.execute(
-            "INSERT INTO api_keys (key_id, kind, principal, key_sha256, expires_at)"
-            " VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_keys (key_id, kind, principal, key_sha256, expires_at, all_patients)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
             key_id,
             kind,
             principal,
             keys.digest(key),
             expires_at,
+            all_patients,
         )
-        await _audit(conn, *actor, f"{kind}_key_issued", {"key_id": key_id, "principal": principal})
+        await _require_teams(conn, team_ids)
+        await conn.executemany(
+            "INSERT INTO reader_key_teams (key_id, team_id) VALUES ($1, $2)",
+            [(key_id, t) for t in team_ids],
+        )
+        detail: dict[str, Any] = {"key_id": key_id, "principal": principal}
+        if kind == "reader":
+            detail |= {"teams": team_ids, "all_patients": all_patients}
+        await _audit(conn, *actor, f"{kind}_key_issued", detail)
     return key_id, key
 
 
@@ -318,6 +355,74 @@ async def list_devices(conn: asyncpg.Connection) -> list[dict[str, Any]]:
              FROM devices d ORDER BY d.device_id"""
     )
     return [dict(r) for r in rows]
+
+
+async def add_team(conn: asyncpg.Connection, team_id: str, *, actor: tuple[str, str]) -> None:
+    checked_id("the team id", team_id)
+    async with conn.transaction():
+        created = await conn.fetchval(
+            "INSERT INTO care_teams (team_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1",
+            team_id,
+        )
+        if created is None:
+            raise RegistryConflict("team_exists", "the care team exists already")
+        await _audit(conn, *actor, "team_added", {"team_id": team_id})
+
+
+async def assign_patients(
+    conn: asyncpg.Connection,
+    team_id: str,
+    patient_ids: Iterable[str],
+    *,
+    assign: bool,
+    actor: tuple[str, str],
+) -> int:
+    """Assign (or with assign=False, unassign) patients to a team; how many changed.
+    Readers of the team's keys see the change within one reload of the read API."""
+    checked_id("the team id", team_id)
+    patients = sorted(set(patient_ids))
+    for patient in patients:
+        checked_id("a patient id", patient)
+    async with conn.transaction():
+        await _require_teams(conn, [team_id])
+        if assign:
+            changed = await conn.fetch(
+                "INSERT INTO care_team_patients (team_id, patient_id)"
+                " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING 1",
+                team_id,
+                patients,
+            )
+        else:
+            changed = await conn.fetch(
+                "DELETE FROM care_team_patients WHERE team_id = $1"
+                " AND patient_id = ANY($2::text[]) RETURNING 1",
+                team_id,
+                patients,
+            )
+        # Counts, never the patients: the audit trail names no patient.
+        action = "patients_assigned" if assign else "patients_unassigned"
+        await _audit(conn, *actor, action, {"team_id": team_id, "patients": len(changed)})
+    return len(changed)
+
+
+async def list_teams(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT t.team_id, t.created_at,
+                  coalesce((SELECT array_agg(patient_id ORDER BY patient_id)
+                              FROM care_team_patients p WHERE p.team_id = t.team_id), '{}')
+                    AS patients
+             FROM care_teams t ORDER BY t.team_id"""
+    )
+    return [dict(r) for r in rows]
+
+
+async def _require_teams(conn: asyncpg.Connection, team_ids: list[str]) -> None:
+    known = await conn.fetch(
+        "SELECT team_id FROM care_teams WHERE team_id = ANY($1::text[])", team_ids
+    )
+    missing = sorted(set(team_ids) - {r["team_id"] for r in known})
+    if missing:
+        raise NotFound("no_such_team", f"no care team {', '.join(missing)}")
 
 
 async def _require_device(conn: asyncpg.Connection, device_id: str) -> None:

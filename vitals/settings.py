@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     api_database_url: str = ""
     api_page_max: int = 10_000  # the largest `limit` a request may ask for
     api_statement_timeout_s: float = 10.0
+    # Per reader key and replica (docs/security.md#limits): requests (token bucket; 0 = off)
+    # and rows returned per minute (0 = off).
+    api_rate_limit_per_s: float = 20.0
+    api_rate_limit_burst: int = 200
+    api_rows_per_minute: int = 300_000
+    # HMAC key of the paging cursors; empty: a random key per process (one replica only).
+    api_cursor_key: SecretStr = SecretStr("")
     # TLS for the read API, as for the gateway (a client CA turns on mutual TLS).
     api_tls_certfile: str = ""
     api_tls_keyfile: str = ""
@@ -168,6 +175,8 @@ class Settings(BaseSettings):
         if self.gateway_registry and "gateway_credentials" not in self.model_fields_set:
             # The built-in local token must never open a deployment that uses issued keys.
             self.gateway_credentials = ""
+        if 0 < len(self.api_cursor_key.get_secret_value()) < 32:
+            raise ValueError("api_cursor_key must be 32+ characters (or empty: one per process)")
         if set(self.credentials()) & set(self.readers()):
             raise ValueError("a reader token must not also be a gateway token")
         return self
