@@ -6,14 +6,17 @@ validation.py's reference path says why an upload is refused or an item rejected
 code and a detail; this path only says "all valid, here are the rows" or "not sure":
 None, and then the reference path decodes the body again (orjson) and answers. Not sure
 is any body that is not exactly the documented shape (an extra field, a type msgspec
-refuses, a repeated key, a backslash escape: the reference decides those) and any
-item the reference would reject. Where it answers, it answers what the reference would:
-the same catalog entries, `datetime.fromisoformat`, the same float conversion
+refuses, a repeated key, a backslash escape: the reference decides those), any item the
+reference would reject, and any metric and time given twice (a repeat or a conflicting
+value: rare, and the reference tells them apart). Where it answers, it answers what the
+reference would: the same catalog entries, `datetime.fromisoformat`, the same float
+conversion
 (tests/unit/test_fastitems.py compares the two).
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, Union
@@ -70,6 +73,7 @@ class _Upload(msgspec.Struct, forbid_unknown_fields=True):
 _decode = msgspec.json.Decoder(_Upload).decode
 
 _fromisoformat = datetime.fromisoformat
+_metric_and_time = operator.itemgetter(0, 1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _MS_PER_DAY = 86_400_000
@@ -139,4 +143,6 @@ def fast_upload(
             append((name, t_ms, value, unit))
     except ValueError:  # t is not an ISO 8601 date-time
         return None
+    if len(set(map(_metric_and_time, rows))) < len(rows):
+        return None  # a repeated (metric, t): a repeat or a conflict, the reference decides
     return upload.device_id, upload.patient_id, rows

@@ -102,16 +102,35 @@ def checked_upload(body: bytes, *, latest_ms: int, max_readings: int) -> Batch:
 
 
 def check_items(items: list[Any], latest_ms: int) -> tuple[list[Row], list[Rejection]]:
-    """Each item checked on its own, a rejection saying why."""
+    """Each item checked on its own, a rejection saying why; then against the items
+    accepted before it: one value per metric and time (the upload has one device)."""
     rows: list[Row] = []
     rejected: list[Rejection] = []
     times: dict[str, int] = {}  # t as sent -> ms: a device's readings share instants
+    # (metric, t) -> (index, value) of the first item accepted for it
+    firsts: dict[tuple[str, int], tuple[int, float]] = {}
     for index, item in enumerate(items):
         try:
-            rows.append(_reading(item, latest_ms, times))
+            row = _reading(item, latest_ms, times)
         except _Rejected as why:
             rejected.append(Rejection(index, why.code, why.detail))
+            continue
+        first = firsts.setdefault((row[0], row[1]), (index, row[2]))
+        if first[1] != row[2]:
+            # Downstream the first value is the reading of record (docs/wire-format.md):
+            # refused here, the client learns it at once instead of never.
+            rejected.append(Rejection(index, "conflicting_value", _conflict(row, *first)))
+            continue
+        rows.append(row)  # an exact repeat too: stored once downstream, as a retry is
     return rows, rejected
+
+
+def _conflict(row: Row, first: int, value: float) -> str:
+    metric, _, v, unit = row
+    return (
+        f"{metric} {v:g} {unit} at the same t as item {first} ({value:g} {unit}):"
+        " one value per metric, time and device"
+    )
 
 
 # (metric, unit as sent) -> the metric and the conversion to its canonical unit (None:

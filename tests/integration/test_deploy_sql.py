@@ -304,8 +304,10 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
     try:
         row = ("p-roles", "spo2", at, "w1", 97.0, "%", uuid.uuid4(), NOW)
         writer = ReadingsWriter()
-        assert await writer.write(conn, [row]) == 1
-        assert await writer.write(conn, [row]) == 0 and writer.careful
+        assert await writer.write(conn, [row]) == (1, ())
+        assert await writer.write(conn, [row]) == (0, ()) and writer.careful
+        # Another value for that reading: recorded as a conflict (0012's grants).
+        assert await writer.write(conn, [(*row[:4], 88.0, *row[5:])]) == (0, ("spo2",))
         # ... and NEWS2 scores: inserted, then replaced by a re-computation (an UPDATE).
         score = ("p-roles", at, 3, "low-medium", True, True, 1, "{}", NOW)
         assert await upsert_scores(conn, [score]) == 1
@@ -392,6 +394,8 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
             "UPDATE readings SET value = 0",
             "DROP TABLE readings",
             "DELETE FROM news2_scores",
+            "DELETE FROM reading_conflicts",
+            "UPDATE reading_conflicts SET stored_value = 0",
         ],
         "sink-alerts": [
             "SELECT * FROM api_keys",

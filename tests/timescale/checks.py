@@ -84,12 +84,27 @@ def upload(
 
 
 async def store_readings(db: Database, up: contract.Upload) -> int:
-    """The sink's write of one upload (writer.copy_then_upsert); returns the new rows."""
-    rows = rows_of(up)
+    """The sink's write of one upload (writer.copy_then_upsert, conflicts recorded);
+    returns the new rows."""
+    firsts, later = writer.first_of_each_key(rows_of(up))
     async with db.transaction():
         await db.script(writer._CREATE_STAGING)
-        await db.execute(_FILL_STAGING, *(list(c) for c in zip(*rows, strict=True)))
-        return await db.execute(writer._UPSERT)
+        await db.execute(_FILL_STAGING, *(list(c) for c in zip(*firsts, strict=True)))
+        new = await db.execute(writer._UPSERT)
+        if later:
+            await db.execute(_FILL_STAGING, *(list(c) for c in zip(*later, strict=True)))
+        await db.fetch(writer._RECORD_CONFLICTS)
+        return new
+
+
+async def conflicts(db: Database, patient: str) -> list[tuple[Any, ...]]:
+    """(t, stored value, conflicting value) of the patient's recorded conflicts."""
+    rows = await db.fetch(
+        "SELECT t, stored_value, conflicting_value FROM reading_conflicts"
+        " WHERE patient_id = $1 ORDER BY t, conflicting_value",
+        patient,
+    )
+    return values(rows, "t", "stored_value", "conflicting_value")
 
 
 async def hour_ago(db: Database, hours: int) -> datetime:
@@ -272,6 +287,9 @@ async def check_readings_stored_once(db: Database) -> None:
         (t0 + 2 * MINUTE, "w1", 62.0),
     ]
     assert stored[0]["upload_id"] == uuid.UUID(first.upload_id)
+    # The retry's other values are recorded as conflicts (0012), once however often sent.
+    assert await store_readings(db, retry) == 0
+    assert await conflicts(db, "p-sink") == [(t0, 60.0, 99.0), (t0 + MINUTE, 61.0, 99.0)]
 
 
 async def check_alert_statements(db: Database) -> None:
@@ -304,7 +322,8 @@ async def check_alert_statements(db: Database) -> None:
 
 async def check_alert_key_and_grants(db: Database) -> None:
     """alerts' key holds the hypertable's time (0006) on every engine; the roles of 0005 can
-    still use alerts, and use news2_scores (0007) as their process needs."""
+    still use alerts, and use news2_scores (0007) and reading_conflicts (0012) as their
+    process needs."""
     (key,) = await db.fetch(
         """SELECT array_to_string(array_agg(a.attname::text ORDER BY k.ord), ',') AS columns
            FROM pg_constraint c
@@ -317,7 +336,7 @@ async def check_alert_key_and_grants(db: Database) -> None:
         """SELECT r.role, t.name, p.privilege,
                   has_table_privilege(r.role, t.name, p.privilege) AS granted
            FROM unnest(ARRAY['vitals_sink', 'vitals_reader']) AS r(role)
-           CROSS JOIN unnest(ARRAY['alerts', 'news2_scores']) AS t(name)
+           CROSS JOIN unnest(ARRAY['alerts', 'news2_scores', 'reading_conflicts']) AS t(name)
            CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE']) AS p(privilege)
            ORDER BY 1, 2, 3"""
     )
@@ -325,6 +344,9 @@ async def check_alert_key_and_grants(db: Database) -> None:
     assert granted == {
         ("vitals_reader", "alerts", "SELECT"),
         ("vitals_reader", "news2_scores", "SELECT"),
+        ("vitals_reader", "reading_conflicts", "SELECT"),
+        ("vitals_sink", "reading_conflicts", "SELECT"),
+        ("vitals_sink", "reading_conflicts", "INSERT"),
         *(
             ("vitals_sink", t, p)
             for t in ("alerts", "news2_scores")
@@ -626,6 +648,8 @@ async def check_late_upload_into_compressed_chunk(db: Database) -> None:
     )
     assert await store_readings(db, backlog) == 1
     assert await store_readings(db, backlog) == 0
+    # Its other values are compared with the compressed rows and recorded as conflicts.
+    assert await conflicts(db, "p-late") == [(c, 70.0, 99.0), (c + MINUTE, 71.0, 99.0)]
     await run_job(db, "readings_1h", "policy_refresh_continuous_aggregate")
     assert await series(db, SERIES_1H, "p-late", "heart_rate", c) == [(c, 70.0, 72.0, 71.0, 3)]
 
