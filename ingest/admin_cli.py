@@ -104,7 +104,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                     args.principal,
                     expires_at=expires,
                     actor=actor,
-                    teams=[_identifier(t) for t in getattr(args, "team", None) or ()],
+                    teams=list(getattr(args, "team", None) or ()),
                     all_patients=all_patients,
                 )
                 if all_patients:
@@ -155,10 +155,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             case ("devices", "list"):
                 _print_rows(await registry_store.list_devices(conn))
             case ("teams", "add"):
-                await registry_store.add_team(conn, _identifier(args.team_id), actor=actor)
+                await registry_store.add_team(conn, args.team_id, actor=actor)
                 print(f"added {args.team_id}")
             case ("teams", "assign" | "unassign"):
-                patients = [_identifier(p) for p in args.patients]
+                patients = list(args.patients)
                 assign = args.action == "assign"
                 changed = await registry_store.assign_patients(
                     conn, args.team_id, patients, assign=assign, actor=actor

@@ -68,6 +68,7 @@ class KeyHashPartitioner:
 
 _DEFAULT_PARTITIONER = DefaultPartitioner()
 
+
 async def stop_producer(producer: AIOKafkaProducer, flush_s: float) -> None:
     """Stop `producer`, flushing what is in flight for at most `flush_s`. An idempotent
     producer retries a batch until the broker answers (it never expires one, so that its
