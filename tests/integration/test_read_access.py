@@ -193,7 +193,7 @@ def test_the_cli_manages_teams_and_issues_scoped_reader_keys(database_url: str) 
     assert f'"team_id":"{team}"' in listed and f'"patients":["{p1}"]' in listed
     assert "no care team" in vitals("teams", "assign", uid("nowhere"), p1, code=1)
     assert "exists already" in vitals("teams", "add", team, code=1)
-    assert "identifier" in vitals("teams", "add", "bad\u202eteam", code=1)
+    assert "the team id" in vitals("teams", "add", "bad\u202eteam", code=1)
 
     issued = vitals("readers", "issue", "ward-console", "--team", team)
     key_id = issued.split("key_id: ")[1].split()[0]

@@ -10,7 +10,6 @@ from ingest.errors import Malformed
 from ingest.readapi.params import Cursor, decode_cursor, encode_cursor
 from vitals.settings import Settings
 
-
 KEY = b"k" * 32
 
 
