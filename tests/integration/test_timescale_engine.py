@@ -158,6 +158,10 @@ async def test_rollups_per_minute_and_hour_answer_the_read_queries(storage: Stor
     await checks.check_rollups(storage.db)
 
 
+async def test_the_newest_minute_is_read_as_soon_as_it_is_stored(storage: Storage) -> None:
+    await checks.check_the_newest_minute_is_read_once_stored(storage.db)
+
+
 async def test_the_read_api_queries_page_across_materialized_and_recent_data(
     storage: Storage,
 ) -> None:
