@@ -259,3 +259,7 @@ async def test_a_database_made_plain_stays_plain_when_the_server_gains_timescale
     assert await checks.apply(pglite, rest) == [m.name for m in every if m.version > 5]
     await checks.check_plain_schema(pglite)
     await checks.check_alert_statements(pglite)
+
+
+async def test_every_policy_job_runs_once_and_does_its_work(timescale: Storage) -> None:
+    await checks.check_every_policy_job(timescale.db)

@@ -767,3 +767,59 @@ async def check_the_newest_minute_is_read_once_stored(db: Database) -> None:
     hours = await db.fetch(queries.BUCKETS_1H, "p-now", "spo2", start, minute + HOUR,
                            EARLIEST, 100)  # fmt: skip
     assert sum(h["n"] for h in hours) == 2 and min(h["min_value"] for h in hours) == 91.0
+
+
+async def _materialized(db: Database, view: str, query: str, *params: object) -> list[Row]:
+    """What `view` holds materialized: real-time off for one query (a test database)."""
+    await db.script(f"ALTER MATERIALIZED VIEW {view} SET (timescaledb.materialized_only = true)")
+    try:
+        return await db.fetch(query, *params)
+    finally:
+        await db.script(
+            f"ALTER MATERIALIZED VIEW {view} SET (timescaledb.materialized_only = false)"
+        )
+
+
+async def check_every_policy_job(db: Database) -> None:
+    """Each of the seven policy jobs run once, as the scheduler would: old chunks compressed,
+    old raw readings and scores dropped, alerts kept, and a backlog 7 days late folded into
+    both views by their refresh policies."""
+    await hold_jobs(db)
+    now = await hour_ago(db, 0)
+    old, cold, backlog = now - 400 * DAY, now - 10 * DAY, now - 7 * DAY + 2 * HOUR
+    await store_readings(db, upload("p-jobs", "heart_rate", [(old, 50.0), (cold, 60.0)]))
+    await store_readings(db, upload("p-jobs", "heart_rate", [(now - 2 * HOUR, 80.0)]))
+    month = now - 30 * DAY  # news2_scores' weekly chunks: this one ended over 7 days ago
+    await store_scores(db, [news2_score("p-jobs", t, 1, t, heart_rate=1) for t in (old, month)])
+    alert = _episode("p-jobs", old, "opened")
+    await db.execute(store._STORE, *(list(c) for c in zip(*alert, strict=True)))
+    # Refreshed once, then the gateway that was offline for a week uploads its backlog.
+    await run_job(db, "readings_1m", "policy_refresh_continuous_aggregate")
+    await run_job(db, "readings_1h", "policy_refresh_continuous_aggregate")
+    await store_readings(db, upload("p-jobs", "heart_rate", [(backlog, 70.0)]))
+
+    for job in await policy_jobs(db):
+        await db.script(f"CALL run_job({int(job['job_id'])})")
+
+    raw = await db.fetch("SELECT t FROM readings WHERE patient_id = 'p-jobs' ORDER BY t")
+    assert values(raw, "t") == [(cold,), (backlog,), (now - 2 * HOUR,)]
+    kept = await db.fetch("SELECT t FROM news2_scores WHERE patient_id = 'p-jobs'")
+    assert values(kept, "t") == [(month,)]
+    assert await db.fetch("SELECT count(*) AS n FROM alerts") == [{"n": 1}]  # no retention
+    compressed = await db.fetch(
+        """SELECT c.hypertable_name AS h, c.is_compressed FROM timescaledb_information.chunks c
+           JOIN (VALUES ('alerts', $1::timestamptz), ('news2_scores', $2), ('readings', $3))
+                AS v(h, t) ON c.hypertable_name = v.h AND c.range_start <= v.t
+                           AND v.t < c.range_end
+           ORDER BY 1""",
+        old, month, cold,
+    )  # fmt: skip
+    assert values(compressed, "h", "is_compressed") == [
+        ("alerts", True), ("news2_scores", True), ("readings", True),
+    ]  # fmt: skip
+    for view, query, bucket in (
+        ("readings_1m", SERIES_1M, backlog),
+        ("readings_1h", SERIES_1H, backlog.replace(minute=0)),
+    ):
+        rows = await _materialized(db, view, query, "p-jobs", "heart_rate", bucket, bucket + HOUR)
+        assert values(rows, "bucket", "n") == [(bucket, 1)], view
