@@ -1,4 +1,4 @@
-"""`vitals gateways|admins|readers issue|revoke|list` and `vitals devices ...`.
+"""`vitals gateways|admins|readers issue|revoke|list`, `vitals devices ...`, `vitals teams ...`.
 
 Registry changes from an operator's shell, straight to the database at VITALS_DATABASE_URL,
 audited with the operating-system user as the actor. Gateways (and the read API, for reader
@@ -39,6 +39,16 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
             help="write the key to this new file (mode 600) instead of printing it: for a"
             " secret volume another process reads",
         )
+        if kind == "reader":
+            scope = issue.add_mutually_exclusive_group(required=True)
+            scope.add_argument(
+                "--team", action="append", help="a care team whose patients it reads (repeatable)"
+            )
+            scope.add_argument(
+                "--all-patients",
+                action="store_true",
+                help="reads every patient: for a research or integration service only",
+            )
         group.add_parser("revoke", help="revoke a key").add_argument("key_id")
         group.add_parser("list", help="keys, live and revoked (never the keys themselves)")
 
@@ -62,6 +72,16 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     move.add_argument("--since", type=_moment, help="ISO 8601 with offset; default now")
     devices.add_parser("list", help="devices, their current patient and gateways")
 
+    teams = sub.add_parser("teams", help="care teams: who may read which patient").add_subparsers(
+        dest="action", required=True
+    )
+    teams.add_parser("add", help="add a care team").add_argument("team_id")
+    for action in ("assign", "unassign"):
+        change = teams.add_parser(action, help=f"{action} patients to a care team")
+        change.add_argument("team_id")
+        change.add_argument("patients", nargs="+", metavar="PATIENT")
+    teams.add_parser("list", help="care teams and their patients")
+
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     actor = ("cli", getpass.getuser())
@@ -74,12 +94,21 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             case (command, "issue") if command in KEY_COMMANDS:
                 expires = None
                 if args.expires_days is not None:
-                    expires = registry_store.now() + timedelta(days=args.expires_days)
+                    expires = _expiry(args.expires_days)
                 # The file first: a key must not be issued that could not be handed over.
                 key_file = _open_key_file(args.key_file) if args.key_file else None
+                all_patients = bool(getattr(args, "all_patients", False))
                 key_id, key = await registry_store.issue_key(
-                    conn, _kind(args), args.principal, expires_at=expires, actor=actor
+                    conn,
+                    _kind(args),
+                    args.principal,
+                    expires_at=expires,
+                    actor=actor,
+                    teams=list(getattr(args, "team", None) or ()),
+                    all_patients=all_patients,
                 )
+                if all_patients:
+                    print("scope:  all patients (audited as such)")
                 if key_file is not None:
                     with key_file:
                         key_file.write(key + "\n")
@@ -97,16 +126,16 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             case ("devices", "register"):
                 await registry_store.register_device(
                     conn,
-                    _identifier(args.device_id),
-                    _identifier(args.patient),
-                    [_identifier(g) for g in args.gateway],
+                    args.device_id,
+                    args.patient,
+                    args.gateway,
                     since=args.since or registry_store.now(),
                     actor=actor,
                 )
                 print(f"registered {args.device_id}")
             case ("devices", "bind"):
                 await registry_store.bind_gateway(
-                    conn, args.device_id, _identifier(args.gateway_id), actor=actor
+                    conn, args.device_id, args.gateway_id, actor=actor
                 )
                 print(f"bound {args.gateway_id} to {args.device_id}")
             case ("devices", "unbind"):
@@ -118,13 +147,26 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                 await registry_store.move_device(
                     conn,
                     args.device_id,
-                    _identifier(args.patient),
+                    args.patient,
                     since=args.since or registry_store.now(),
                     actor=actor,
                 )
                 print(f"moved {args.device_id}")
             case ("devices", "list"):
                 _print_rows(await registry_store.list_devices(conn))
+            case ("teams", "add"):
+                await registry_store.add_team(conn, args.team_id, actor=actor)
+                print(f"added {args.team_id}")
+            case ("teams", "assign" | "unassign"):
+                patients = list(args.patients)
+                assign = args.action == "assign"
+                changed = await registry_store.assign_patients(
+                    conn, args.team_id, patients, assign=assign, actor=actor
+                )
+                way = "to" if assign else "from"
+                print(f"{args.action}ed {changed} patient(s) {way} {args.team_id}")
+            case ("teams", "list"):
+                _print_rows(await registry_store.list_teams(conn))
     except asyncpg.UndefinedTableError as exc:
         raise ConfigError(f"{exc}: run `vitals db migrate` first") from exc
     finally:
@@ -146,13 +188,12 @@ def _open_key_file(path: str) -> TextIO:
     return os.fdopen(fd, "w", encoding="utf-8")
 
 
-def _identifier(value: str) -> str:
-    from ingest.validation import identifier_problem
-
-    problem = identifier_problem(value)
-    if problem is not None:
-        raise ConfigError(f"identifier {value!r} {problem}")
-    return value
+def _expiry(days: float) -> datetime:
+    """Now + `days`; a number of days past the calendar is refused like a far date."""
+    try:
+        return registry_store.now() + timedelta(days=days)
+    except OverflowError:
+        raise ConfigError(f"--expires-days {days:g} is beyond the accepted range") from None
 
 
 def _moment(text: str) -> datetime:

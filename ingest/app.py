@@ -23,6 +23,7 @@ from ingest.publisher import Publisher
 from ingest.ratelimit import TokenBuckets
 from ingest.refresher import RegistryCache
 from vitals.settings import Settings
+from vitals.supervise import supervise
 
 POOL_CONNECT_TIMEOUT_S = 5.0
 
@@ -51,7 +52,7 @@ class GatewayApp(FastAPI):
 
 
 def create_app(settings: Settings) -> GatewayApp:
-    registry = RegistryCache(settings.credentials())
+    registry = RegistryCache(settings.credentials(), max_age_s=settings.registry_age_bound_s())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,8 +83,9 @@ def create_app(settings: Settings) -> GatewayApp:
             app.state.intake = Intake(settings, publisher, cache, guards)
             tasks: list[asyncio.Task[None]] = []
             if pool is not None:
-                tasks.append(asyncio.create_task(registry.run(pool, settings.registry_refresh_s)))
-                tasks.append(asyncio.create_task(audit.run()))
+                refresh_s = settings.registry_refresh_s
+                tasks.append(supervise("registry-refresh", lambda: registry.run(pool, refresh_s)))
+                tasks.append(supervise("audit-writer", audit.run))
             try:
                 yield
             finally:

@@ -7,6 +7,9 @@ dropped and counted (vitals_gateway_audit_records_total{fate="dropped"}), becaus
 uploads for want of an audit row would stop clinical data over a bookkeeping outage.
 A record carries the gateway, time, counts and outcome: never a reading, a patient or a
 device. Admin actions are audited synchronously instead (ingest/registry_store.py).
+
+The read API's audit of reads (ingest/readapi/audit.py) is this trail with another table and
+its rows sealed into a hash chain as they are written.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
+from prometheus_client import Counter, Gauge
 
 from ingest import metrics
 
@@ -33,23 +39,49 @@ COLUMNS = (
     "accepted",
     "rejected",
 )
-Record = tuple[datetime, str, str, str, str, int, str | None, int | None, int | None]
 
 
 class AuditTrail:
+    table = "audit_log"
+    columns: Sequence[str] = COLUMNS
+
     def __init__(
-        self, pool: asyncpg.Pool | None, *, queue_max: int, batch_max: int, flush_s: float
+        self,
+        pool: asyncpg.Pool | None,
+        *,
+        queue_max: int,
+        batch_max: int,
+        flush_s: float,
+        records: Counter = metrics.AUDIT_RECORDS,
+        pending: Gauge = metrics.AUDIT_PENDING,
     ) -> None:
         """With no pool the trail keeps nothing: the per-upload log line is the record."""
         self._pool = pool
-        self._queue: deque[Record] = deque()
+        self._queue: deque[tuple[Any, ...]] = deque()
         self._queue_max = queue_max
         self._batch_max = batch_max
         self._flush_s = flush_s
         self._wake = asyncio.Event()
+        self._records = records
+        self._pending = pending
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    def full(self) -> bool:
+        return len(self._queue) >= self._queue_max
+
+    def append(self, record: tuple[Any, ...]) -> None:
+        """Queue one record; dropped and counted when the queue is full."""
+        if self._pool is None:
+            return
+        if self.full():
+            self._records.labels("dropped").inc()
+            return
+        self._queue.append(record)
+        self._pending.set(len(self._queue))
+        if len(self._queue) >= self._batch_max:
+            self._wake.set()
 
     def upload(
         self,
@@ -61,18 +93,10 @@ class AuditTrail:
         accepted: int | None = None,
         rejected: int | None = None,
     ) -> None:
-        if self._pool is None:
-            return
-        if len(self._queue) >= self._queue_max:
-            metrics.AUDIT_RECORDS.labels("dropped").inc()
-            return
         at = datetime.now(UTC)
-        self._queue.append(
+        self.append(
             (at, "gateway", gateway_id, "upload", outcome, status, upload_id, accepted, rejected)
         )
-        metrics.AUDIT_PENDING.set(len(self._queue))
-        if len(self._queue) >= self._batch_max:
-            self._wake.set()
 
     async def run(self) -> None:
         """Flush forever; cancel to stop (then call `flush` once more)."""
@@ -89,20 +113,31 @@ class AuditTrail:
         written = 0
         while self._queue and self._pool is not None:
             batch = [self._queue[i] for i in range(min(self._batch_max, len(self._queue)))]
+            sealed = self._sealed(batch)
             try:
                 async with self._pool.acquire(timeout=5) as conn:
-                    await conn.copy_records_to_table(
-                        "audit_log", records=batch, columns=COLUMNS, timeout=10
-                    )
+                    await self._copy(conn, sealed)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning(
                     "audit write failed; kept for the next flush",
                     extra={"error": type(exc).__name__, "pending": len(self._queue)},
                 )
                 break
+            self._written(sealed)
             for _ in batch:
                 self._queue.popleft()
             written += len(batch)
-            metrics.AUDIT_RECORDS.labels("written").inc(len(batch))
-        metrics.AUDIT_PENDING.set(len(self._queue))
+            self._records.labels("written").inc(len(batch))
+        self._pending.set(len(self._queue))
         return written
+
+    # Hooks for trails whose rows are finished as they are written (the read audit's chain).
+    def _sealed(self, batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The rows to write for `batch`; called again for the same batch after a failure."""
+        return batch
+
+    def _written(self, sealed: list[tuple[Any, ...]]) -> None:
+        """`sealed` is in the database."""
+
+    async def _copy(self, conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+        await conn.copy_records_to_table(self.table, records=rows, columns=self.columns, timeout=10)

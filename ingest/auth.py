@@ -29,9 +29,10 @@ class Authenticator:
         """The admin behind an Authorization header; gateway keys never pass here."""
         return self._credential(authorization, "admin").principal
 
-    def reader_for(self, authorization: str | None) -> str:
-        """The reader (read API) behind an Authorization header; gateway keys never pass."""
-        return self._credential(authorization, "reader").principal
+    def reader_for(self, authorization: str | None) -> Credential:
+        """The reader key (read API) behind an Authorization header, with its patient
+        scope; gateway keys never pass."""
+        return self._credential(authorization, "reader")
 
     def _credential(self, authorization: str | None, kind: str) -> Credential:
         scheme, _, token = (authorization or "").partition(" ")

@@ -114,3 +114,9 @@ class Unavailable(GatewayError):
     def __init__(self, code: str, detail: str, *, retry_after_s: int) -> None:
         super().__init__(code, detail)
         self.retry_after_s = retry_after_s
+
+
+class AuditUnavailable(Unavailable):
+    """The read API cannot record reads (its audit queue is full): no read off the record."""
+
+    title = "Read audit unavailable"

@@ -6,20 +6,24 @@ validation.py's reference path says why an upload is refused or an item rejected
 code and a detail; this path only says "all valid, here are the rows" or "not sure":
 None, and then the reference path decodes the body again (orjson) and answers. Not sure
 is any body that is not exactly the documented shape (an extra field, a type msgspec
-refuses, a duplicate field it reads differently: the reference decides those) and any
-item the reference would reject. Where it answers, it answers what the reference would:
-the same catalog entries, `datetime.fromisoformat`, the same float conversion
+refuses, a repeated key, a backslash escape: the reference decides those), any item the
+reference would reject, and any metric and time given twice (a repeat or a conflicting
+value: rare, and the reference tells them apart). Where it answers, it answers what the
+reference would: the same catalog entries, `datetime.fromisoformat`, the same float
+conversion
 (tests/unit/test_fastitems.py compares the two).
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, Union
 
 import msgspec
 
+from vitals.bounds import EARLIEST_MS, LATEST_MS
 from vitals.catalog import METRICS, Metric, identity
 from vitals.contract import Row
 
@@ -69,6 +73,7 @@ class _Upload(msgspec.Struct, forbid_unknown_fields=True):
 _decode = msgspec.json.Decoder(_Upload).decode
 
 _fromisoformat = datetime.fromisoformat
+_metric_and_time = operator.itemgetter(0, 1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _MS_PER_DAY = 86_400_000
@@ -87,6 +92,13 @@ def fast_upload(
     items = upload.readings
     if not items or len(items) > max_readings:
         return None
+    # msgspec keeps the last of a repeated key; the reference path refuses them
+    # (ingest/jsonkeys.py). Free of backslashes, a body of the documented shape without a
+    # repeated key has exactly this many quotes: 2 per key and string value (3 + 2
+    # envelope, 4 + 3 per reading); a repeated key adds at least 2.
+    if body.count(b'"') != 10 + 14 * len(items) or b"\\" in body:
+        return None
+    latest_ms = min(latest_ms, LATEST_MS - 1)  # the accepted range (vitals/bounds.py)
     times: dict[str, int] = {}  # t as sent -> ms: a device's readings share instants
     rows: list[Row] = []
     append = rows.append
@@ -115,9 +127,10 @@ def fast_upload(
                         + d.seconds * 1000
                         + (base_sub_ms + d.microseconds) // 1000
                     )
+                # Checked once per distinct t: every time in `times` is in range.
+                if not EARLIEST_MS <= t_ms <= latest_ms:
+                    return None
                 times[t] = t_ms
-            if t_ms > latest_ms:
-                return None
             name, unit, scaled = _KINDS[type(item)]
             value = item.v
             if scaled is not None:
@@ -130,4 +143,6 @@ def fast_upload(
             append((name, t_ms, value, unit))
     except ValueError:  # t is not an ISO 8601 date-time
         return None
+    if len(set(map(_metric_and_time, rows))) < len(rows):
+        return None  # a repeated (metric, t): a repeat or a conflict, the reference decides
     return upload.device_id, upload.patient_id, rows

@@ -42,7 +42,8 @@ READINGS_REJECTED = Counter(
 HTTP_REFUSALS = Counter(
     "vitals_http_refusals_total",
     "Requests refused by the HTTP layer before the app (ingest/protocol.py), by code: "
-    "malformed_http, headers_too_large, header_timeout, body_timeout, too_many_connections",
+    "malformed_http, bad_host, unsupported_transfer_coding, headers_too_large, header_timeout,"
+    " body_timeout, too_many_connections",
     ["code"],
 )
 PRODUCE_SECONDS = Histogram(
@@ -138,6 +139,19 @@ REGISTRY_REFRESHES = Counter(
 REGISTRY_LOADED_AT = Gauge(
     "vitals_gateway_registry_loaded_timestamp_seconds",
     "When the registry in memory was last loaded (0: never; it serves the last good copy)",
+)
+REGISTRY_AGE = Gauge(
+    "vitals_registry_age_seconds",
+    "Age of the registry in memory (gateway: keys and devices; reader: reader keys), from"
+    " its last load, or from start while never loaded; /readyz is 503 past"
+    " VITALS_REGISTRY_MAX_AGE_S",
+    ["registry"],
+)
+REGISTRY_ROWS_SKIPPED = Counter(
+    "vitals_registry_rows_skipped_total",
+    "Registry rows not loaded because a time in them is outside the accepted range (a row"
+    " written behind the API's back), by table; the rest of the registry loads",
+    ["table"],
 )
 AUDIT_RECORDS = Counter(
     "vitals_gateway_audit_records_total",

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from ingest.routes import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN
-from ingest.validation import MAX_ID_CHARS
+from vitals.bounds import MAX_ID_CHARS
 from vitals.catalog import METRICS
 from vitals.settings import Settings
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,19 @@ class HeadTooLarge(Exception):
     """Raised in a parser callback: stops parsing the head at once."""
 
 
+class Refused(Exception):
+    """Raised in a parser callback: the request is refused with this problem."""
+
+    def __init__(self, status: int, code: str, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.answer = (status, code, title, detail)
+
+
+# RFC 9112 section 3.2: uri-host [ ":" port ] (RFC 3986: an IP literal, or a reg-name of
+# unreserved, pct-encoded and sub-delims characters, which includes IPv4 addresses).
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
+
+
 class BoundedHttp(HttpToolsProtocol):
     def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -107,6 +121,8 @@ class BoundedHttp(HttpToolsProtocol):
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, HeadTooLarge):
                 self._refuse_head()
+            elif isinstance(exc.__context__, Refused):
+                self._refuse(*exc.__context__.answer)
             else:
                 self._refuse(400, "malformed_http", "Malformed request", "not valid HTTP/1.1")
             return
@@ -125,6 +141,8 @@ class BoundedHttp(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = self._header_count = 0
+        self._hosts: list[bytes] = []
+        self._transfer_encoding: bytes | None = None
         self._begun = True
         if self._deadline is None:  # a keep-alive request: its head starts now
             self._deadline = self.loop.time() + self.limits.header_timeout_s
@@ -140,6 +158,10 @@ class BoundedHttp(HttpToolsProtocol):
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
+        elif name == b"host":
+            self._hosts.append(value)
+        elif name == b"transfer-encoding":
+            self._transfer_encoding = value
         self.headers.append((name, value))
         self._header_count += 1
         self._head_bytes += len(name) + len(value) + 4  # ": " and CRLF
@@ -151,6 +173,7 @@ class BoundedHttp(HttpToolsProtocol):
             raise HeadTooLarge
 
     def on_headers_complete(self) -> None:
+        self._check_framing()
         self._in_head = False
         self._deadline = self.loop.time() + self.limits.body_timeout_s
         limit = self.max_concurrency
@@ -170,6 +193,39 @@ class BoundedHttp(HttpToolsProtocol):
         self._in_head, self._begun = True, False
         self._raw_head = 0
         self._deadline = None  # until the next request's first byte (keep-alive idles)
+
+    def _check_framing(self) -> None:
+        """What RFC 9112 says a server must refuse and llhttp takes. llhttp itself refuses
+        the rest (tests/integration/test_http_conformance.py tries each): Content-Length
+        with Transfer-Encoding, an invalid or repeated Content-Length, obs-fold,
+        whitespace before a colon, bare CR or LF, chunked not last or twice."""
+        version = self.parser.get_http_version()
+        hosts = self._hosts
+        if version == "1.1" and (len(hosts) != 1 or not _HOST.fullmatch(hosts[0])):
+            # Section 3.2: no Host, more than one, or an invalid one: 400.
+            why = "no Host header" if not hosts else "more than one Host header"
+            if len(hosts) == 1:
+                why = "an invalid Host header"
+            raise Refused(
+                400, "bad_host", "Malformed request", f"HTTP/1.1 needs one valid Host; {why}"
+            )
+        coding = self._transfer_encoding
+        if coding is None:
+            return
+        if version != "1.1":
+            # Section 6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
+            raise Refused(
+                400, "malformed_http", "Malformed request", "Transfer-Encoding needs HTTP/1.1"
+            )
+        if coding.strip().lower() != b"chunked":
+            # Section 6.1: a transfer coding the server does not understand: 501. llhttp has
+            # refused chunked that is not last; only chunked alone is ours.
+            raise Refused(
+                501,
+                "unsupported_transfer_coding",
+                "Not Implemented",
+                "the only transfer coding taken is chunked (use Content-Encoding: gzip)",
+            )
 
     # --- deadlines -----------------------------------------------------------------------
 

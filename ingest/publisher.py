@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooL
 from ingest.errors import TooLarge, Unavailable
 from vitals import contract, kafka
 from vitals.settings import Settings
+from vitals.supervise import supervise
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,9 @@ class Publisher:
         self._waiting: deque[tuple[float, asyncio.Future[None]]] = deque()
 
     async def __aenter__(self) -> Publisher:
-        self._connecting = asyncio.create_task(self._connect(), name="kafka-connect")
-        self._sweeping = asyncio.create_task(self._sweep(), name="produce-deadlines")
+        self._connecting = supervise("kafka-connect", self._connect)
+        # Were it to stop, every later upload would wait for Kafka without a deadline.
+        self._sweeping = supervise("produce-deadlines", self._sweep)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

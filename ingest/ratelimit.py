@@ -1,4 +1,7 @@
-"""Per-gateway token buckets: `rate_per_s` requests a second on average, bursts of `burst`.
+"""Per-client token buckets: `rate_per_s` requests a second on average, bursts of `burst`.
+
+The gateway keeps one per gateway; the read API one per reader key for requests and one
+for the rows it returns (a cost known only after the read: `charge`).
 
 In memory, per replica: behind N replicas a gateway gets up to N times the rate. That is
 the point of the limit (one misbehaving gateway must not starve the others on a replica),
@@ -23,16 +26,26 @@ class TokenBuckets:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
 
-    def take(self, key: str) -> float:
-        """0 when a token was taken; else the seconds until one will be there."""
+    def take(self, key: str, cost: float = 1.0) -> float:
+        """0 when `cost` tokens were taken; else the seconds until they will be there.
+        cost=0 asks whether the bucket is out of debt (see `charge`)."""
         now = self._clock()
-        tokens, at = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - at) * self.rate_per_s)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
+        tokens = self._refilled(key, now)
+        if tokens >= cost:
+            self._buckets[key] = (tokens - cost, now)
             return 0.0
         self._buckets[key] = (tokens, now)
-        return (1.0 - tokens) / self.rate_per_s
+        return (cost - tokens) / self.rate_per_s
+
+    def charge(self, key: str, cost: float) -> None:
+        """Take `cost` tokens after the fact, into debt if need be: for a cost known only
+        once the work is done (the rows a read returned)."""
+        now = self._clock()
+        self._buckets[key] = (self._refilled(key, now) - cost, now)
+
+    def _refilled(self, key: str, now: float) -> float:
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - at) * self.rate_per_s)
 
 
 def retry_after_s(wait_s: float) -> int:

@@ -1,4 +1,4 @@
-"""What the gateway knows about who may upload what: keys and devices, as one snapshot.
+"""Who may upload what, and who may read whom: keys, devices and care teams, as one snapshot.
 
 A Snapshot is immutable and replaced whole on each refresh (ingest/refresher.py), so a
 request sees one consistent registry without locks. Everything here is pure: the checks
@@ -20,6 +20,9 @@ class Credential:
     principal: str  # the gateway id, the admin's or the reader's name
     expires_ms: int | None = None
     revoked: bool = False
+    # A reader key's scope: the care teams whose patients it reads, or every patient.
+    teams: frozenset[str] = frozenset()
+    all_patients: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,7 @@ class Device:
 class Snapshot:
     credentials: Mapping[bytes, Credential] = field(default_factory=dict)  # by key digest
     devices: Mapping[str, Device] = field(default_factory=dict)
+    care_teams: Mapping[str, frozenset[str]] = field(default_factory=dict)  # patient -> teams
     loaded: bool = False  # False until the first load from the database succeeded
 
 
@@ -83,16 +87,27 @@ def outside_binding(
     return [i for i, t in enumerate(times) if not any(b.covers(t) for b in spans)]
 
 
+def may_read(snapshot: Snapshot, reader: Credential, patient_id: str) -> bool:
+    """A reader key reads a patient of one of its care teams; an all-patients key, any."""
+    if reader.all_patients:
+        return True
+    return not reader.teams.isdisjoint(snapshot.care_teams.get(patient_id, ()))
+
+
 def with_env_credentials(
     snapshot: Snapshot, env: Mapping[str, str], kind: str = "gateway"
 ) -> Snapshot:
     """The snapshot plus tokens from the environment (token -> principal) of `kind`:
-    VITALS_GATEWAY_CREDENTIALS for the gateway, VITALS_READER_CREDENTIALS for the read API."""
+    VITALS_GATEWAY_CREDENTIALS for the gateway, VITALS_READER_CREDENTIALS for the read API.
+    Static reader tokens read every patient: they are for local runs and tests, and a
+    deployment leaves them empty (docs/security.md)."""
     from ingest.keys import digest
 
     merged = {
-        digest(token): Credential(f"env:{principal}", kind, principal)
+        digest(token): Credential(
+            f"env:{principal}", kind, principal, all_patients=kind == "reader"
+        )
         for token, principal in env.items()
     }
     merged.update(snapshot.credentials)
-    return Snapshot(merged, snapshot.devices, snapshot.loaded)
+    return Snapshot(merged, snapshot.devices, snapshot.care_teams, snapshot.loaded)

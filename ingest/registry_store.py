@@ -1,4 +1,5 @@
-"""The registry in PostgreSQL: keys, devices and bindings. Used by the CLI and the admin API.
+"""The registry in PostgreSQL: keys, devices and bindings, care teams. Used by the CLI and
+the admin API.
 
 Every change writes its audit record in the same transaction, so a change and its record
 exist together or not at all. Keys are returned in clear exactly once, by `issue_key`.
@@ -6,6 +7,7 @@ exist together or not at all. Keys are returned in clear exactly once, by `issue
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -13,15 +15,56 @@ from typing import Any
 import asyncpg
 import orjson
 
-from ingest import keys
-from ingest.errors import NotFound, RegistryConflict
+from ingest import keys, metrics
+from ingest.errors import Malformed, NotFound, RegistryConflict
 from ingest.registry import Binding, Credential, Device, Snapshot
+from vitals import bounds
+
+log = logging.getLogger(__name__)
 
 KINDS = ("gateway", "admin", "reader")
 
 
-def _ms(moment: datetime | None) -> int | None:
-    return None if moment is None else int(moment.timestamp() * 1000)
+class _Unloadable(Exception):
+    """A stored time outside the accepted range (vitals/bounds.py): `-infinity`,
+    `infinity`, a NULL where one is needed, year 1. Only SQL behind the API's back writes
+    one; the row is skipped so that the rest of the registry still loads."""
+
+
+def _ms(moment: datetime | None) -> int:
+    # asyncpg reads +-infinity as datetime.max and datetime.min: outside the range too.
+    if moment is None or moment.tzinfo is None or bounds.time_problem(moment) is not None:
+        raise _Unloadable
+    return bounds.epoch_ms(moment)
+
+
+def _optional_ms(moment: datetime | None) -> int | None:
+    return None if moment is None else _ms(moment)
+
+
+def _skipped(table: str, **ids: str) -> None:
+    """Count and log a row left out: by device or key id, never the patient's."""
+    metrics.REGISTRY_ROWS_SKIPPED.labels(table).inc()
+    log.warning(
+        "registry row skipped: a time in it is outside the accepted range",
+        extra={"table": table, **ids},
+    )
+
+
+def checked_time(name: str, moment: datetime) -> datetime:
+    """`moment` if it is in the accepted range; else Malformed (400), before any write."""
+    problem = bounds.time_problem(moment)
+    if problem is not None:
+        raise Malformed("bad_time", f"{name} {problem}")
+    return moment
+
+
+def checked_id(name: str, value: str) -> str:
+    """`value` if it follows the identifier grammar; else Malformed (400)."""
+    problem = bounds.identifier_problem(value)
+    if problem is not None:
+        raise Malformed("bad_identifier", f"{name} {value[:40]!r} {problem}")
+    return value
 
 
 async def load(conn: asyncpg.Connection) -> Snapshot:
@@ -41,9 +84,14 @@ async def load(conn: asyncpg.Connection) -> Snapshot:
     bindings: dict[str, list[Binding]] = {r["device_id"]: [] for r in device_rows}
     gateways: dict[str, set[str]] = {r["device_id"]: set() for r in device_rows}
     for r in binding_rows:
-        bindings[r["device_id"]].append(
-            Binding(r["patient_id"], _ms(r["valid_from"]) or 0, _ms(r["valid_to"]))
-        )
+        try:
+            binding = Binding(r["patient_id"], _ms(r["valid_from"]), _optional_ms(r["valid_to"]))
+        except _Unloadable:
+            # Without this binding the device is not this patient's: uploads are refused
+            # (403), never attributed by a guessed time.
+            _skipped("device_patients", device_id=r["device_id"])
+            continue
+        bindings[r["device_id"]].append(binding)
     for r in gateway_rows:
         gateways[r["device_id"]].add(r["gateway_id"])
     devices = {
@@ -54,26 +102,41 @@ async def load(conn: asyncpg.Connection) -> Snapshot:
 
 
 async def load_readers(conn: asyncpg.Connection) -> Snapshot:
-    """The read API's registry: reader keys only, through the `reader_keys` view (0008),
-    the one thing its role may read besides the clinical data."""
-    rows = await conn.fetch(
-        "SELECT key_id, 'reader' AS kind, principal, key_sha256, expires_at, revoked_at"
-        " FROM reader_keys"
-    )
-    return Snapshot(_credentials(rows), loaded=True)
+    """The read API's registry: reader keys with their scope, through the views
+    `reader_keys` (0008) and `reader_key_scopes` (0010), and the care teams' patients
+    (0010), in one consistent snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await conn.fetch(
+            "SELECT key_id, 'reader' AS kind, principal, key_sha256, expires_at, revoked_at,"
+            " all_patients, teams FROM reader_keys JOIN reader_key_scopes USING (key_id)"
+        )
+        assigned = await conn.fetch("SELECT team_id, patient_id FROM care_team_patients")
+    teams: dict[str, set[str]] = {}
+    for r in assigned:
+        teams.setdefault(r["patient_id"], set()).add(r["team_id"])
+    care_teams = {patient: frozenset(ids) for patient, ids in teams.items()}
+    return Snapshot(_credentials(rows), care_teams=care_teams, loaded=True)
 
 
 def _credentials(rows: Iterable[asyncpg.Record]) -> dict[bytes, Credential]:
-    return {
-        bytes(r["key_sha256"]): Credential(
+    """Keys by digest; a key whose expiry cannot be read is left out (it opens nothing)."""
+    credentials = {}
+    for r in rows:
+        try:
+            expires_ms = _optional_ms(r["expires_at"])
+        except _Unloadable:
+            _skipped("api_keys", key_id=r["key_id"])
+            continue
+        credentials[bytes(r["key_sha256"])] = Credential(
             r["key_id"],
             r["kind"],
             r["principal"],
-            _ms(r["expires_at"]),
+            expires_ms,
             r["revoked_at"] is not None,
+            frozenset(r.get("teams") or ()),
+            bool(r.get("all_patients")),
         )
-        for r in rows
-    }
+    return credentials
 
 
 async def _audit(
@@ -96,24 +159,48 @@ async def issue_key(
     *,
     expires_at: datetime | None,
     actor: tuple[str, str],
+    teams: Iterable[str] = (),
+    all_patients: bool = False,
 ) -> tuple[str, str]:
-    """(key_id, key); the principal's other keys stay valid (rotation: issue, deploy, revoke)."""
+    """(key_id, key); the principal's other keys stay valid (rotation: issue, deploy, revoke).
+
+    A reader key is scoped: to care `teams` (which must exist), or to `all_patients`,
+    exactly one of the two; the audit record says which."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    if not principal or len(principal) > 128:
-        raise RegistryConflict("bad_principal", "the name must be 1 to 128 characters")
+    checked_id("the name", principal)
+    if expires_at is not None:
+        checked_time("the expiry", expires_at)
+    team_ids = sorted(set(teams))
+    for team in team_ids:
+        checked_id("the team id", team)
+    if kind == "reader" and bool(team_ids) == all_patients:
+        raise RegistryConflict(
+            "bad_scope", "a reader key is issued for one or more teams, or for all patients"
+        )
+    if kind != "reader" and (team_ids or all_patients):
+        raise RegistryConflict("bad_scope", "only reader keys have a patient scope")
     key_id, key = keys.new_key()
     async with conn.transaction():
         await conn.execute(
-            "INSERT INTO api_keys (key_id, kind, principal, key_sha256, expires_at)"
-            " VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_keys (key_id, kind, principal, key_sha256, expires_at, all_patients)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
             key_id,
             kind,
             principal,
             keys.digest(key),
             expires_at,
+            all_patients,
         )
-        await _audit(conn, *actor, f"{kind}_key_issued", {"key_id": key_id, "principal": principal})
+        await _require_teams(conn, team_ids)
+        await conn.executemany(
+            "INSERT INTO reader_key_teams (key_id, team_id) VALUES ($1, $2)",
+            [(key_id, t) for t in team_ids],
+        )
+        detail: dict[str, Any] = {"key_id": key_id, "principal": principal}
+        if kind == "reader":
+            detail |= {"teams": team_ids, "all_patients": all_patients}
+        await _audit(conn, *actor, f"{kind}_key_issued", detail)
     return key_id, key
 
 
@@ -153,7 +240,11 @@ async def register_device(
     since: datetime,
     actor: tuple[str, str],
 ) -> None:
-    gateway_ids = sorted(set(gateways))
+    # Everything checked before the transaction: a change is refused whole (400) or made.
+    checked_id("device_id", device_id)
+    checked_id("patient_id", patient_id)
+    gateway_ids = sorted({checked_id("gateway_id", g) for g in gateways})
+    checked_time("since", since)
     async with conn.transaction():
         created = await conn.fetchval(
             "INSERT INTO devices (device_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1",
@@ -183,6 +274,7 @@ async def register_device(
 async def bind_gateway(
     conn: asyncpg.Connection, device_id: str, gateway_id: str, *, actor: tuple[str, str]
 ) -> None:
+    checked_id("gateway_id", gateway_id)
     async with conn.transaction():
         await _require_device(conn, device_id)
         await conn.execute(
@@ -220,6 +312,8 @@ async def move_device(
     actor: tuple[str, str],
 ) -> None:
     """The device is `patient_id`'s from `since`; the binding before it ends there."""
+    checked_id("patient_id", patient_id)
+    checked_time("since", since)
     async with conn.transaction():
         await _require_device(conn, device_id)
         current = await conn.fetchrow(
@@ -261,6 +355,74 @@ async def list_devices(conn: asyncpg.Connection) -> list[dict[str, Any]]:
              FROM devices d ORDER BY d.device_id"""
     )
     return [dict(r) for r in rows]
+
+
+async def add_team(conn: asyncpg.Connection, team_id: str, *, actor: tuple[str, str]) -> None:
+    checked_id("the team id", team_id)
+    async with conn.transaction():
+        created = await conn.fetchval(
+            "INSERT INTO care_teams (team_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1",
+            team_id,
+        )
+        if created is None:
+            raise RegistryConflict("team_exists", "the care team exists already")
+        await _audit(conn, *actor, "team_added", {"team_id": team_id})
+
+
+async def assign_patients(
+    conn: asyncpg.Connection,
+    team_id: str,
+    patient_ids: Iterable[str],
+    *,
+    assign: bool,
+    actor: tuple[str, str],
+) -> int:
+    """Assign (or with assign=False, unassign) patients to a team; how many changed.
+    Readers of the team's keys see the change within one reload of the read API."""
+    checked_id("the team id", team_id)
+    patients = sorted(set(patient_ids))
+    for patient in patients:
+        checked_id("a patient id", patient)
+    async with conn.transaction():
+        await _require_teams(conn, [team_id])
+        if assign:
+            changed = await conn.fetch(
+                "INSERT INTO care_team_patients (team_id, patient_id)"
+                " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING 1",
+                team_id,
+                patients,
+            )
+        else:
+            changed = await conn.fetch(
+                "DELETE FROM care_team_patients WHERE team_id = $1"
+                " AND patient_id = ANY($2::text[]) RETURNING 1",
+                team_id,
+                patients,
+            )
+        # Counts, never the patients: the audit trail names no patient.
+        action = "patients_assigned" if assign else "patients_unassigned"
+        await _audit(conn, *actor, action, {"team_id": team_id, "patients": len(changed)})
+    return len(changed)
+
+
+async def list_teams(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT t.team_id, t.created_at,
+                  coalesce((SELECT array_agg(patient_id ORDER BY patient_id)
+                              FROM care_team_patients p WHERE p.team_id = t.team_id), '{}')
+                    AS patients
+             FROM care_teams t ORDER BY t.team_id"""
+    )
+    return [dict(r) for r in rows]
+
+
+async def _require_teams(conn: asyncpg.Connection, team_ids: list[str]) -> None:
+    known = await conn.fetch(
+        "SELECT team_id FROM care_teams WHERE team_id = ANY($1::text[])", team_ids
+    )
+    missing = sorted(set(team_ids) - {r["team_id"] for r in known})
+    if missing:
+        raise NotFound("no_such_team", f"no care team {', '.join(missing)}")
 
 
 async def _require_device(conn: asyncpg.Connection, device_id: str) -> None:

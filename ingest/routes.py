@@ -108,8 +108,10 @@ async def readyz(request: Request) -> Response:
     publisher: Publisher = request.app.state.publisher
     settings = request.app.state.settings
     registry: RegistryCache = request.app.state.registry
-    if settings.gateway_registry and not registry.current().loaded:
-        why = "the registry has not been loaded from the database yet"
+    if settings.gateway_registry and not registry.fresh():
+        # Never loaded, or its reloads have failed for longer than the bound: revocations
+        # and new devices would go unseen here (VITALS_REGISTRY_MAX_AGE_S).
+        why = "the registry has not been loaded from the database recently"
     elif not await publisher.ready():
         why = "Kafka is not reachable"
     else:

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from ingest.app import create_app
 from ingest.metrics import TALLY
+from ingest.problems import ProblemOnCrash
 from ingest.protocol import BoundedHttp, Limits
 from vitals.lifecycle import stop_on_signals
 from vitals.settings import Settings
@@ -57,7 +58,7 @@ def http_server(
 ) -> GatewayServer:
     """uvicorn with the limits every HTTP front door shares (gateway, read API)."""
     config = uvicorn.Config(
-        app,
+        ProblemOnCrash(app),  # nothing escapes as uvicorn's 500 text/plain
         host=host,
         port=port,
         lifespan="on",

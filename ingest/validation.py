@@ -10,25 +10,21 @@ lookup for metric and unit, timestamps parsed once per distinct string).
 
 from __future__ import annotations
 
-import functools
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 from ingest.errors import Malformed, NothingValid, TooLarge
 from ingest.fastitems import fast_upload
+from ingest.jsonkeys import refuse_repeated_keys
+from vitals.bounds import epoch_ms, identifier_problem, ms_problem
 from vitals.catalog import METRICS, Metric
 from vitals.contract import Reading, Row
 
-MAX_ID_CHARS = 128  # device and patient ids; they become Kafka keys and database columns
 ITEM_FIELDS = ("metric", "t", "v", "unit")
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +79,7 @@ def checked_upload(body: bytes, *, latest_ms: int, max_readings: int) -> Batch:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise Malformed("malformed_json", f"body is not valid JSON: {exc}") from None
+    refuse_repeated_keys(body, doc)
     if not isinstance(doc, dict):
         raise Malformed("not_an_object", f"body must be a JSON object, not {_kind(doc)}")
     device_id = _identifier(doc, "device_id")
@@ -105,16 +102,35 @@ def checked_upload(body: bytes, *, latest_ms: int, max_readings: int) -> Batch:
 
 
 def check_items(items: list[Any], latest_ms: int) -> tuple[list[Row], list[Rejection]]:
-    """Each item checked on its own, a rejection saying why."""
+    """Each item checked on its own, a rejection saying why; then against the items
+    accepted before it: one value per metric and time (the upload has one device)."""
     rows: list[Row] = []
     rejected: list[Rejection] = []
     times: dict[str, int] = {}  # t as sent -> ms: a device's readings share instants
+    # (metric, t) -> (index, value) of the first item accepted for it
+    firsts: dict[tuple[str, int], tuple[int, float]] = {}
     for index, item in enumerate(items):
         try:
-            rows.append(_reading(item, latest_ms, times))
+            row = _reading(item, latest_ms, times)
         except _Rejected as why:
             rejected.append(Rejection(index, why.code, why.detail))
+            continue
+        first = firsts.setdefault((row[0], row[1]), (index, row[2]))
+        if first[1] != row[2]:
+            # Downstream the first value is the reading of record (docs/wire-format.md):
+            # refused here, the client learns it at once instead of never.
+            rejected.append(Rejection(index, "conflicting_value", _conflict(row, *first)))
+            continue
+        rows.append(row)  # an exact repeat too: stored once downstream, as a retry is
     return rows, rejected
+
+
+def _conflict(row: Row, first: int, value: float) -> str:
+    metric, _, v, unit = row
+    return (
+        f"{metric} {v:g} {unit} at the same t as item {first} ({value:g} {unit}):"
+        " one value per metric, time and device"
+    )
 
 
 # (metric, unit as sent) -> the metric and the conversion to its canonical unit (None:
@@ -155,6 +171,9 @@ def _reading(item: Any, latest_ms: int, times: dict[str, int]) -> Row:
         times[t] = t_ms
     if t_ms > latest_ms:
         raise _Rejected("future_timestamp", f"t {t} is ahead of the gateway's clock")
+    problem = ms_problem(t_ms)
+    if problem is not None:  # years before the epoch, or the ends of the calendar
+        raise _Rejected("time_out_of_range", f"t {_show(t)} {problem}")
 
     if found is None:
         metric = METRICS[name]
@@ -191,8 +210,7 @@ def _epoch_ms(t: Any) -> int:
         raise _Rejected(
             "timestamp_without_offset", f"t {_show(t)} has no UTC offset (add Z or +hh:mm)"
         )
-    # timedelta arithmetic is exact; a float timestamp() could round 1 ms away.
-    return (moment - _EPOCH) // _MS
+    return epoch_ms(moment)
 
 
 def _identifier(doc: dict[str, Any], field: str) -> str:
@@ -201,33 +219,6 @@ def _identifier(doc: dict[str, Any], field: str) -> str:
     if problem is not None:
         raise Malformed("bad_envelope", f"{field} {problem}")
     return value  # type: ignore[return-value]  # identifier_problem checked it is a str
-
-
-# Control, format (zero-width, bidi overrides), surrogate, private-use and unassigned
-# characters, and line/paragraph separators: invisible or reordering characters let two
-# identifiers that look the same name different patients, and NUL is refused by PostgreSQL.
-_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-
-
-def identifier_problem(value: Any) -> str | None:
-    """Why `value` is not a usable device or patient id, or None when it is."""
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_CHARS:
-        return f"must be a non-empty string of at most {MAX_ID_CHARS} characters"
-    return _text_problem(value)
-
-
-# A gateway uploads for the same few devices and patients again and again: remember the
-# verdicts on recent ids instead of classifying every character of them on every upload.
-@functools.lru_cache(maxsize=65_536)
-def _text_problem(value: str) -> str | None:
-    if value != value.strip():
-        return "must not start or end with whitespace"
-    if any(unicodedata.category(c) in _HIDDEN for c in value):
-        return "must not contain control, invisible or unassigned characters"
-    if not unicodedata.is_normalized("NFC", value):
-        # Two spellings of one visible name would be two patients.
-        return "must be in Unicode normal form NFC"
-    return None
 
 
 def _kind(value: Any) -> str:

@@ -59,6 +59,7 @@ class Series:
         counts: Counter[str] = Counter()
         inserted = self.window.insert(samples)
         counts["duplicate"] += inserted.duplicates
+        counts["conflict"] += inserted.conflicts
         counts["beyond_horizon"] += inserted.too_old
         if inserted.first is None:
             return [], counts

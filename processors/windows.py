@@ -5,6 +5,11 @@ last `horizon_ms` of event time (the longest detector window plus the allowed la
 measured back from the newest reading) and, after each reading, the detectors' state.
 A late reading is put in its place and the detectors run again from there, starting from
 the checkpoint just before it; in-order readings only run the new ones.
+
+One value per (time, device, metric): the first to arrive is the reading of record, as in
+the database (docs/wire-format.md, conflicting values). A later reading with that key is a
+duplicate when its value is the same and a conflict when it differs; neither is placed, so
+detections run on the values the sink stores.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ _order = operator.attrgetter("t", "device_id", "v", "metric")
 class Inserted:
     first: int | None  # index of the earliest new sample; None when nothing was new
     added: int
-    duplicates: int  # same (t, device, metric) already held: retried uploads
+    duplicates: int  # same (t, device, metric) and value already held: retried uploads
+    conflicts: int  # same (t, device, metric) held with another value: the first one stays
     too_old: int  # older than the horizon behind the newest reading
 
 
@@ -58,7 +64,8 @@ class EventWindow(Generic[S]):
     def __init__(self, horizon_ms: int, initial: S) -> None:
         self.horizon_ms = horizon_ms
         self._samples: list[Sample] = []
-        self._keys: set[tuple[int, str, str]] = set()
+        # (t, device, metric) -> the value of record, to tell a repeat from a conflict.
+        self._keys: dict[tuple[int, str, str], float] = {}
         self._states: list[S | None] = []
         # State after the last evicted sample (the start of every recompute from 0).
         self._base: S = initial
@@ -95,19 +102,23 @@ class EventWindow(Generic[S]):
         """Add new samples in event-time order; call recompute(result.first) next."""
         held = self._keys
         fresh: list[Sample] = []
-        duplicates = 0
+        duplicates = conflicts = 0
         newest: int | None = None
         for sample in samples:
             key = (sample.t, sample.device_id, sample.metric)
-            if key in held:  # held before, or earlier in this upload
-                duplicates += 1
+            first = held.get(key)
+            if first is not None:  # held before, or earlier in this upload
+                if first == sample.v:
+                    duplicates += 1
+                else:
+                    conflicts += 1
                 continue
-            held.add(key)
+            held[key] = sample.v
             fresh.append(sample)
             if newest is None or sample.t > newest:
                 newest = sample.t
         if newest is None:
-            return Inserted(None, 0, duplicates, 0)
+            return Inserted(None, 0, duplicates, conflicts, 0)
         frontier = self.frontier
         cutoff = (newest if frontier is None else max(frontier, newest)) - self.horizon_ms
         # The state before a sample older than the cutoff may already be evicted: such a
@@ -116,24 +127,24 @@ class EventWindow(Generic[S]):
         if len(kept) < len(fresh):
             for sample in fresh:
                 if sample.t < cutoff:
-                    held.discard((sample.t, sample.device_id, sample.metric))
+                    del held[(sample.t, sample.device_id, sample.metric)]
         too_old = len(fresh) - len(kept)
         if not kept:
-            return Inserted(None, 0, duplicates, too_old)
+            return Inserted(None, 0, duplicates, conflicts, too_old)
         kept.sort(key=_order)
         placed, states = self._samples, self._states
         if not placed or _order(placed[-1]) <= _order(kept[0]):
             first = len(placed)  # in order, the common case: all after what is held
             placed.extend(kept)
             states.extend([None] * len(kept))
-            return Inserted(first, len(kept), duplicates, too_old)
+            return Inserted(first, len(kept), duplicates, conflicts, too_old)
         first = len(placed)
         for sample in kept:
             index = bisect.bisect_right(placed, _order(sample), key=_order)
             placed.insert(index, sample)
             states.insert(index, None)
             first = min(first, index)
-        return Inserted(first, len(kept), duplicates, too_old)
+        return Inserted(first, len(kept), duplicates, conflicts, too_old)
 
     def recompute(self, start: int, step: Step[S]) -> None:
         """Run `step` over the samples from `start` on, from the checkpoint before it."""
@@ -158,7 +169,7 @@ class EventWindow(Generic[S]):
         assert last_state is not None
         self._base, self._base_t = last_state, self._samples[count - 1].t
         for sample in self._samples[:count]:
-            self._keys.discard((sample.t, sample.device_id, sample.metric))
+            del self._keys[(sample.t, sample.device_id, sample.metric)]
         del self._samples[:count]
         del self._states[:count]
         return count

@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     from ingest import admin_cli  # gateways, admins, devices: the registry (docs/security.md)
 
     admin_cli.add_arguments(sub)
+    from ingest import audit_cli  # the read audit: verify, who read a patient
+
+    audit_cli.add_arguments(sub)
 
     bench = sub.add_parser("bench", help="benchmarks against peers (docs/benchmarks.md)")
     from vitals.bench import options as bench_options
@@ -206,7 +209,11 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
             from vitals import dev
 
             return await dev.run(settings, args)
-        case "gateways" | "admins" | "readers" | "devices":
+        case "audit":
+            from ingest import audit_cli
+
+            return await audit_cli.run(args, settings)
+        case "gateways" | "admins" | "readers" | "devices" | "teams":
             from ingest import admin_cli
 
             return await admin_cli.run(args, settings)

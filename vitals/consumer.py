@@ -21,6 +21,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from vitals import kafka
 from vitals.probes import ProbeServer
 from vitals.settings import Settings
+from vitals.supervise import supervise
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class ConsumerLoop:
                     if self.settings.probe_port
                     else _nothing()
                 ):
-                    lag = asyncio.create_task(self._watch_lag(stop))
+                    lag = supervise(f"{self.stage}-lag", lambda: self._watch_lag(stop))
                     try:
                         await self._loop(handler, stop)
                     finally:

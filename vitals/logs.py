@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+import traceback
 from datetime import UTC, datetime
 
 import orjson
@@ -45,3 +46,11 @@ def configure(level: str = "INFO") -> None:
 def pseudonym(identifier: str) -> str:
     """A short, stable tag for correlating log lines; not an identity."""
     return hashlib.blake2s(identifier.encode(), digest_size=6, person=b"vitals").hexdigest()
+
+
+def exception_fields(exc: BaseException) -> dict[str, str]:
+    """An exception as log fields: its type and where it was raised, without its message,
+    which can carry what failed to parse or was not found (a patient id, a value)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = " < ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in frames[::-1])
+    return {"error": type(exc).__name__, "where": where}

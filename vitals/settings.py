@@ -8,6 +8,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vitals.bounds import identifier_problem
+
 # The credential that `make run`'s simulator uses; documented in the README.
 LOCAL_GATEWAY_ID = "gw-local"
 LOCAL_GATEWAY_TOKEN = "local-dev-token"
@@ -57,6 +59,9 @@ class Settings(BaseSettings):
     # Needs gateway_registry. A deployment turns both on (docs/security.md).
     require_device_registry: bool = False
     registry_refresh_s: float = 10.0
+    # /readyz answers 503 while the registry in memory is older than this (its reloads
+    # failing or stopped): 0 means 3 reloads' worth, 3 * registry_refresh_s.
+    registry_max_age_s: float = 0.0
     rate_limit_per_s: float = 50.0  # per gateway and replica; 0 = no limit
     rate_limit_burst: int = 200
     # The request line and headers must arrive within header_timeout_s of the connection
@@ -87,6 +92,13 @@ class Settings(BaseSettings):
     api_database_url: str = ""
     api_page_max: int = 10_000  # the largest `limit` a request may ask for
     api_statement_timeout_s: float = 10.0
+    # Per reader key and replica (docs/security.md#limits): requests (token bucket; 0 = off)
+    # and rows returned per minute (0 = off).
+    api_rate_limit_per_s: float = 20.0
+    api_rate_limit_burst: int = 200
+    api_rows_per_minute: int = 300_000
+    # HMAC key of the paging cursors; empty: a random key per process (one replica only).
+    api_cursor_key: SecretStr = SecretStr("")
     # TLS for the read API, as for the gateway (a client CA turns on mutual TLS).
     api_tls_certfile: str = ""
     api_tls_keyfile: str = ""
@@ -163,9 +175,15 @@ class Settings(BaseSettings):
         if self.gateway_registry and "gateway_credentials" not in self.model_fields_set:
             # The built-in local token must never open a deployment that uses issued keys.
             self.gateway_credentials = ""
+        if 0 < len(self.api_cursor_key.get_secret_value()) < 32:
+            raise ValueError("api_cursor_key must be 32+ characters (or empty: one per process)")
         if set(self.credentials()) & set(self.readers()):
             raise ValueError("a reader token must not also be a gateway token")
         return self
+
+    def registry_age_bound_s(self) -> float:
+        """How old the registry in memory may grow before /readyz turns 503."""
+        return self.registry_max_age_s or 3 * self.registry_refresh_s
 
     def credentials(self) -> dict[str, str]:
         """token -> gateway id."""
@@ -187,5 +205,8 @@ def parse_credentials(value: str, kind: str = "gateway") -> dict[str, str]:
             raise ValueError(
                 f"{kind} credentials must be '{kind}_id:token' pairs with tokens of 8+ characters"
             )
+        problem = identifier_problem(principal)  # the same grammar as issued keys' names
+        if problem is not None:
+            raise ValueError(f"{kind} id {principal[:40]!r} in the credentials {problem}")
         tokens[token] = principal
     return tokens

@@ -1,9 +1,12 @@
-"""The read API application: create_app(settings); its lifespan owns a read-only pool and
-the reader keys' reloads (issued keys from the database, plus VITALS_READER_CREDENTIALS)."""
+"""The read API application: create_app(settings); its lifespan owns a read-only pool, the
+reader keys' reloads (issued keys with their care teams from the database, plus
+VITALS_READER_CREDENTIALS) and the read audit's writer."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,9 +17,13 @@ from prometheus_client import Counter, Histogram
 from ingest import problems, registry_store
 from ingest.auth import Authenticator
 from ingest.metrics import RequestMetrics
+from ingest.ratelimit import TokenBuckets
 from ingest.readapi import routes
+from ingest.readapi.access import Access
+from ingest.readapi.audit import ReadAudit
 from ingest.refresher import RegistryCache
 from vitals.settings import Settings
+from vitals.supervise import supervise
 
 POOL_CONNECT_TIMEOUT_S = 5.0
 POOL_MAX = 10
@@ -35,7 +42,12 @@ REQUEST_SECONDS = Histogram(
 def create_app(settings: Settings) -> FastAPI:
     # Only reader keys: a gateway key or admin token is unknown here (the loader reads the
     # reader_keys view, the environment tokens are readers').
-    keys = RegistryCache(settings.readers(), kind="reader", load=registry_store.load_readers)
+    keys = RegistryCache(
+        settings.readers(),
+        kind="reader",
+        load=registry_store.load_readers,
+        max_age_s=settings.registry_age_bound_s(),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,12 +66,32 @@ def create_app(settings: Settings) -> FastAPI:
             },
         )
         app.state.pool = pool
-        reloads = asyncio.create_task(keys.run(pool, settings.registry_refresh_s))
+        audit = ReadAudit(
+            pool,
+            queue_max=settings.audit_queue_max,
+            batch_max=settings.audit_batch_max,
+            flush_s=settings.audit_flush_s,
+        )
+        app.state.access = Access(
+            keys.current,
+            audit,
+            requests=_buckets(settings.api_rate_limit_per_s, settings.api_rate_limit_burst),
+            rows=_buckets(settings.api_rows_per_minute / 60, settings.api_rows_per_minute),
+            retry_after_s=settings.retry_after_s,
+        )
+        tasks = [
+            supervise("reader-keys-refresh", lambda: keys.run(pool, settings.registry_refresh_s)),
+            supervise("read-audit-writer", audit.run),
+        ]
         try:
             yield
         finally:
-            reloads.cancel()
-            await asyncio.gather(reloads, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settings.shutdown_grace_s):
+                    await audit.flush()  # the last requests' reads
             try:
                 await asyncio.wait_for(pool.close(), settings.shutdown_grace_s)
             except TimeoutError:
@@ -68,8 +100,17 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="vitals read API", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.keys = keys
+    # Without a configured key, one per process: cursors then work only on the replica
+    # that issued them (fine for one local process; docs/read-api.md).
+    configured = settings.api_cursor_key.get_secret_value().encode()
+    app.state.cursor_key = configured or secrets.token_bytes(32)
     app.state.authenticator = Authenticator(keys.current)
     app.include_router(routes.router)
     problems.install(app)
     app.add_middleware(RequestMetrics, requests=REQUESTS, seconds=REQUEST_SECONDS)
     return app
+
+
+def _buckets(rate_per_s: float, burst: float) -> TokenBuckets | None:
+    """Per reader key; a rate of 0 turns the limit off."""
+    return TokenBuckets(rate_per_s, max(1, round(burst))) if rate_per_s > 0 else None

@@ -1,15 +1,18 @@
 """Query parameters of the read API, checked by pure functions (no HTTP, no database).
 
 Every refusal is a Malformed (400) with a code of its own, rendered as problem+json by
-ingest/problems.py. Cursors are opaque to clients: base64url JSON, bound to the series and
-resolution they were issued for, so a cursor reused with other parameters is refused
-rather than silently skipping or repeating rows.
+ingest/problems.py. Cursors are opaque to clients: base64url JSON and an HMAC over it and
+the patient, series and resolution they were issued for (the key: VITALS_API_CURSOR_KEY),
+so a cursor changed, forged, or reused for another patient or with other parameters is
+refused rather than silently skipping or repeating rows.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from ingest.errors import Malformed
-from ingest.validation import MAX_ID_CHARS
+from vitals import bounds
 from vitals.catalog import METRICS
 
 RESOLUTIONS = ("raw", "1m", "1h", "auto")
@@ -28,11 +31,12 @@ DEFAULT_LIMIT = 1_000
 AUTO_RAW_UP_TO = timedelta(hours=6)
 AUTO_1M_UP_TO = timedelta(days=7)
 ALERT_STATES = ("opened", "resolved")
-# Open ends of an alerts range: the extremes PostgreSQL's timestamptz and Python share.
-EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
-LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+# Open ends of a range: the ends of the accepted range (vitals/bounds.py).
+EARLIEST = bounds.EARLIEST
+LATEST = bounds.LATEST
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
+_MAC_BYTES = 16  # 128 bits: forging one is out of reach, and the cursor stays short
 
 
 def only(query: Mapping[str, Sequence[str]], allowed: Sequence[str]) -> dict[str, str]:
@@ -53,8 +57,11 @@ def only(query: Mapping[str, Sequence[str]], allowed: Sequence[str]) -> dict[str
 
 
 def patient(patient_id: str) -> str:
-    if not patient_id or len(patient_id) > MAX_ID_CHARS:
-        raise Malformed("bad_patient_id", f"the patient id must be 1 to {MAX_ID_CHARS} characters")
+    """The path's patient id, if it follows the grammar every door checks (a NUL, say,
+    would otherwise reach PostgreSQL, which refuses it)."""
+    problem = bounds.identifier_problem(patient_id)
+    if problem is not None:
+        raise Malformed("bad_patient_id", f"the patient id {problem}")
     return patient_id
 
 
@@ -83,8 +90,9 @@ def moment(name: str, value: str | None) -> datetime:
             "bad_time",
             f"{name} is not an ISO 8601 time: {value[:40]!r} (send + as %2B in a URL)",
         ) from None
-    if parsed.tzinfo is None:
-        raise Malformed("bad_time", f"{name} needs an offset (Z or +hh:mm)")
+    problem = bounds.time_problem(parsed)
+    if problem is not None:  # checked before the shift to UTC, which overflows at the ends
+        raise Malformed("bad_time", f"{name} {problem}")
     return parsed.astimezone(UTC)
 
 
@@ -133,8 +141,9 @@ def state(value: str | None) -> str | None:
 class Cursor:
     """Where the next page starts: strictly after (`at`, `tie`) in the page's order.
 
-    `scope` is what the cursor was issued for (e.g. "readings:heart_rate:raw"); `tie`
-    breaks ties at the same instant (a device id; an alert id and state).
+    `scope` is what the cursor was issued for (e.g. "readings:p-1:heart_rate:raw"; it is
+    signed, not carried); `tie` breaks ties at the same instant (a device id; an alert id
+    and state).
     """
 
     scope: str
@@ -142,30 +151,37 @@ class Cursor:
     tie: tuple[str, ...] = ()
 
 
-def encode_cursor(cursor: Cursor) -> str:
+def encode_cursor(cursor: Cursor, key: bytes) -> str:
     micros = (cursor.at - _EPOCH) // _MICRO  # exact: no float rounding of the instant
-    raw = orjson.dumps([cursor.scope, micros, list(cursor.tie)])
+    raw = orjson.dumps([micros, list(cursor.tie)])
+    return f"{_b64(raw)}.{_b64(_mac(key, cursor.scope, raw))}"
+
+
+def decode_cursor(value: str | None, scope: str, key: bytes) -> Cursor | None:
+    if value is None:
+        return None
+    body, _, mac = value.partition(".")
+    try:
+        raw, given = _unb64(body), _unb64(mac)
+    except (binascii.Error, ValueError):
+        raw = given = b""
+    # The MAC first: nothing of a cursor this API did not issue is parsed.
+    if not hmac.compare_digest(given, _mac(key, scope, raw)):
+        raise Malformed(
+            "bad_cursor",
+            "cursor is not one this API issued for this patient, metric, resolution or listing",
+        )
+    micros, tie = orjson.loads(raw)
+    return Cursor(scope, _EPOCH + micros * _MICRO, tuple(tie))
+
+
+def _mac(key: bytes, scope: str, raw: bytes) -> bytes:
+    return hmac.new(key, scope.encode() + b"\0" + raw, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def decode_cursor(value: str | None, scope: str, tie_length: int) -> Cursor | None:
-    if value is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-        issued_scope, micros, tie = orjson.loads(raw)
-        at = _EPOCH + micros * _MICRO
-        valid = (
-            isinstance(issued_scope, str)
-            and isinstance(micros, int)
-            and isinstance(tie, list)
-            and len(tie) == tie_length
-            and all(isinstance(part, str) for part in tie)
-        )
-    except (binascii.Error, ValueError, TypeError, OverflowError):
-        valid = False
-    if not valid:
-        raise Malformed("bad_cursor", "cursor is not one this API issued")
-    if issued_scope != scope:
-        raise Malformed("bad_cursor", "cursor was issued for another metric, resolution or listing")
-    return Cursor(scope, at, tuple(tie))
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

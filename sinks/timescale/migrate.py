@@ -3,9 +3,12 @@
 Files in `migrations/` are named `NNNN_name.sql`. A version may have companions applied
 right after it: `NNNN_name.timescale.sql` when the `timescaledb` extension is available,
 `NNNN_name.plain.sql` otherwise (plain indexes, where TimescaleDB would use its own).
-Every applied file is recorded in `schema_migrations` by its name without `.sql`, so a
-second run applies nothing. A session advisory lock serialises concurrent starts (several
-sinks starting at once): the second waits, then finds everything applied.
+A database keeps the flavour it was first migrated with: a server that gained the
+extension later does not get TimescaleDB companions on top of plain ones (they cannot
+apply there, and each that did would commit half a conversion). Every applied file is
+recorded in `schema_migrations` by its name without `.sql`, so a second run applies
+nothing. A session advisory lock serialises concurrent starts (several sinks starting at
+once): the second waits, then finds everything applied.
 """
 
 from __future__ import annotations
@@ -88,6 +91,26 @@ def timescale_available(conn: psycopg.Connection) -> bool:
     return conn.execute(TIMESCALE_AVAILABLE).fetchone() is not None
 
 
+def flavour_of(applied: set[str], available: bool) -> bool:
+    """Whether to apply the TimescaleDB companions: as the database was made, when any
+    companion is recorded; else as the server offers. InfrastructureError when the database
+    needs the extension the server no longer offers."""
+    made = {name.rsplit(".", 1)[1] for name in applied if name.endswith((".plain", ".timescale"))}
+    if "timescale" in made and not available:
+        raise InfrastructureError(
+            "the database was migrated with TimescaleDB, but this server does not offer the "
+            "timescaledb extension (docs/storage.md, Supported versions)"
+        )
+    if "plain" in made:
+        if available:
+            log.warning(
+                "timescaledb is available, but this database was made for plain PostgreSQL; "
+                "it stays plain (docs/storage.md, Supported versions)"
+            )
+        return False
+    return available
+
+
 def migrate(database_url: str, folder: Path = MIGRATIONS) -> list[str]:
     """Apply what is missing; returns the names applied (empty when up to date)."""
     migrations = discover(folder)
@@ -111,9 +134,6 @@ def migrate(database_url: str, folder: Path = MIGRATIONS) -> list[str]:
 
 
 def _apply(conn: psycopg.Connection, migrations: list[Migration]) -> list[str]:
-    timescale = timescale_available(conn)
-    if timescale:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     conn.execute(
         """CREATE TABLE IF NOT EXISTS schema_migrations (
                name       text PRIMARY KEY,
@@ -122,6 +142,9 @@ def _apply(conn: psycopg.Connection, migrations: list[Migration]) -> list[str]:
            )"""
     )
     done = dict(conn.execute("SELECT name, checksum FROM schema_migrations").fetchall())
+    timescale = flavour_of(set(done), timescale_available(conn))
+    if timescale:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     applied: list[str] = []
     for m in plan(migrations, timescale=timescale):
         if m.name in done:

@@ -34,7 +34,14 @@ log = logging.getLogger(__name__)
 STAGE = "sink-timescale"
 
 ROWS = Counter(
-    "vitals_sink_rows_total", "Readings written, new or already stored (duplicate)", ["result"]
+    "vitals_sink_rows_total",
+    "Readings written: new, or already stored (duplicate; a conflict recorded before included)",
+    ["result"],
+)
+CONFLICTS = Counter(
+    "vitals_sink_reading_conflicts_total",
+    "Readings whose value contradicted the stored one, recorded in reading_conflicts",
+    ["metric"],
 )
 WRITE_SECONDS = Histogram(
     "vitals_sink_write_seconds", "Time of one write of a batch of readings, commit(s) included"
@@ -84,11 +91,13 @@ class ReadingsSink:
     async def write_readings(self, rows: list[Row]) -> None:
         started = time.perf_counter()
         async with self._db.connection() as conn:
-            new = await self._writer.write(conn, rows)
+            new, conflicts = await self._writer.write(conn, rows)
         WRITE_SECONDS.observe(time.perf_counter() - started)
         WRITE_ROWS.observe(len(rows))
         ROWS.labels("new").inc(new)
-        ROWS.labels("duplicate").inc(len(rows) - new)
+        ROWS.labels("duplicate").inc(len(rows) - new - len(conflicts))
+        for metric in conflicts:
+            CONFLICTS.labels(metric).inc()
 
 
 async def run_sink(settings: Settings, stop: asyncio.Event) -> None:

@@ -14,11 +14,17 @@ Duplicates are rare in steady state (the gateway answers a retried Idempotency-K
 its cache; Kafka redelivers only after a crash or a rebalance), so ReadingsWriter tries a
 plain COPY first: a duplicate key aborts it whole (nothing of it is stored), and the same
 batch goes through the staging path. Either way each key is stored once.
+
+A key that comes again with another value is a conflict (docs/wire-format.md): the first
+value stays in readings, and the later one is recorded in reading_conflicts (one row per
+distinct conflicting value, so a redelivered conflict is recorded once). Only the staging
+path can meet one: the plain COPY succeeds only when every key is new and unique.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import asyncpg
 
@@ -37,16 +43,64 @@ _UPSERT = (
 )
 
 
-async def copy_then_upsert(conn: asyncpg.Connection, rows: Sequence[Row]) -> int:
-    """Write `rows` in one transaction; returns how many were new (not already stored)."""
+# The stored value is looked up by a scalar subquery, one primary-key probe per staged row
+# like ON CONFLICT's own: a join could be planned as a scan of all of readings, since the
+# staging table has no statistics. A staged row that was just inserted finds itself (equal).
+_RECORD_CONFLICTS = f"""
+INSERT INTO reading_conflicts (patient_id, metric, t, device_id, stored_value,
+                               conflicting_value, unit, upload_id, received_at)
+SELECT patient_id, metric, t, device_id, stored, value, unit, upload_id, received_at
+FROM (SELECT s.*, (SELECT r.value FROM readings r
+                   WHERE r.patient_id = s.patient_id AND r.metric = s.metric
+                     AND r.t = s.t AND r.device_id = s.device_id) AS stored
+      FROM {STAGING} s) staged
+WHERE stored <> value
+ON CONFLICT DO NOTHING
+RETURNING metric"""
+
+
+class Written(NamedTuple):
+    new: int  # rows stored in readings
+    conflicts: tuple[str, ...]  # the metric of each conflict recorded for the first time
+
+
+NOTHING = Written(0, ())
+
+
+def first_of_each_key(rows: Sequence[Row]) -> tuple[list[Row], list[Row]]:
+    """The first row of each (patient, metric, t, device) in arrival order, and the later
+    rows whose value differs from that first one (each value once); exact repeats dropped.
+
+    Within a batch "first" is decided here rather than by the order an INSERT ... SELECT
+    happens to read the staging table in, which SQL does not promise."""
+    firsts: dict[tuple[object, ...], Row] = {}
+    later: dict[tuple[object, ...], Row] = {}
+    for row in rows:
+        key = row[:4]
+        first = firsts.setdefault(key, row)
+        if first[4] != row[4]:
+            later.setdefault((*key, row[4]), row)
+    return list(firsts.values()), list(later.values())
+
+
+async def copy_then_upsert(conn: asyncpg.Connection, rows: Sequence[Row]) -> Written:
+    """Write `rows` in one transaction: the new ones into readings, the conflicting ones
+    into reading_conflicts."""
     if not rows:
-        return 0
+        return NOTHING
+    firsts, later = first_of_each_key(rows)
     async with conn.transaction():
         await conn.execute(_CREATE_STAGING)
-        await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
+        await conn.copy_records_to_table(STAGING, records=firsts, columns=COLUMNS)
         status = await conn.execute(_UPSERT)
-    # The command tag is "INSERT 0 <rows inserted>".
-    return int(status.rsplit(" ", 1)[1])
+        # The command tag is "INSERT 0 <rows inserted>".
+        new = int(status.rsplit(" ", 1)[1])
+        if new == len(firsts) and not later:
+            return Written(new, ())  # every key new and given once: nothing to compare
+        if later:  # compared with the value of record like the rest
+            await conn.copy_records_to_table(STAGING, records=later, columns=COLUMNS)
+        recorded = await conn.fetch(_RECORD_CONFLICTS)
+    return Written(new, tuple(r["metric"] for r in recorded))
 
 
 async def copy_if_all_new(conn: asyncpg.Connection, rows: Sequence[Row]) -> bool:
@@ -68,12 +122,12 @@ class ReadingsWriter:
     def __init__(self) -> None:
         self.careful = False  # the last batch held duplicates: more are likely
 
-    async def write(self, conn: asyncpg.Connection, rows: Sequence[Row]) -> int:
-        """Write `rows` once each; returns how many were new (not already stored)."""
+    async def write(self, conn: asyncpg.Connection, rows: Sequence[Row]) -> Written:
+        """Write `rows` once each: how many were new, and the conflicts recorded."""
         if not rows:
-            return 0
+            return NOTHING
         if not self.careful and await copy_if_all_new(conn, rows):
-            return len(rows)
-        new = await copy_then_upsert(conn, rows)
-        self.careful = new < len(rows)
-        return new
+            return Written(len(rows), ())
+        written = await copy_then_upsert(conn, rows)
+        self.careful = written.new < len(rows)
+        return written

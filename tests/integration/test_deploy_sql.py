@@ -28,6 +28,7 @@ import yaml
 
 from ingest import registry_store
 from ingest.keys import digest
+from ingest.readapi.audit import ReadAudit
 from ingest.readapi.queries import NEWS2_LATEST
 from sinks.alerts import store as alerts_store
 from sinks.timescale.logins import LOGINS, ensure_logins, parse_passwords
@@ -303,8 +304,10 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
     try:
         row = ("p-roles", "spo2", at, "w1", 97.0, "%", uuid.uuid4(), NOW)
         writer = ReadingsWriter()
-        assert await writer.write(conn, [row]) == 1
-        assert await writer.write(conn, [row]) == 0 and writer.careful
+        assert await writer.write(conn, [row]) == (1, ())
+        assert await writer.write(conn, [row]) == (0, ()) and writer.careful
+        # Another value for that reading: recorded as a conflict (0012's grants).
+        assert await writer.write(conn, [(*row[:4], 88.0, *row[5:])]) == (0, ("spo2",))
         # ... and NEWS2 scores: inserted, then replaced by a re-computation (an UPDATE).
         score = ("p-roles", at, 3, "low-medium", True, True, 1, "{}", NOW)
         assert await upsert_scores(conn, [score]) == 1
@@ -333,6 +336,11 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
         )
         snapshot = await registry_store.load(conn)
         assert "w-roles" in snapshot.devices
+        # ... and care teams (0010): add one, assign a patient.
+        await registry_store.add_team(conn, "ward-roles", actor=("admin", "ops"))
+        await registry_store.assign_patients(
+            conn, "ward-roles", ["p-roles"], assign=True, actor=("admin", "ops")
+        )
     finally:
         await conn.close()
 
@@ -340,7 +348,7 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
     owner = await asyncpg.connect(logins.owner_url)
     try:
         _, reader_key = await registry_store.issue_key(
-            owner, "reader", "dash", expires_at=None, actor=("cli", "pytest")
+            owner, "reader", "dash", expires_at=None, actor=("cli", "pytest"), teams=["ward-roles"]
         )
         _, gateway_key = await registry_store.issue_key(
             owner, "gateway", "gw-roles", expires_at=None, actor=("cli", "pytest")
@@ -351,12 +359,24 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
     try:
         readers = await registry_store.load_readers(conn)
         assert set(readers.credentials) == {digest(reader_key)}  # never the gateway's key
+        assert readers.care_teams == {"p-roles": frozenset({"ward-roles"})}
         count = await conn.fetchval("SELECT count(*) FROM readings WHERE patient_id = 'p-roles'")
         assert count == 1
         latest = await conn.fetchrow(NEWS2_LATEST, "p-roles", NOW)
         assert latest is not None and latest["news2"] == 5
     finally:
         await conn.close()
+    # api: append to the read audit through its read-only sessions, as the API does.
+    pool = await asyncpg.create_pool(
+        urls["api"], min_size=0, server_settings={"default_transaction_read_only": "on"}
+    )
+    try:
+        audit = ReadAudit(pool, queue_max=10, batch_max=10, flush_s=1)
+        reader = next(iter(readers.credentials.values()))
+        audit.read(reader, "readings", "p-roles", outcome="ok", status=200, rows=1)
+        assert await audit.flush() == 1
+    finally:
+        await pool.close()
     gateway_snapshot_conn = await asyncpg.connect(urls["gateway"])
     try:
         gateway_keys = (await registry_store.load(gateway_snapshot_conn)).credentials
@@ -374,6 +394,8 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
             "UPDATE readings SET value = 0",
             "DROP TABLE readings",
             "DELETE FROM news2_scores",
+            "DELETE FROM reading_conflicts",
+            "UPDATE reading_conflicts SET stored_value = 0",
         ],
         "sink-alerts": [
             "SELECT * FROM api_keys",
@@ -390,6 +412,8 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
             "INSERT INTO api_keys (key_id, kind, principal, key_sha256)"
             " VALUES ('k', 'admin', 'me', decode(repeat('00', 32), 'hex'))",
             "DELETE FROM audit_log",
+            "SELECT * FROM read_audit",
+            "SELECT * FROM reader_key_teams",
         ],
         "api": [
             READING_SQL,
@@ -400,6 +424,11 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
             "SELECT * FROM devices",
             "SELECT * FROM device_patients",
             "CREATE TABLE mine (x int)",
+            "SELECT * FROM read_audit",  # the audit it writes: insert only
+            "UPDATE read_audit SET row_count = 0",
+            "DELETE FROM read_audit",
+            "SELECT * FROM reader_key_teams",
+            "INSERT INTO care_team_patients (team_id, patient_id) VALUES ('ward-roles', 'me')",
         ],
     }
     for process, statements in forbidden.items():

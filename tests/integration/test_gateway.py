@@ -217,7 +217,8 @@ async def test_mixed_items_answer_rejections_and_produce_only_the_good_ones(
         reading(v="72"),
         reading(t="soon"),
         "not an object",
-        reading(v=62),
+        reading(t="2026-01-01T10:00:01+08:00", v=62),
+        reading(v=63),  # item 0's metric and time, another value
     ]
     response = await post(gateway, upload(*items))
     assert response.status_code == 202, response.text
@@ -234,6 +235,7 @@ async def test_mixed_items_answer_rejections_and_produce_only_the_good_ones(
         (8, "bad_value"),
         (9, "bad_timestamp"),
         (10, "bad_item"),
+        (12, "conflicting_value"),
     ]
     assert all(r["detail"] for r in answer["rejected"])
     (record,) = await produced(settings)
@@ -533,7 +535,10 @@ async def test_metrics_count_requests_readings_rejections_and_produce_time(
 ) -> None:
     before = (await gateway.get("/metrics")).text
     assert (
-        await post(gateway, upload(reading(v=70), reading(v=71), reading(v=5)))
+        await post(
+            gateway,
+            upload(reading(v=70), reading(t="2026-01-01T10:00:01+08:00", v=71), reading(v=5)),
+        )
     ).status_code == 202
     assert (await post(gateway, b"{", JSON)).status_code == 400
     response = await gateway.get("/metrics")

@@ -183,6 +183,7 @@ async def test_keys_are_stored_only_as_sha256_digests(
         "created_at",
         "expires_at",
         "revoked_at",
+        "all_patients",  # a reader key's scope (0010)
     }
 
 
@@ -272,7 +273,7 @@ async def test_a_reader_key_never_uploads_nor_opens_the_admin_api(
 ) -> None:
     """Issued reader keys live in the same table; the gateway does not even load them."""
     _, reader_key = await registry_store.issue_key(
-        db, "reader", fleet["gw_a"], expires_at=None, actor=CLI
+        db, "reader", fleet["gw_a"], expires_at=None, actor=CLI, all_patients=True
     )
     async with running(secured(settings)) as gw:
         digests = gw.app.state.registry.current().credentials
@@ -340,7 +341,7 @@ def test_the_cli_issues_lists_and_revokes_keys(settings: Settings) -> None:
     (mine,) = [r for r in rows if r["key_id"] == key_id]
     assert mine["principal"] == gw and mine["revoked_at"] is not None
     for refused, why in (
-        (("gateways", "issue", ""), "1 to 128 characters"),
+        (("gateways", "issue", ""), "at most 128 characters"),
         (("devices", "register", "d\u202e1", "--patient", "p", "--gateway", gw), "invisible"),
         (("devices", "move", uid("dev"), "--patient", "p"), "not registered"),
     ):
@@ -466,6 +467,53 @@ async def test_the_admin_api_registers_binds_moves_and_audits(
         )
         == 0
     )
+
+
+async def test_the_admin_api_adds_teams_assigns_patients_and_audits(
+    gateway: Gateway, db: asyncpg.Connection, fleet: dict[str, str]
+) -> None:
+    _, admin_key = await registry_store.issue_key(
+        db, "admin", "ward-ops", expires_at=None, actor=CLI
+    )
+    await gateway.reload()
+    admin = bearer(admin_key)
+    team, patient = uid("ward"), uid("p")
+    created = await gateway.client.post("/v1/admin/teams", json={"team_id": team}, headers=admin)
+    assert created.status_code == 204, created.text
+    again = await gateway.client.post("/v1/admin/teams", json={"team_id": team}, headers=admin)
+    assert_problem(again, 409, "team_exists")
+    hidden = await gateway.client.post(
+        "/v1/admin/teams", json={"team_id": "ward\u202e3"}, headers=admin
+    )
+    assert_problem(hidden, 400, "invalid_request")
+    member = f"/v1/admin/teams/{team}/patients/{patient}"
+    assert (await gateway.client.put(member, headers=admin)).status_code == 204
+    assert (await gateway.client.put(member, headers=admin)).status_code == 204  # idempotent
+    nowhere = await gateway.client.put(f"/v1/admin/teams/{uid('x')}/patients/p", headers=admin)
+    assert_problem(nowhere, 404, "no_such_team")
+    listing = (await gateway.client.get("/v1/admin/teams", headers=admin)).json()["teams"]
+    assert [t["patients"] for t in listing if t["team_id"] == team] == [[patient]]
+    assert (await gateway.client.delete(member, headers=admin)).status_code == 204
+    listing = (await gateway.client.get("/v1/admin/teams", headers=admin)).json()["teams"]
+    assert [t["patients"] for t in listing if t["team_id"] == team] == [[]]
+    # A gateway key never manages teams.
+    refused = await gateway.client.post(
+        "/v1/admin/teams", json={"team_id": uid("ward")}, headers=bearer(fleet["key_a"])
+    )
+    assert refused.status_code == 401
+    actions = await db.fetch(
+        "SELECT action, actor_kind, actor, detail->>'patients' AS n FROM audit_log"
+        " WHERE detail->>'team_id' = $1 ORDER BY id",
+        team,
+    )
+    assert [tuple(a) for a in actions] == [
+        ("team_added", "admin", "ward-ops", None),
+        ("patients_assigned", "admin", "ward-ops", "1"),
+        ("patients_assigned", "admin", "ward-ops", "0"),
+        ("patients_unassigned", "admin", "ward-ops", "1"),
+    ]
+    text = await db.fetchval("SELECT string_agg(detail::text, ' ') FROM audit_log")
+    assert patient not in text
 
 
 # --- limits ---------------------------------------------------------------------------

@@ -11,7 +11,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sinks.timescale.migrate import MIGRATIONS, discover, migrate, plan, timescale_available
+from sinks.timescale.migrate import (
+    MIGRATIONS,
+    discover,
+    flavour_of,
+    migrate,
+    plan,
+    timescale_available,
+)
 from vitals import localinfra
 from vitals.errors import ConfigError, InfrastructureError
 
@@ -45,11 +52,10 @@ def test_fresh_database_gets_every_migration_once_and_a_second_run_applies_nothi
     assert recorded == sorted(applied)
 
 
-def test_plain_postgresql_schema_has_the_tables_keys_and_indexes(fresh_url: str) -> None:
+def test_schema_has_the_tables_keys_and_the_indexes_of_its_server(fresh_url: str) -> None:
     migrate(fresh_url)
     with psycopg.connect(fresh_url) as conn:
-        if timescale_available(conn):
-            pytest.fail("this check is for plain PostgreSQL; the server has TimescaleDB")
+        timescale = timescale_available(conn)  # what migrate.py chose the companions by
         columns = dict(
             conn.execute(
                 """SELECT table_name || '.' || column_name, data_type
@@ -107,9 +113,15 @@ def test_plain_postgresql_schema_has_the_tables_keys_and_indexes(fresh_url: str)
         "alerts": ["alert_id", "state", "episode_start"],
         "news2_scores": ["patient_id", "t"],
     }
-    assert "USING brin (t)" in indexes["readings_t_brin"]
     assert "(patient_id, at DESC)" in indexes["alerts_patient_at"]
     assert "WHERE ((published_at IS NULL) AND (NOT suppressed))" in indexes["alerts_unpublished"]
+    plain_only = {"readings_t_brin", "news2_scores_t_brin", "alerts_alert_state"}
+    if timescale:
+        # Hypertables: chunks are excluded by time, so no BRIN; and no unique index without
+        # the partitioning column (tests/timescale/checks.py checks the rest on the engine).
+        assert not plain_only & set(indexes), sorted(indexes)
+        return
+    assert "USING brin (t)" in indexes["readings_t_brin"]
     # 0006.plain: the old key stays unique, so the previous release's sink still works.
     assert (
         "UNIQUE INDEX alerts_alert_state ON public.alerts USING btree (alert_id, state)"
@@ -196,3 +208,60 @@ def test_an_unreachable_database_is_a_clear_infrastructure_error() -> None:
 
     with pytest.raises(InfrastructureError, match="unreachable"):
         migrate(url)
+
+
+@pytest.mark.parametrize(
+    ("applied", "available", "timescale"),
+    [
+        (set(), True, True),  # a fresh database: what the server offers
+        (set(), False, False),
+        ({"0001_readings"}, True, True),  # no companion recorded yet: still free to choose
+        ({"0001_readings", "0001_readings.plain"}, False, False),
+        ({"0001_readings", "0001_readings.timescale"}, True, True),
+        # Made plain, the server gained the extension since: it stays plain.
+        ({"0001_readings", "0001_readings.plain"}, True, False),
+    ],
+)
+def test_a_database_keeps_the_flavour_it_was_made_with(
+    applied: set[str], available: bool, timescale: bool
+) -> None:
+    assert flavour_of(applied, available) is timescale
+
+
+def test_a_timescale_database_on_a_server_without_the_extension_is_refused() -> None:
+    with pytest.raises(InfrastructureError, match="migrated with TimescaleDB"):
+        flavour_of({"0001_readings", "0001_readings.timescale"}, False)
+
+
+def test_a_database_made_with_the_other_flavour_is_migrated_as_it_was_made(
+    fresh_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with psycopg.connect(fresh_url) as conn:
+        timescale = timescale_available(conn)
+    # Version 0001 as the other kind of server made it: a plain database on a server with
+    # TimescaleDB; on plain PostgreSQL, only the record of a TimescaleDB one (its hypertable
+    # cannot be made here).
+    first = [m for m in plan(discover(), timescale=not timescale) if m.version == 1]
+    with psycopg.connect(fresh_url) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations (name text PRIMARY KEY, checksum text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for m in first:
+            conn.execute(
+                "INSERT INTO schema_migrations (name, checksum) VALUES (%s, %s)",
+                (m.name, m.checksum()),
+            )
+            if m.flavour is None or timescale:
+                conn.execute(m.sql())
+
+    if not timescale:  # refused before anything is applied
+        with pytest.raises(InfrastructureError, match="migrated with TimescaleDB"):
+            migrate(fresh_url)
+        with psycopg.connect(fresh_url) as conn:
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (2,)
+        return
+    with caplog.at_level(logging.WARNING, logger="sinks.timescale.migrate"):
+        applied = migrate(fresh_url)
+    assert applied == [m.name for m in plan(discover(), timescale=False) if m.version > 1]
+    assert any("stays plain" in r.getMessage() for r in caplog.records)

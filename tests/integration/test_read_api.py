@@ -40,6 +40,7 @@ from vitals.settings import LOCAL_GATEWAY_TOKEN, LOCAL_READER_TOKEN, Settings
 pytestmark = pytest.mark.integration
 
 AUTH = {"Authorization": f"Bearer {LOCAL_READER_TOKEN}"}
+CURSOR_KEY = "cursor-key-of-the-read-api-tests-0123456789"
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 S, M, H, D = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
 UPLOAD = uuid.uuid4()
@@ -85,7 +86,11 @@ async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture(scope="module")
 async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(database_url=database_url, api_port=0, api_page_max=500)
+    # No limits here (tests page a row at a time): test_read_limits.py tests them.
+    settings = Settings(
+        database_url=database_url, api_port=0, api_page_max=500, api_cursor_key=CURSOR_KEY,
+        api_rate_limit_per_s=0, api_rows_per_minute=0,
+    )  # fmt: skip
     async with running(settings) as client:
         yield client
 
@@ -192,10 +197,15 @@ async def test_issued_reader_keys_read_within_a_refresh_and_stop_when_revoked(
     owner = await asyncpg.connect(database_url)
     try:
         key_id, key = await registry_store.issue_key(
-            owner, "reader", "dashboard-1", expires_at=None, actor=cli
+            owner, "reader", "dashboard-1", expires_at=None, actor=cli, all_patients=True
         )
         _, expired = await registry_store.issue_key(
-            owner, "reader", "dashboard-2", expires_at=datetime.now(UTC) - S, actor=cli
+            owner,
+            "reader",
+            "dashboard-2",
+            expires_at=datetime.now(UTC) - S,
+            actor=cli,
+            all_patients=True,
         )
         # Keys of the other kinds, for the same principal name: never readers.
         _, gateway_key = await registry_store.issue_key(
@@ -240,7 +250,7 @@ def test_the_cli_issues_lists_and_revokes_reader_keys(database_url: str, tmp_pat
     def vitals(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
         return cli.vitals(*args, database_url=database_url, code=code)
 
-    issued = vitals("readers", "issue", "dash-cli").stdout
+    issued = vitals("readers", "issue", "dash-cli", "--all-patients").stdout
     key_id = issued.split("key_id: ")[1].split()[0]
     key = issued.split("key:    ")[1].split()[0]
     assert key.startswith(f"vk_{key_id}_")
@@ -257,13 +267,23 @@ def test_the_cli_issues_lists_and_revokes_reader_keys(database_url: str, tmp_pat
     assert "no live key" in vitals("readers", "revoke", key_id, code=1).stderr
     # --key-file: the key goes to a file only its owner can read, never to the output.
     key_file = tmp_path / "reader-key"
-    written = vitals("readers", "issue", "dash-file", "--key-file", str(key_file)).stdout
+    written = vitals(
+        "readers", "issue", "dash-file", "--all-patients", "--key-file", str(key_file)
+    ).stdout
     stored = key_file.read_text().strip()
     assert stored.startswith("vk_") and stored not in written
     assert key_file.stat().st_mode & 0o777 == 0o600
     # A file that cannot be written: refused before any key is issued.
     before = len(vitals("readers", "list").stdout.splitlines())
-    bad = vitals("readers", "issue", "dash-x", "--key-file", str(tmp_path / "no" / "k"), code=1)
+    bad = vitals(
+        "readers",
+        "issue",
+        "dash-x",
+        "--all-patients",
+        "--key-file",
+        str(tmp_path / "no" / "k"),
+        code=1,
+    )
     assert "key file" in bad.stderr
     assert len(vitals("readers", "list").stdout.splitlines()) == before
 
@@ -544,7 +564,12 @@ async def test_news2_history_pages_every_score_in_time_order(
 # --- every bad parameter -----------------------------------------------------------------
 
 GOOD = {"metric": "spo2", "from": "2026-03-01T08:00:00Z", "to": "2026-03-01T09:00:00Z"}
-RAW_CURSOR = encode_cursor(Cursor("readings:spo2:raw", T0, ("w1",)))
+RAW_CURSOR = encode_cursor(Cursor("readings:p-1:spo2:raw", T0, ("w1",)), CURSOR_KEY.encode())
+# The same position signed with another key, and issued for another patient.
+FOREIGN_CURSOR = encode_cursor(Cursor("readings:p-1:spo2:raw", T0, ("w1",)), b"k" * 32)
+OTHER_PATIENT_CURSOR = encode_cursor(
+    Cursor("readings:p-2:spo2:raw", T0, ("w1",)), CURSOR_KEY.encode()
+)
 
 
 @pytest.mark.parametrize(
@@ -565,14 +590,20 @@ RAW_CURSOR = encode_cursor(Cursor("readings:spo2:raw", T0, ("w1",)))
         ("readings", {**GOOD, "cursor": "WzEsMiwzXQ"}, "bad_cursor"),  # [1,2,3]
         ("readings", {**GOOD, "cursor": RAW_CURSOR, "resolution": "1m"}, "bad_cursor"),
         ("readings", {**GOOD, "cursor": RAW_CURSOR, "metric": "heart_rate"}, "bad_cursor"),
+        ("readings", {**GOOD, "cursor": FOREIGN_CURSOR, "resolution": "raw"}, "bad_cursor"),
+        ("readings", {**GOOD, "cursor": OTHER_PATIENT_CURSOR, "resolution": "raw"}, "bad_cursor"),
+        ("readings", {**GOOD, "cursor": RAW_CURSOR[:-2] + "AA", "resolution": "raw"},
+         "bad_cursor"),  # a changed signature
+        ("readings", {**GOOD, "cursor": "WzAsWyJ3MSJdXQ", "resolution": "raw"},
+         "bad_cursor"),  # [0,["w1"]] unsigned
         ("readings", {**GOOD, "form": "2026-01-01T00:00:00Z"}, "unknown_parameter"),
         ("alerts", {"state": "closed"}, "bad_state"),
         ("alerts", {"from": "2026-03-02T00:00:00Z", "to": "2026-03-01T00:00:00Z"}, "bad_range"),
         ("alerts", {"to": "soon"}, "bad_time"),
         ("alerts", {"limit": "-1"}, "bad_limit"),
         ("alerts", {"cursor": RAW_CURSOR}, "bad_cursor"),
-        ("alerts", {"cursor": encode_cursor(Cursor("alerts:any", T0, ("x", "opened")))},
-         "bad_cursor"),
+        ("alerts", {"cursor": encode_cursor(Cursor("alerts:p-2:any", T0, ("x", "opened")),
+                                            CURSOR_KEY.encode())}, "bad_cursor"),
         ("alerts", {"metric": "spo2"}, "unknown_parameter"),
         ("news2", {"at": "noon"}, "bad_time"),
         ("news2", {"from": GOOD["from"]}, "unknown_parameter"),

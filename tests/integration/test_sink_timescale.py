@@ -47,14 +47,19 @@ def _upload(
     device: str = "watch-1",
     upload_id: str | None = None,
     metric: str = "heart_rate",
+    shift: float = 0.0,
 ) -> contract.Upload:
+    """Values follow the time, so a retry of the same readings repeats them exactly;
+    `shift` makes another value for the same readings (a conflict)."""
     return contract.Upload(
         upload_id=upload_id or str(uuid.uuid4()),
         gateway_id="gw-test",
         device_id=device,
         patient_id=patient,
         received=T0 + 10_000_000,
-        readings=tuple(contract.Reading(metric, t, 60.0 + i, "/min") for i, t in enumerate(times)),
+        readings=tuple(
+            contract.Reading(metric, t, 60.0 + (t - T0) // 1000 % 60 + shift, "/min") for t in times
+        ),
     )
 
 
@@ -165,10 +170,10 @@ async def test_copy_then_upsert_stores_each_reading_once_and_counts_new_rows(
 
     conn = await asyncpg.connect(database_url)
     try:
-        assert await copy_then_upsert(conn, batch1) == 3
-        assert await copy_then_upsert(conn, batch2) == 2
-        assert await copy_then_upsert(conn, batch2) == 0
-        assert await copy_then_upsert(conn, []) == 0
+        assert await copy_then_upsert(conn, batch1) == (3, ())
+        assert await copy_then_upsert(conn, batch2) == (2, ())
+        assert await copy_then_upsert(conn, batch2) == (0, ())
+        assert await copy_then_upsert(conn, []) == (0, ())
     finally:
         await conn.close()
 
@@ -195,24 +200,83 @@ async def test_writer_copies_while_all_new_and_takes_the_staging_path_after_a_du
     writer = ReadingsWriter()
     conn = await asyncpg.connect(database_url)
     try:
-        assert await writer.write(conn, first) == 2  # all new: the plain COPY
+        assert await writer.write(conn, first) == (2, ())  # all new: the plain COPY
         assert not writer.careful
         # A stored reading in the batch: the COPY aborts whole, the staging path stores
         # the new one, and the writer stays careful (a redelivered stretch has more).
-        assert await writer.write(conn, first[1:] + third) == 1
+        assert await writer.write(conn, first[1:] + third) == (1, ())
         assert writer.careful
-        assert await writer.write(conn, second) == 2  # staging path, nothing repeated...
+        assert await writer.write(conn, second) == (2, ())  # staging path, nothing repeated...
         assert not writer.careful  # ...so back to the plain COPY
         # A reading twice within one batch fails the COPY the same way.
-        assert await writer.write(conn, fourth + fourth) == 1
+        assert await writer.write(conn, fourth + fourth) == (1, ())
         assert writer.careful
-        assert await writer.write(conn, []) == 0
+        assert await writer.write(conn, []) == (0, ())
     finally:
         await conn.close()
 
     stored = await _stored(database_url, patient)
     assert [r["t"] for r in stored] == [from_ms(T0 + i * 1000) for i in range(6)]
     assert stored[4]["upload_id"] == third[0][6]
+
+
+async def _conflicts(database_url: str, patient: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetch(
+            "SELECT * FROM reading_conflicts WHERE patient_id = $1"
+            " ORDER BY metric, t, device_id, conflicting_value",
+            patient,
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_different_value_for_a_stored_reading_is_recorded_as_a_conflict_once(
+    database_url: str,
+) -> None:
+    patient = f"p-{uuid.uuid4().hex[:8]}"
+    first = rows_of(_upload(patient, [T0, T0 + 1000]))
+    other = _upload(patient, [T0], shift=-20.0)  # T0 again, 40 where 60 is stored
+    writer = ReadingsWriter()
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await writer.write(conn, first) == (2, ())
+        # Across batches: the stored value stays, the other is recorded.
+        assert await writer.write(conn, rows_of(other)) == (0, ("heart_rate",))
+        # Redelivered, or retried beside an exact repeat: recorded already, nothing new.
+        assert await writer.write(conn, rows_of(other) + first) == (0, ())
+        # Within one batch, arrival order decides: the first value of a new key is stored
+        # whatever order the staging table is read in, a later different one recorded, a
+        # later equal one a duplicate, and a third value is a second conflict of the key.
+        new = rows_of(_upload(patient, [T0 + 5000]))
+        clash = rows_of(_upload(patient, [T0 + 5000], shift=30.0))
+        third = rows_of(_upload(patient, [T0], shift=5.0))
+        assert await writer.write(conn, clash + new + clash + third) == (
+            1,
+            ("heart_rate", "heart_rate"),
+        )
+    finally:
+        await conn.close()
+
+    stored = await _stored(database_url, patient)
+    assert [(r["t"], r["value"]) for r in stored] == [
+        (from_ms(T0), 60.0),
+        (from_ms(T0 + 1000), 61.0),
+        (from_ms(T0 + 5000), 95.0),
+    ]
+    conflicts = await _conflicts(database_url, patient)
+    assert [
+        (r["t"], r["device_id"], r["stored_value"], r["conflicting_value"], r["unit"])
+        for r in conflicts
+    ] == [
+        (from_ms(T0), "watch-1", 60.0, 40.0, "/min"),
+        (from_ms(T0), "watch-1", 60.0, 65.0, "/min"),
+        (from_ms(T0 + 5000), "watch-1", 95.0, 65.0, "/min"),
+    ]
+    assert str(conflicts[0]["upload_id"]) == other.upload_id
+    assert conflicts[0]["received_at"] == from_ms(other.received)
+    assert all(r["seen_at"] is not None for r in conflicts)
 
 
 def test_uploads_that_cannot_be_stored_are_contract_errors() -> None:

@@ -16,9 +16,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from sinks.timescale.migrate import MIGRATIONS, TIMESCALE_AVAILABLE, discover, migrate, plan
+from sinks.timescale.migrate import (
+    MIGRATIONS,
+    TIMESCALE_AVAILABLE,
+    discover,
+    flavour_of,
+    migrate,
+    plan,
+    timescale_available,
+)
 from tests.conftest import USE_CONTAINERS
 from tests.timescale import checks
 from tests.timescale.databases import Database, Pglite, Server, engine_problem
@@ -56,7 +65,8 @@ async def timescale(
 ) -> AsyncIterator[Storage]:
     """A fresh, migrated TimescaleDB database: WASM engine, or the container's server."""
     if pglite is None:
-        async with _server_storage(request.getfixturevalue("pg_server"), True) as storage:
+        async with _server_storage(request.getfixturevalue("pg_server")) as storage:
+            assert storage.db.timescale, "the container's server has no TimescaleDB"
             yield storage
         return
     db = pglite
@@ -68,14 +78,16 @@ async def timescale(
 
 
 @pytest.fixture
-async def postgresql(pg_server: str) -> AsyncIterator[Storage]:
-    """A fresh database on the plain PostgreSQL server, migrated by migrate.py."""
-    async with _server_storage(pg_server, False) as storage:
+async def server(pg_server: str) -> AsyncIterator[Storage]:
+    """A fresh database on the server at VITALS_TEST_PG_SERVER (plain PostgreSQL, or one with
+    TimescaleDB: the checks follow what it is), migrated by migrate.py."""
+    async with _server_storage(pg_server) as storage:
         yield storage
 
 
-# With containers the only server has TimescaleDB, so the plain runs are not collected.
-ENGINES = ["timescale"] if USE_CONTAINERS else ["timescale", "postgresql"]
+# "timescale": the WASM engine (or the container's server); "server": the test server,
+# whatever it is. With containers they are the same server, so "server" is not collected.
+ENGINES = ["timescale"] if USE_CONTAINERS else ["timescale", "server"]
 
 
 @pytest.fixture(params=ENGINES)
@@ -83,14 +95,20 @@ def storage(request: pytest.FixtureRequest) -> Storage:
     return request.getfixturevalue(request.param)
 
 
+def server_has_timescale(url: str) -> bool:
+    """What migrate.py asks before choosing the companions: the checks ask the same."""
+    with psycopg.connect(url) as conn:
+        return timescale_available(conn)
+
+
 @asynccontextmanager
-async def _server_storage(server: str, timescale: bool) -> AsyncIterator[Storage]:
+async def _server_storage(server: str) -> AsyncIterator[Storage]:
     """A database made on `server` for one test, migrated by migrate.py, then dropped."""
     name = f"vitals_engine_{uuid.uuid4().hex[:10]}"
     url = localinfra.create_database(server, name, exist_ok=False)
     try:
         applied = migrate(url)
-        async with Server.connected(url, timescale=timescale) as db:
+        async with Server.connected(url, timescale=server_has_timescale(url)) as db:
             yield Storage(db, applied)
     finally:
         localinfra.drop_database(server, name)
@@ -140,6 +158,10 @@ async def test_rollups_per_minute_and_hour_answer_the_read_queries(storage: Stor
     await checks.check_rollups(storage.db)
 
 
+async def test_the_newest_minute_is_read_as_soon_as_it_is_stored(storage: Storage) -> None:
+    await checks.check_the_newest_minute_is_read_once_stored(storage.db)
+
+
 async def test_the_read_api_queries_page_across_materialized_and_recent_data(
     storage: Storage,
 ) -> None:
@@ -186,8 +208,7 @@ LAST_BEFORE_ALERTS_HYPERTABLE = 5
 async def test_a_database_made_by_0001_to_0005_with_alerts_upgrades_in_place(
     engine: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    timescale = engine == "timescale"
-    if timescale and not USE_CONTAINERS:
+    if engine == "timescale" and not USE_CONTAINERS:
         db = request.getfixturevalue("pglite")
         await db.reset()
         await db.script("CREATE EXTENSION IF NOT EXISTS timescaledb")
@@ -206,10 +227,39 @@ async def test_a_database_made_by_0001_to_0005_with_alerts_upgrades_in_place(
     url = localinfra.create_database(server, name, exist_ok=False)
     try:
         assert migrate(url, tmp_path)[-1] == "0005_gateway_security"
-        async with Server.connected(url, timescale=timescale) as db:
+        async with Server.connected(url, timescale=server_has_timescale(url)) as db:
             rows = await checks.store_alerts_before_0006(db)
             applied = migrate(url)
             assert applied[0] == "0006_alerts_hypertable"
             await checks.check_alerts_after_upgrade(db, rows)
     finally:
         localinfra.drop_database(server, name)
+
+
+# The WASM engine can hold a database made without the extension and then load it; with
+# containers, test_migrations.py checks the same on the TimescaleDB server through migrate.py.
+@pytest.mark.skipif(USE_CONTAINERS, reason="covered by test_migrations.py on the server")
+async def test_a_database_made_plain_stays_plain_when_the_server_gains_timescaledb(
+    pglite: Pglite | None,
+) -> None:
+    """Before, migrate.py chose companions by the server alone: here it would have applied
+    the TimescaleDB ones over plain ones and failed (0004: "readings_1m" is not a continuous
+    aggregate; 0006: cannot create a unique index without "episode_start"), each file before
+    the failing one committed: half a conversion."""
+    assert pglite is not None
+    await pglite.reset()  # no extension created: migrated as on plain PostgreSQL
+    every = plan(discover(), timescale=False)
+    made = await checks.apply(pglite, [m for m in every if m.version <= 5])
+    await pglite.script("CREATE EXTENSION IF NOT EXISTS timescaledb")
+
+    timescale = flavour_of(set(made), len(await pglite.fetch(TIMESCALE_AVAILABLE)) == 1)
+
+    assert timescale is False
+    rest = [m for m in plan(discover(), timescale=timescale) if m.name not in made]
+    assert await checks.apply(pglite, rest) == [m.name for m in every if m.version > 5]
+    await checks.check_plain_schema(pglite)
+    await checks.check_alert_statements(pglite)
+
+
+async def test_every_policy_job_runs_once_and_does_its_work(timescale: Storage) -> None:
+    await checks.check_every_policy_job(timescale.db)

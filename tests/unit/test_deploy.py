@@ -29,7 +29,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 IMAGE = "vitals-pipeline"
-SECRET_VARS = {"VITALS_DATABASE_URL", "VITALS_GATEWAY_CREDENTIALS", "VITALS_DB_LOGIN_PASSWORDS"}
+SECRET_VARS = {
+    "VITALS_DATABASE_URL",
+    "VITALS_GATEWAY_CREDENTIALS",
+    "VITALS_DB_LOGIN_PASSWORDS",
+    "VITALS_API_CURSOR_KEY",
+}
 
 # What each deployable runs; the keys are compose service names and k8s component labels.
 EXPECTED = {
@@ -405,7 +410,7 @@ def test_k8s_secrets_come_from_the_secret_and_only_where_used() -> None:
     assert SECRET_VARS.isdisjoint(settings_env())
     needs = {
         "gateway": {"VITALS_GATEWAY_CREDENTIALS", "VITALS_DATABASE_URL"},
-        "api": {"VITALS_DATABASE_URL"},
+        "api": {"VITALS_DATABASE_URL", "VITALS_API_CURSOR_KEY"},
         "sink-timescale": {"VITALS_DATABASE_URL"},
         "sink-alerts": {"VITALS_DATABASE_URL"},
         "db-migrate": {"VITALS_DATABASE_URL"},

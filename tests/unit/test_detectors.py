@@ -160,6 +160,23 @@ def test_duplicate_readings_from_retried_uploads_change_nothing() -> None:
     assert len(feed(e, points)) == 1
     assert feed(e, points) == []  # the gateway retried the whole upload
     assert e.counts["duplicate"] == len(points)
+    assert e.counts["conflict"] == 0
+
+
+def test_a_conflicting_value_is_ignored_so_detections_follow_the_first() -> None:
+    # Normal first, desaturated later at the same times: the database keeps the normal
+    # values, so nothing opens.
+    calm = engine()
+    assert feed(calm, [(s, 97.0) for s in range(0, 121, 10)]) == []
+    assert feed(calm, [(s, 85.0) for s in range(0, 121, 10)]) == []
+    assert calm.counts["conflict"] == 13
+    # The reverse: the desaturation is of record; normal values later do not resolve it.
+    low = engine()
+    [opened] = feed(low, [(s, 85.0) for s in range(0, 121, 10)])
+    assert feed(low, [(s, 97.0) for s in range(0, 121, 10)]) == []
+    [resolved] = feed(low, [(s, 97.0) for s in range(130, 200, 10)])
+    assert (opened.state, resolved.state) == ("opened", "resolved")
+    assert low.counts["conflict"] == 13
 
 
 # --- late data that contradicts an emitted decision -----------------------------------------

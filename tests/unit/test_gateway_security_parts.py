@@ -21,8 +21,8 @@ from ingest.registry import (
     with_env_credentials,
 )
 from ingest.server import tls_options
-from ingest.validation import identifier_problem
 from vitals import contract
+from vitals.bounds import identifier_problem
 from vitals.errors import ConfigError
 from vitals.kafka import security_options
 from vitals.settings import Settings
@@ -203,6 +203,8 @@ def test_invisible_reordering_or_unnormalised_identifiers_are_refused(value: obj
         {"require_device_registry": True},
         {"gateway_tls_certfile": "cert.pem"},
         {"gateway_tls_client_ca": "ca.pem"},
+        {"gateway_credentials": "gw/1:a-long-token"},  # ids follow one grammar everywhere
+        {"reader_credentials": "reader\u202e:a-long-token"},
     ],
 )
 def test_inconsistent_security_settings_are_refused(fields: dict[str, object]) -> None:

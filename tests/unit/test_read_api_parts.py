@@ -10,20 +10,29 @@ from ingest.errors import Malformed
 from ingest.readapi.params import Cursor, decode_cursor, encode_cursor
 from vitals.settings import Settings
 
+KEY = b"k" * 32
+
 
 def test_a_cursor_round_trips_to_the_microsecond() -> None:
     at = datetime(2026, 3, 1, 8, 0, 0, 123457, tzinfo=UTC)
     cursor = Cursor("readings:spo2:raw", at, ("watch-1",))
-    assert decode_cursor(encode_cursor(cursor), "readings:spo2:raw", 1) == cursor
+    assert decode_cursor(encode_cursor(cursor, KEY), "readings:spo2:raw", KEY) == cursor
 
 
-def test_a_cursor_is_refused_for_another_scope_or_shape() -> None:
-    token = encode_cursor(Cursor("readings:spo2:raw", datetime(2026, 3, 1, tzinfo=UTC), ("w",)))
-    with pytest.raises(Malformed, match="another metric") as wrong_scope:
-        decode_cursor(token, "readings:spo2:1m", 1)
-    assert wrong_scope.value.code == "bad_cursor"
-    with pytest.raises(Malformed, match="not one this API issued"):
-        decode_cursor(token, "readings:spo2:raw", 2)
+def test_a_cursor_is_refused_for_another_scope_key_or_a_changed_body() -> None:
+    token = encode_cursor(
+        Cursor("readings:spo2:raw", datetime(2026, 3, 1, tzinfo=UTC), ("w",)), KEY
+    )
+    body, _, mac = token.partition(".")
+    for value, scope, key in (
+        (token, "readings:spo2:1m", KEY),  # issued for another resolution
+        (token, "readings:spo2:raw", b"x" * 32),  # signed by another process's key
+        (body[:-2] + "AA." + mac, "readings:spo2:raw", KEY),  # its position changed
+        (body, "readings:spo2:raw", KEY),  # unsigned
+    ):
+        with pytest.raises(Malformed) as refused:
+            decode_cursor(value, scope, key)
+        assert refused.value.code == "bad_cursor"
 
 
 def test_reader_credentials_are_checked_and_kept_apart_from_gateway_tokens() -> None:

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingest.errors import GatewayError, Malformed, NothingValid, TooLarge
-from ingest.validation import MAX_ID_CHARS, validate_upload
+from ingest.validation import validate_upload
+from vitals.bounds import MAX_ID_CHARS
 from vitals.catalog import GLUCOSE_MG_DL_PER_MMOL_L, METRICS
 
 NOW = datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
@@ -90,7 +91,7 @@ def test_good_readings_come_out_in_canonical_units_and_utc_milliseconds() -> Non
 def test_each_bad_reading_is_rejected_with_its_code_beside_a_good_one(
     reading: Any, code: str
 ) -> None:
-    batch = validate(body([item(v=60), reading, item(v=61)]))
+    batch = validate(body([item(v=60), reading, item(t="2026-11-22T10:00:01+08:00", v=61)]))
     assert [r.v for r in batch.readings] == [60.0, 61.0]
     assert len(batch.rejected) == 1
     rejection = batch.rejected[0]
@@ -104,8 +105,51 @@ def test_a_reading_just_inside_the_clock_skew_is_accepted() -> None:
 
 
 def test_boundaries_of_the_plausible_range_are_accepted() -> None:
-    batch = validate(body([item(v=20), item(v=300), item("steps", v=0, unit="steps")]))
+    low, high = item(v=20), item(t="2026-11-22T10:00:01+08:00", v=300)
+    batch = validate(body([low, high, item("steps", v=0, unit="steps")]))
     assert [r.v for r in batch.readings] == [20.0, 300.0, 0.0]
+
+
+def test_a_second_value_for_a_metric_and_time_is_rejected_as_conflicting() -> None:
+    same_instant = "2026-11-22T02:00:00Z"  # item()'s t, written in another offset
+    batch = validate(
+        body(
+            [
+                item(v=72),
+                item(t=same_instant, v=140),  # another value: refused, the first stays
+                item(v=72),  # the same value again: a repeat, stored once downstream
+                item("spo2", v=97, unit="%"),  # another metric at that time
+                item(v=140, t="2026-11-22T10:00:01+08:00"),  # another time
+                item(v=72, unit="bpm"),  # units compare as canonical: a repeat...
+                item(v=80, unit="{beats}/min"),  # ...and a conflict
+            ]
+        )
+    )
+    assert [(r.metric, r.v) for r in batch.readings] == [
+        ("heart_rate", 72.0),
+        ("heart_rate", 72.0),
+        ("spo2", 97.0),
+        ("heart_rate", 140.0),
+        ("heart_rate", 72.0),
+    ]
+    assert [(r.index, r.code) for r in batch.rejected] == [
+        (1, "conflicting_value"),
+        (6, "conflicting_value"),
+    ]
+    assert batch.rejected[0].detail == (
+        "heart_rate 140 /min at the same t as item 0 (72 /min):"
+        " one value per metric, time and device"
+    )
+
+
+def test_a_rejected_item_is_not_the_value_a_later_one_conflicts_with() -> None:
+    batch = validate(body([item(v=400), item(v=72), item(v=73)]))
+    assert [r.v for r in batch.readings] == [72.0]
+    assert [(r.index, r.code) for r in batch.rejected] == [
+        (0, "out_of_range"),
+        (2, "conflicting_value"),
+    ]
+    assert "item 1 (72 /min)" in batch.rejected[1].detail
 
 
 def test_every_item_rejected_is_nothing_valid_with_all_rejections() -> None:

@@ -36,12 +36,39 @@ def test_insert_reports_the_earliest_changed_index() -> None:
 def test_same_time_and_device_is_a_duplicate_but_another_device_is_not() -> None:
     window: EventWindow[int] = EventWindow(HORIZON, 0)
     window.insert([Sample(10, "a", 1)])
-    again = window.insert([Sample(10, "a", 1), Sample(10, "a", 7), Sample(10, "b", 2)])
-    assert (again.added, again.duplicates) == (1, 2)
+    again = window.insert([Sample(10, "a", 1), Sample(10, "a", 1), Sample(10, "b", 2)])
+    assert (again.added, again.duplicates, again.conflicts) == (1, 2, 0)
     # A retry carrying the same reading twice within one upload counts once as well.
     within = window.insert([Sample(20, "a", 1), Sample(20, "a", 1)])
     assert (within.added, within.duplicates) == (1, 1)
     assert [(s.t, s.device_id) for s in window.samples] == [(10, "a"), (10, "b"), (20, "a")]
+
+
+def test_a_later_different_value_for_a_held_key_is_a_conflict_and_the_first_stays() -> None:
+    window: EventWindow[int] = EventWindow(HORIZON, 0)
+    window.recompute(window.insert([Sample(10, "a", 97)]).first or 0, running_sum)
+    later = window.insert([Sample(10, "a", 80), Sample(10, "a", 97)])
+    assert (later.first, later.added, later.duplicates, later.conflicts) == (None, 0, 1, 1)
+    # Within one upload, too: the first in arrival order is the one placed.
+    both = window.insert([Sample(20, "a", 50), Sample(20, "a", 60)])
+    assert (both.added, both.conflicts) == (1, 1)
+    window.recompute(both.first or 0, running_sum)
+    assert [(s.t, s.v) for s in window.samples] == [(10, 97), (20, 50)]
+    assert window.state == 147
+    # Another metric at the same time and device is another reading.
+    other = window.insert([Sample(10, "a", 80, "heart_rate")])
+    assert (other.added, other.conflicts) == (1, 0)
+
+
+def test_a_conflict_older_than_the_horizon_is_too_old_not_placed() -> None:
+    window: EventWindow[int] = EventWindow(HORIZON, 0)
+    window.recompute(window.insert([Sample(0, "a", 97)]).first or 0, running_sum)
+    window.recompute(window.insert([Sample(5_000, "a", 97)]).first or 0, running_sum)
+    assert window.evict() == 1
+    # The key's first value is evicted with it; the conflicting value is not placed either.
+    late = window.insert([Sample(0, "a", 80)])
+    assert (late.added, late.conflicts, late.too_old) == (0, 0, 1)
+    assert [(s.t, s.v) for s in window.samples] == [(5_000, 97)]
 
 
 def test_readings_older_than_the_horizon_behind_the_newest_are_not_placed() -> None:

@@ -28,7 +28,7 @@ async def project(conn: asyncpg.Connection, batches: list[list[Row]]) -> int:
     writer = ReadingsWriter()
     written = 0
     for batch in batches:
-        written += await writer.write(conn, batch)
+        written += (await writer.write(conn, batch)).new
     return written
 
 

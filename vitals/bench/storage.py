@@ -126,7 +126,7 @@ async def measure(database_url: str, rows: int, reps: int, wasm_rows: int) -> Me
                 await conn.execute("CHECKPOINT")  # neither side pays for the other's writes
                 if name == "project":
                     # One writer per run, as one per sink.
-                    write = partial(sink_writer.ReadingsWriter().write, conn)
+                    write = partial(_stored, sink_writer.ReadingsWriter(), conn)
                     out.rates[name].append(await _load(write, rows, end_ms))
                     out.loaded = await sizes(conn, timescale)
                 else:
@@ -142,6 +142,13 @@ async def measure(database_url: str, rows: int, reps: int, wasm_rows: int) -> Me
     if not timescale:
         await _compress_on_wasm(out, min(rows, wasm_rows), end_ms)
     return out
+
+
+async def _stored(
+    writer: sink_writer.ReadingsWriter, conn: asyncpg.Connection, batch: list[Row]
+) -> int:
+    """The sink's writer, counting the rows it stored."""
+    return (await writer.write(conn, batch)).new
 
 
 async def _raw_copy(conn: asyncpg.Connection, batch: list[Row]) -> int:

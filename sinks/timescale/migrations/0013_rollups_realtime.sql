@@ -1,0 +1,3 @@
+-- Per-minute reads include the newest minutes on every server (issue 14). On plain
+-- PostgreSQL the rollups are views and always were; the work is in the TimescaleDB
+-- companion.
