@@ -34,7 +34,7 @@ run: install
 # The suites' broker: Apache Kafka's jars fetched by Maven into .local/kafka/ (cached) when
 # Java 17+ is here or VITALS_TEST_BROKER=kafka; tansu with VITALS_TEST_BROKER=tansu.
 broker: install
-	$(BIN)/python -m vitals.localkafka prepare
+	$(BIN)/python -m vitalsctl.localkafka prepare
 
 ## test: install what is needed and run every test (unit, integration, end-to-end, faults)
 test: install engine broker
@@ -71,19 +71,21 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 
 .PHONY: bench
 bench: $(BENCH_STAMP)
-	$(BIN)/vitals bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 ## test-containers: the integration suite against Apache Kafka and TimescaleDB (needs Docker)
 test-containers: install
 	VITALS_TEST_CONTAINERS=1 $(BIN)/python -m pytest tests/integration tests/e2e
 
+CODE := vitals frontdoor ingest readapi processors sinks vitalsctl evaluation bench tests
+
 lint: install
-	$(BIN)/ruff check vitals ingest processors sinks tests
-	$(BIN)/ruff format --check vitals ingest processors sinks tests
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 
 fmt: install
-	$(BIN)/ruff format vitals ingest processors sinks tests
-	$(BIN)/ruff check --fix vitals ingest processors sinks tests
+	$(BIN)/ruff format $(CODE)
+	$(BIN)/ruff check --fix $(CODE)
 
 clean:
 	rm -rf $(VENV) .local .pytest_cache tests/timescale/node_modules

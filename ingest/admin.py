@@ -1,7 +1,7 @@
 """The admin API: the device registry and care teams, with admin tokens (never gateway keys).
 
 Served by the gateway when `gateway_registry` is on. Each change is written and audited in
-one transaction (ingest/registry_store.py), then this replica reloads its registry at once;
+one transaction (frontdoor/registry_store.py), then this replica reloads its registry at once;
 the other replicas see it within `registry_refresh_s`.
 """
 
@@ -17,11 +17,11 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
 from starlette.responses import Response
 
-from ingest import registry_store
-from ingest.auth import Authenticator
+from frontdoor import registry_store
+from frontdoor.auth import Authenticator
+from frontdoor.problems import json_response
+from frontdoor.refresher import RegistryCache
 from ingest.jsonkeys import refuse_repeated_keys
-from ingest.problems import json_response
-from ingest.refresher import RegistryCache
 from vitals.bounds import identifier_problem
 from vitals.logs import exception_fields
 
@@ -87,7 +87,7 @@ async def _pool(request: Request) -> asyncpg.Pool:
 
 async def _changed(request: Request, pool: asyncpg.Pool) -> Response:
     """204 once the change is committed, whatever this replica's reload does: a reload that
-    fails is logged and counted (ingest/refresher.py) and tried again by the refresher."""
+    fails is logged and counted (frontdoor/refresher.py) and tried again by the refresher."""
     registry: RegistryCache = request.app.state.registry
     try:
         await registry.refresh(pool)

@@ -13,15 +13,17 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ingest import admin, openapi, problems, routes
-from ingest.audit import AuditTrail
-from ingest.auth import Authenticator
+from frontdoor import problems
+from frontdoor.audit import AuditTrail
+from frontdoor.auth import Authenticator
+from frontdoor.metrics import RequestMetrics
+from frontdoor.ratelimit import TokenBuckets
+from frontdoor.refresher import RegistryCache
+from ingest import admin, openapi, routes
 from ingest.idempotency import IdempotencyCache
 from ingest.intake import Guards, Intake
-from ingest.metrics import RequestMetrics
+from ingest.metrics import REQUEST_SECONDS, REQUESTS
 from ingest.publisher import Publisher
-from ingest.ratelimit import TokenBuckets
-from ingest.refresher import RegistryCache
 from vitals.settings import Settings
 from vitals.supervise import supervise
 
@@ -38,7 +40,7 @@ class GatewayApp(FastAPI):
     and dependency injection: on the upload path that cost more than validating 50
     readings. Uploads go straight to routes.PostReadings (counted like every other
     request); everything else, including other methods on the same path (405), is FastAPI's.
-    Request heads are bounded below the app, in ingest/protocol.py.
+    Request heads are bounded below the app, in frontdoor/protocol.py.
     """
 
     upload: ASGIApp
@@ -103,14 +105,14 @@ def create_app(settings: Settings) -> GatewayApp:
     app.state.pool = None
     app.state.authenticator = Authenticator(registry.current)
     post_readings = routes.PostReadings()
-    app.upload = RequestMetrics(post_readings, route=UPLOAD_PATH)
+    app.upload = RequestMetrics(post_readings, REQUESTS, REQUEST_SECONDS, route=UPLOAD_PATH)
     app.router.routes.append(Route(UPLOAD_PATH, post_readings, methods=["POST"]))
     app.include_router(routes.router)
     if settings.gateway_registry:
         app.include_router(admin.router)
     problems.install(app)
     openapi.install(app, settings)
-    app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestMetrics, requests=REQUESTS, seconds=REQUEST_SECONDS)
     return app
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import AsyncIterator, Mapping
 
-from ingest.errors import Malformed, TooLarge, UnsupportedMedia
+from frontdoor.errors import Malformed, TooLarge, UnsupportedMedia
 
 JSON = "application/json"
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer, not raw deflate or zlib

@@ -15,21 +15,23 @@ from dataclasses import dataclass
 import orjson
 from starlette.requests import ClientDisconnect
 
-from ingest import body, metrics
-from ingest.audit import AuditTrail
-from ingest.errors import (
+from frontdoor.audit import AuditTrail
+from frontdoor.errors import (
     Conflict,
     GatewayError,
     Malformed,
     NothingValid,
     RateLimited,
+    Rejection,
     Unavailable,
+    rejections_document,
 )
+from frontdoor.ratelimit import TokenBuckets, retry_after_s
+from frontdoor.registry import Snapshot, outside_binding
+from ingest import body, metrics
 from ingest.idempotency import Accepted, Answer, IdempotencyCache, fingerprint, upload_id_for
 from ingest.publisher import Publisher
-from ingest.ratelimit import TokenBuckets, retry_after_s
-from ingest.registry import Snapshot, outside_binding
-from ingest.validation import Batch, Rejection, rejections_document, validate_upload
+from ingest.validation import Batch, validate_upload
 from vitals import contract
 from vitals.settings import Settings
 
@@ -139,7 +141,7 @@ class Intake:
         gzip = body.check_headers(headers, max_body_bytes=s.max_body_bytes)
         try:
             # A slow body (slowloris) is cut off by the connection's body deadline
-            # (ingest/protocol.py): `chunks` then raises TimedOut.
+            # (frontdoor/protocol.py): `chunks` then raises TimedOut.
             return await body.read_body(
                 chunks,
                 gzip=gzip,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ingest.errors import Malformed
+from frontdoor.errors import Malformed
 
 
 class _Repeated(Exception):

@@ -61,7 +61,7 @@ ACCEPTED = {
 }
 
 # What any route may answer besides its own: a bad header or parameter (400), too many or
-# too large headers (431, ingest/protocol.py), a head too slow (408).
+# too large headers (431, frontdoor/protocol.py), a head too slow (408).
 COMMON = {
     "400": "Malformed request",
     "408": "The request head or body did not arrive in time",

@@ -21,7 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
-from ingest.errors import TooLarge, Unavailable
+from frontdoor.errors import TooLarge, Unavailable
 from vitals import contract, kafka
 from vitals.settings import Settings
 from vitals.supervise import supervise

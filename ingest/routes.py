@@ -18,12 +18,12 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ingest.errors import GatewayError, InvalidRequest, TimedOut
+from frontdoor.errors import GatewayError, InvalidRequest, TimedOut
+from frontdoor.problems import gateway_problem, json_response, problem_response
+from frontdoor.protocol import TIMED_OUT
+from frontdoor.refresher import RegistryCache
 from ingest.intake import Intake
-from ingest.problems import gateway_problem, json_response, problem_response
-from ingest.protocol import TIMED_OUT
 from ingest.publisher import Publisher
-from ingest.refresher import RegistryCache
 
 router = APIRouter()
 
@@ -83,7 +83,7 @@ def idempotency_key(value: str | None) -> str | None:
 
 
 async def _chunks(scope: Scope, receive: Receive, timeout_s: float) -> AsyncIterator[bytes]:
-    """The body as it arrives. The connection's body deadline (ingest/protocol.py) ends a
+    """The body as it arrives. The connection's body deadline (frontdoor/protocol.py) ends a
     slow one: then the app sees a disconnect, and the request is marked timed out."""
     while True:
         message: Any = await receive()

@@ -10,14 +10,14 @@ lookup for metric and unit, timestamps parsed once per distinct string).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
 
-from ingest.errors import Malformed, NothingValid, TooLarge
+from frontdoor.errors import Malformed, NothingValid, Rejection, TooLarge
 from ingest.fastitems import fast_upload
 from ingest.jsonkeys import refuse_repeated_keys
 from vitals.bounds import epoch_ms, identifier_problem, ms_problem
@@ -25,13 +25,6 @@ from vitals.catalog import METRICS, Metric
 from vitals.contract import Reading, Row
 
 ITEM_FIELDS = ("metric", "t", "v", "unit")
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    index: int
-    code: str
-    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +40,6 @@ class Batch:
     @property
     def readings(self) -> tuple[Reading, ...]:
         return tuple(map(Reading._make, self.rows))
-
-
-def rejections_document(rejected: Iterable[Rejection]) -> list[dict[str, Any]]:
-    """Rejections as they appear in answers: [{"index", "code", "detail"}]."""
-    return [{"index": r.index, "code": r.code, "detail": r.detail} for r in rejected]
 
 
 class _Rejected(Exception):

@@ -33,18 +33,9 @@ import orjson
 from processors.episodes import IDLE, Change, EpisodeMachine, EpisodeState, Phase
 from processors.tracks import Found
 from processors.windows import Sample
-from vitals.contract import News2Score, ScoredParameter
+from vitals.contract import NEWS2_PARAMETERS, News2Score, ScoredParameter
 
-# The parameters, in the order NEWS2 charts them; the reading metric that carries each.
-PARAMETERS = (
-    "resp_rate",
-    "spo2",
-    "supplemental_o2",
-    "systolic_bp",
-    "heart_rate",
-    "consciousness",
-    "body_temp",
-)
+PARAMETERS = NEWS2_PARAMETERS  # the charting order, from the score records' contract
 INDEX = {name: i for i, name in enumerate(PARAMETERS)}
 MEDIUM_SCORE, HIGH_SCORE = 5, 7
 # A red score counts as this much for the medium rule: it opens a medium episode.

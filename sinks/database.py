@@ -15,7 +15,7 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from sinks.outage import Outage
-from sinks.timescale.migrate import migrate
+from vitals.db.migrate import migrate
 from vitals.errors import InfrastructureError
 from vitals.settings import Settings
 

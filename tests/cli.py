@@ -12,7 +12,7 @@ def vitals(
 ) -> subprocess.CompletedProcess[str]:
     """`vitals ARGS` against `database_url`; asserts the exit status is `code`."""
     done = subprocess.run(
-        [sys.executable, "-m", "vitals.cli", *args],
+        [sys.executable, "-m", "vitalsctl.cli", *args],
         env={**os.environ, "VITALS_DATABASE_URL": database_url, **(env or {})},
         capture_output=True,
         text=True,

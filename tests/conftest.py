@@ -1,7 +1,7 @@
 """Session fixtures: a real broker and a real PostgreSQL, started once.
 
 Default (no Docker): Apache Kafka (KRaft, one node) from its Maven Central jars when Java
-17+ is here, else tansu (VITALS_TEST_BROKER=kafka|tansu chooses; vitals/localkafka.py), and
+17+ is here, else tansu (VITALS_TEST_BROKER=kafka|tansu chooses; vitalsctl/localkafka.py), and
 a fresh database on the PostgreSQL server at VITALS_TEST_PG_SERVER (default
 127.0.0.1:5432; if none answers, a private cluster from the machine's binaries). With
 VITALS_TEST_CONTAINERS=1 (a machine with Docker): Apache Kafka (KRaft) and
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from sinks.timescale.migrate import migrate
-from vitals import localinfra, localkafka
+from vitals.db.migrate import migrate
 from vitals.kafka import create_topics
 from vitals.settings import Settings
+from vitalsctl import localinfra, localkafka
 
 ROOT = Path(__file__).resolve().parent.parent
 USE_CONTAINERS = os.environ.get("VITALS_TEST_CONTAINERS") == "1"

@@ -82,6 +82,19 @@ STATES = ("opened", "resolved")
 SEVERITIES = ("low", "medium", "high")
 
 
+# The NEWS2 parameters, in the order NEWS2 charts them; each is the reading metric that
+# carries it. A score record names the ones it used (docs/scores.md).
+NEWS2_PARAMETERS = (
+    "resp_rate",
+    "spo2",
+    "supplemental_o2",
+    "systolic_bp",
+    "heart_rate",
+    "consciousness",
+    "body_temp",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ScoredParameter:
     points: int  # 0 to 3

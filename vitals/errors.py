@@ -1,6 +1,6 @@
 """The pipeline's error hierarchy, defined once.
 
-The gateway maps these to problem+json in one place (ingest/problems.py); consumers map
+The gateway maps these to problem+json in one place (frontdoor/problems.py); consumers map
 ContractError to the dead-letter topic in one place (vitals/kafka.py: park).
 """
 

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     # --- PostgreSQL / TimescaleDB ------------------------------------------------------
     database_url: str = "postgresql://postgres@127.0.0.1:5432/vitals"
     # `vitals db roles`: "process:password,..." for the processes' login roles
-    # (sinks/timescale/logins.py); deployments put it in a secret.
+    # (vitals/db/logins.py); deployments put it in a secret.
     db_login_passwords: SecretStr = SecretStr("")
 
     # --- gateway -------------------------------------------------------------------
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     rate_limit_burst: int = 200
     # The request line and headers must arrive within header_timeout_s of the connection
     # (or of a keep-alive request's first byte), the body within body_timeout_s of the
-    # headers; else 408 and the connection is closed (ingest/protocol.py).
+    # headers; else 408 and the connection is closed (frontdoor/protocol.py).
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_header_bytes: int = 16_384  # request line and headers together (431)

@@ -36,9 +36,9 @@ from sinks.alerts.store import (
 from sinks.database import Database
 from sinks.loop import SinkLoop
 from sinks.outage import Outage
-from sinks.pgtime import from_ms
 from vitals import contract
 from vitals.consumer import Commit
+from vitals.db.pgtime import from_ms
 from vitals.lifecycle import stop_on_signals
 from vitals.settings import Settings
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import asyncpg
 
-from sinks.pgtime import from_ms, to_ms
 from vitals.contract import Detection
+from vitals.db.pgtime import from_ms, to_ms
 from vitals.errors import ContractError
 
 # (alert_id, state, patient_id, rule, severity, retrospective, episode_start, at,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sinks.pgtime import from_ms
 from vitals.contract import Upload
+from vitals.db.pgtime import from_ms
 from vitals.errors import ContractError
 
 # (patient_id, metric, t, device_id, value, unit, upload_id, received_at): the table's

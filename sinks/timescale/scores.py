@@ -14,8 +14,8 @@ from datetime import datetime
 import asyncpg
 import orjson
 
-from sinks.pgtime import from_ms
 from vitals.contract import News2Score
+from vitals.db.pgtime import from_ms
 
 # (patient_id, t, news2, band, red, partial, spo2_scale, parameters (JSON text), computed_at)
 ScoreRow = tuple[str, datetime, int, str, bool, bool, int, str, datetime]

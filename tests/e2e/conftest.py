@@ -16,8 +16,9 @@ import httpx
 import orjson
 import pytest
 
-from vitals import contract, kafka, localinfra
+from vitals import contract, kafka
 from vitals.settings import LOCAL_GATEWAY_TOKEN, Settings
+from vitalsctl import localinfra
 
 COMMANDS = {
     "gateway": ["gateway"],
@@ -41,7 +42,7 @@ class Pipeline:
     def start(self, name: str) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "vitals.cli", *COMMANDS[name]],
+            [sys.executable, "-m", "vitalsctl.cli", *COMMANDS[name]],
             env=self.env,
             stdout=log,
             stderr=log,

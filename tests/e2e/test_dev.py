@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from vitals import localinfra
+from vitalsctl import localinfra
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +47,7 @@ def run_dev(env: dict[str, str], seen_enough: Callable[[str], bool], within_s: f
     exit code, the output, and whether the wait was met."""
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vitals.cli", "dev", "--patients", "6"],
+            [sys.executable, "-m", "vitalsctl.cli", "dev", "--patients", "6"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=stderr,

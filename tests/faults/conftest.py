@@ -17,15 +17,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sinks.timescale.migrate import migrate
 from tests.conftest import test_broker_kind
 from tests.faults import report
 from tests.faults.checks import TopicReader, Verdict
 from tests.faults.infra import Broker, PrivatePostgres
 from tests.faults.stages import BASELINE, Stages, environment
-from vitals import contract, localinfra
+from vitals import contract
+from vitals.db.migrate import migrate
 from vitals.kafka import create_topics
 from vitals.settings import Settings
+from vitalsctl import localinfra
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = ROOT / ".local" / "faults"

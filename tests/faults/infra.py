@@ -18,8 +18,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import LOCAL, test_broker_kind
-from vitals import contract, kafka, localinfra, localkafka
+from vitals import contract, kafka
 from vitals.settings import Settings
+from vitalsctl import localinfra, localkafka
 
 
 class Broker:

@@ -25,14 +25,15 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from sinks.timescale.migrate import migrate
 from tests.faults.checks import TopicReader, Verdict, lag, settle
 from tests.faults.infra import Broker, PrivatePostgres
 from tests.faults.load import LoadGenerator, LoadPlan
 from tests.faults.stages import BASELINE, Stages, environment, rss_mb
-from vitals import contract, localinfra
+from vitals import contract
+from vitals.db.migrate import migrate
 from vitals.kafka import create_topics
 from vitals.settings import Settings
+from vitalsctl import localinfra
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / ".local" / "soak"

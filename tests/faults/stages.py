@@ -1,6 +1,6 @@
 """The pipeline's stages as real `vitals` processes that the suite can signal.
 
-Each stage runs as ops run it (`python -m vitals.cli <command>`, configured by VITALS_*
+Each stage runs as ops run it (`python -m vitalsctl.cli <command>`, configured by VITALS_*
 variables). Consumers get a probe port so the suite can wait for their /readyz.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from vitals import localinfra
+from vitalsctl import localinfra
 
 COMMANDS = {
     "gateway": ["gateway"],
@@ -55,7 +55,7 @@ class Stages:
         cwd = source or None  # `python -m` puts the working directory first on sys.path
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "vitals.cli", *COMMANDS[kind_of(name)]],
+            [sys.executable, "-m", "vitalsctl.cli", *COMMANDS[kind_of(name)]],
             env=env,
             cwd=cwd,
             stdout=log,

@@ -8,9 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from vitals import cli, localinfra
-from vitals.bench import gateway, procs
+from bench import gateway, procs
+from bench.__main__ import main as bench_main
 from vitals.errors import InfrastructureError
+from vitalsctl import localinfra
 
 
 def test_load_generator_closed_and_open_loop(tmp_path: Path) -> None:
@@ -18,7 +19,7 @@ def test_load_generator_closed_and_open_loop(tmp_path: Path) -> None:
     bodies.write_bytes(orjson.dumps(['{"a":1}', '{"b":2}']))
     port = localinfra.free_port()
     server = procs.spawn(
-        ["vitals.bench.servers", "trivial", "--port", str(port)], {}, tmp_path / "server.log"
+        ["bench.servers", "trivial", "--port", str(port)], {}, tmp_path / "server.log"
     )
     try:
         localinfra.wait_for_port("127.0.0.1", port, 10)
@@ -41,11 +42,11 @@ def test_harness_says_when_a_server_dies_or_nothing_listens(tmp_path: Path) -> N
     with pytest.raises(InfrastructureError, match="load generator failed"):
         gateway.run_load([port], bodies, gateway.LoadSpec(1, 0.0, 0.2))
     # A server that exits at once (bad arguments) is reported, not waited for.
-    dead = procs.spawn(["vitals.bench.servers", "nonsense"], {}, tmp_path / "dead.log")
+    dead = procs.spawn(["bench.servers", "nonsense"], {}, tmp_path / "dead.log")
     with pytest.raises(InfrastructureError, match="exited with 2"):
         procs.wait_http(f"http://127.0.0.1:{port}/readyz", 10, dead)
 
 
 def test_bench_refuses_zero_repetitions(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["bench", "--reps", "0"]) == 2
+    assert bench_main(["--reps", "0"]) == 2
     assert "--reps must be at least 1" in capsys.readouterr().err

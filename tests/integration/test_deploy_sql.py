@@ -26,18 +26,18 @@ import psycopg
 import pytest
 import yaml
 
-from ingest import registry_store
-from ingest.keys import digest
-from ingest.readapi.audit import ReadAudit
-from ingest.readapi.queries import NEWS2_LATEST
+from frontdoor import registry_store
+from frontdoor.keys import digest
+from readapi.audit import ReadAudit
+from readapi.queries import NEWS2_LATEST
 from sinks.alerts import store as alerts_store
-from sinks.timescale.logins import LOGINS, ensure_logins, parse_passwords
-from sinks.timescale.migrate import migrate
 from sinks.timescale.scores import upsert_scores
 from sinks.timescale.writer import ReadingsWriter
 from tests import cli
-from vitals import localinfra
+from vitals.db.logins import LOGINS, ensure_logins, parse_passwords
+from vitals.db.migrate import migrate
 from vitals.errors import ConfigError, InfrastructureError
+from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
 
@@ -181,7 +181,7 @@ def test_the_grafana_role_can_neither_write_nor_read_beyond_the_dashboard(reader
         assert timeout == ("30s",)
 
 
-# --- each process's login role (`vitals db roles`, sinks/timescale/logins.py) ------------
+# --- each process's login role (`vitals db roles`, vitals/db/logins.py) ------------
 
 
 @dataclass(frozen=True)

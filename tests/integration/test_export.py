@@ -18,8 +18,8 @@ import asyncpg
 import pyarrow.parquet as pq
 import pytest
 
-from sinks.export import command
-from sinks.export.pseudonym import Pseudonymiser
+from vitalsctl.export import command
+from vitalsctl.export.pseudonym import Pseudonymiser
 from sinks.timescale.writer import copy_then_upsert
 from tests.integration.test_read_api import row
 from vitals.errors import ConfigError
@@ -128,7 +128,7 @@ def vitals_export(database_url: str, *args: str, key: str | None) -> subprocess.
     if key is not None:
         env["VITALS_EXPORT_PSEUDONYM_KEY"] = key
     return subprocess.run(
-        [sys.executable, "-m", "vitals.cli", "--database-url", database_url, "export", *args],
+        [sys.executable, "-m", "vitalsctl.cli", "--database-url", database_url, "export", *args],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

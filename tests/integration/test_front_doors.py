@@ -28,11 +28,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from ingest import registry_store
+from frontdoor import registry_store
 from ingest.app import create_app as gateway_app
-from ingest.readapi.app import create_app as api_app
-from ingest.readapi.server import build_server as api_server
 from ingest.server import build_server as gateway_server
+from readapi.app import create_app as api_app
+from readapi.server import build_server as api_server
 from tests.integration.test_gateway import assert_problem, eventually, is_ready, produced
 from tests.integration.test_gateway_security import secured
 from tests.serving import serving

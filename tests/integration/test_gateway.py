@@ -26,15 +26,16 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.errors import TooLarge
+from frontdoor.errors import TooLarge
 from ingest.publisher import Publisher
 from ingest.server import build_server
 from tests.conftest import LOCAL, test_broker_kind
 from tests.serving import serving
-from vitals import contract, kafka, localinfra, localkafka
+from vitals import contract, kafka
 from vitals.kafka import create_topics
 from vitals.logs import JsonFormatter
 from vitals.settings import LOCAL_GATEWAY_ID, LOCAL_GATEWAY_TOKEN, Settings
+from vitalsctl import localinfra, localkafka
 
 pytestmark = pytest.mark.integration
 
@@ -605,7 +606,7 @@ def gateway_process(
     log = tmp_path / "gateway.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vitals.cli", "gateway"],
+            [sys.executable, "-m", "vitalsctl.cli", "gateway"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

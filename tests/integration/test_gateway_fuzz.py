@@ -27,9 +27,9 @@ from hypothesis import settings as hypothesis_settings
 from schemathesis import checks
 from schemathesis.specs.openapi import checks as openapi_checks
 
-from ingest import registry_store
-from vitals import localinfra
+from frontdoor import registry_store
 from vitals.settings import Settings
+from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +75,7 @@ def fuzzed_gateway(settings: Settings, tmp_path: Path) -> Iterator[dict[str, str
     }
     with open(tmp_path / "gateway.log", "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vitals.cli", "gateway"], env=env, stdout=out, stderr=out
+            [sys.executable, "-m", "vitalsctl.cli", "gateway"], env=env, stdout=out, stderr=out
         )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -24,10 +24,10 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
 
-from ingest import registry_store
+from frontdoor import registry_store
+from frontdoor.audit import AuditTrail
+from frontdoor.refresher import RegistryCache
 from ingest.app import create_app
-from ingest.audit import AuditTrail
-from ingest.refresher import RegistryCache
 from ingest.server import build_server
 from tests import cli
 from tests.integration.test_gateway import (
@@ -39,10 +39,11 @@ from tests.integration.test_gateway import (
     produced,
 )
 from tests.serving import serving
-from vitals import contract, simulate
+from vitals import contract
 from vitals.errors import ConfigError
 from vitals.logs import JsonFormatter
 from vitals.settings import Settings
+from vitalsctl import simulate
 
 pytestmark = pytest.mark.integration
 

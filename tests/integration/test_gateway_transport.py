@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ingest.readapi import server as api_server
 from ingest.server import build_server
+from readapi import server as api_server
 from tests.integration.test_gateway import JSON, limits, produced, upload
 from tests.polling import until
 from vitals.settings import LOCAL_READER_TOKEN, Settings

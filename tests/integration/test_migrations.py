@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sinks.timescale.migrate import (
+from vitals.db.migrate import (
     MIGRATIONS,
     discover,
     flavour_of,
@@ -19,8 +19,8 @@ from sinks.timescale.migrate import (
     plan,
     timescale_available,
 )
-from vitals import localinfra
 from vitals.errors import ConfigError, InfrastructureError
+from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
 
@@ -196,7 +196,7 @@ def test_an_applied_migration_edited_afterwards_is_reported_not_reapplied(
     migrate(fresh_url, tmp_path)
     (tmp_path / "0001_first.sql").write_text("CREATE TABLE first (x int, y int);")
 
-    with caplog.at_level(logging.WARNING, logger="sinks.timescale.migrate"):
+    with caplog.at_level(logging.WARNING, logger="vitals.db.migrate"):
         assert migrate(fresh_url, tmp_path) == []
 
     # A set: another test's in-process CLI run may have left a second capturing handler.
@@ -261,7 +261,7 @@ def test_a_database_made_with_the_other_flavour_is_migrated_as_it_was_made(
         with psycopg.connect(fresh_url) as conn:
             assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (2,)
         return
-    with caplog.at_level(logging.WARNING, logger="sinks.timescale.migrate"):
+    with caplog.at_level(logging.WARNING, logger="vitals.db.migrate"):
         applied = migrate(fresh_url)
     assert applied == [m.name for m in plan(discover(), timescale=False) if m.version > 1]
     assert any("stays plain" in r.getMessage() for r in caplog.records)

@@ -17,14 +17,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import REGISTRY
 
-from processors.rhythm_validation import synthetic_af
+from evaluation.rhythm_validation import synthetic_af
 from processors.runner import Processor, run_processor
 from tests.faults.stages import Stages, environment
 from tests.polling import WAIT_S, until
-from vitals import contract, kafka, localinfra
+from vitals import contract, kafka
 from vitals.catalog import METRICS
 from vitals.contract import Detection, Reading, Upload
 from vitals.settings import Settings
+from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
 

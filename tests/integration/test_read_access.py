@@ -18,8 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from ingest import registry_store
-from sinks.timescale.migrate import migrate
+from frontdoor import registry_store
 from tests import cli
 from tests.integration.test_read_api import (
     AUTH,
@@ -32,8 +31,9 @@ from tests.integration.test_read_api import (
     store_rows,
 )
 from tests.polling import until
-from vitals import localinfra
+from vitals.db.migrate import migrate
 from vitals.settings import Settings
+from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +153,7 @@ async def test_a_team_reader_reads_its_patients_and_gets_404_for_every_other_on_
 
 
 async def test_reader_keys_need_a_scope_and_known_teams(owner: asyncpg.Connection) -> None:
-    from ingest.errors import NotFound, RegistryConflict
+    from frontdoor.errors import NotFound, RegistryConflict
 
     with pytest.raises(RegistryConflict, match="teams, or for all patients"):
         await registry_store.issue_key(owner, "reader", "r", expires_at=None, actor=CLI)

@@ -21,21 +21,22 @@ import httpx
 import orjson
 import pytest
 
-from ingest import registry_store
-from ingest.errors import NotFound
-from ingest.readapi.params import Cursor, encode_cursor
-from ingest.readapi.server import build_server
+from frontdoor import registry_store
+from frontdoor.errors import NotFound
 from processors.engine import Engine
 from processors.rules import rules_from_settings
+from readapi.params import Cursor, encode_cursor
+from readapi.server import build_server
 from sinks.alerts import store
 from sinks.timescale.rows import Row
 from sinks.timescale.scores import score_row, upsert_scores
 from sinks.timescale.writer import copy_then_upsert
 from tests import cli
 from tests.polling import until
-from vitals import contract, localinfra
+from vitals import contract
 from vitals.catalog import METRICS
 from vitals.settings import LOCAL_GATEWAY_TOKEN, LOCAL_READER_TOKEN, Settings
+from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
 

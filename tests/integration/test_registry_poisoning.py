@@ -18,9 +18,9 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from ingest import registry_store
-from ingest.refresher import RegistryCache
-from ingest.registry import Snapshot
+from frontdoor import registry_store
+from frontdoor.refresher import RegistryCache
+from frontdoor.registry import Snapshot
 from tests import cli
 from tests.integration import test_gateway_security
 from tests.integration.test_gateway import assert_problem, eventually

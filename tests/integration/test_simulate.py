@@ -20,7 +20,7 @@ async def test_a_gateway_back_after_hours_offline_uploads_its_backlog_in_pages(
     async with running(settings) as client:
         started = contract.now_ms()
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "vitals.cli", "simulate", "--url", str(client.base_url),
+            sys.executable, "-m", "vitalsctl.cli", "simulate", "--url", str(client.base_url),
             "--patients", "5", "--offline-hours", "3", "--backlog-minutes", "10",
             "--duration", "2", "--no-events", "--glitch-rate", "0",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,

@@ -21,11 +21,12 @@ from prometheus_client import REGISTRY
 
 from sinks.alerts.runner import STAGE, run_sink
 from sinks.alerts.store import row_of
-from sinks.pgtime import to_ms
 from tests.polling import WAIT_S, until
-from vitals import contract, kafka, localinfra
+from vitals import contract, kafka
+from vitals.db.pgtime import to_ms
 from vitals.errors import ContractError
 from vitals.settings import Settings
+from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
 

@@ -22,15 +22,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 from prometheus_client import REGISTRY
 
-from sinks.pgtime import from_ms
 from sinks.timescale.batching import BatchSizer
 from sinks.timescale.rows import rows_of
 from sinks.timescale.runner import STAGE, run_sink
 from sinks.timescale.writer import ReadingsWriter, copy_then_upsert
 from tests.polling import WAIT_S, until
-from vitals import contract, kafka, localinfra
+from vitals import contract, kafka
+from vitals.db.pgtime import from_ms
 from vitals.errors import ConfigError, ContractError
 from vitals.settings import Settings
+from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
 
@@ -517,7 +518,7 @@ async def test_the_command_migrates_on_start_serves_probes_and_stops_on_sigterm(
     log = tmp_path / "sink.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited in a thread
-            [sys.executable, "-m", "vitals.cli", "sink", "timescale"],
+            [sys.executable, "-m", "vitalsctl.cli", "sink", "timescale"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -19,7 +19,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sinks.timescale.migrate import (
+from tests.conftest import USE_CONTAINERS
+from tests.timescale import checks
+from tests.timescale.databases import Database, Pglite, Server, engine_problem
+from vitals.db.migrate import (
     MIGRATIONS,
     TIMESCALE_AVAILABLE,
     discover,
@@ -28,10 +31,7 @@ from sinks.timescale.migrate import (
     plan,
     timescale_available,
 )
-from tests.conftest import USE_CONTAINERS
-from tests.timescale import checks
-from tests.timescale.databases import Database, Pglite, Server, engine_problem
-from vitals import localinfra
+from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
 

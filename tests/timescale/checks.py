@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from ingest.readapi import queries
-from ingest.readapi.params import EARLIEST
+from readapi import queries
+from readapi.params import EARLIEST
 from sinks.alerts import store
-from sinks.pgtime import to_ms
 from sinks.timescale import scores, writer
-from sinks.timescale.migrate import Migration
 from sinks.timescale.rows import COLUMNS, rows_of
 from tests.timescale.databases import Database, Row, values
 from vitals import contract
+from vitals.db.migrate import Migration
+from vitals.db.pgtime import to_ms
 
 # The read queries of docs/storage.md: one patient's series of one metric, per minute or
 # per hour, over [from, to). The same text runs on TimescaleDB and plain PostgreSQL.
@@ -31,7 +31,7 @@ SELECT bucket, min_value, max_value, avg_value, n FROM readings_1m
 WHERE patient_id = $1 AND metric = $2 AND bucket >= $3 AND bucket < $4
 ORDER BY bucket"""
 SERIES_1H = SERIES_1M.replace("readings_1m", "readings_1h")
-# What `vitals dev` prints as rows stored (vitals/dev.py).
+# What `vitals dev` prints as rows stored (vitalsctl/dev.py).
 ROWS_STORED = "SELECT count(*) AS n FROM readings"
 
 # Stands in for the sink's COPY into its staging table.
@@ -60,7 +60,7 @@ HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 
 
 async def apply(db: Database, migrations: Sequence[Migration]) -> list[str]:
-    """Each file in its own transaction, as sinks/timescale/migrate.py applies them."""
+    """Each file in its own transaction, as vitals/db/migrate.py applies them."""
     for m in migrations:
         async with db.transaction():
             await db.script(m.sql())
@@ -663,7 +663,7 @@ async def check_late_upload_into_compressed_chunk(db: Database) -> None:
     assert await series(db, SERIES_1H, "p-late", "heart_rate", c) == [(c, 70.0, 72.0, 71.0, 3)]
 
 
-# --- the read API's queries (ingest/readapi/queries.py) ------------------------------------
+# --- the read API's queries (readapi/queries.py) ------------------------------------
 
 
 async def check_read_api_queries(db: Database) -> None:

@@ -1,4 +1,4 @@
-"""The benchmark harness's own arithmetic and reporting (vitals.bench): the figures it
+"""The benchmark harness's own arithmetic and reporting (bench): the figures it
 writes under bench/results/ must mean what the table says."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import math
 import orjson
 import pytest
 
+from bench import data, loadgen, machine, profile, sink
+from bench.__main__ import main as bench_main
+from bench.report import Results, Row
+from bench.stats import Summary, Target, median, percentile, ratio
 from sinks.timescale.rows import rows_of
-from vitals import cli
-from vitals.bench import data, loadgen, machine, profile, sink
-from vitals.bench.report import Results, Row
-from vitals.bench.stats import Summary, Target, median, percentile, ratio
 
 
 def test_percentile_is_nearest_rank_of_observed_values() -> None:
@@ -105,10 +105,10 @@ def test_table_markdown_and_files_agree(tmp_path) -> None:
 
 
 FOLDED = (
-    "process 1:python;main (vitals/cli.py:10);feed (processors/engine.py:5);"
+    "process 1:python;main (vitalsctl/cli.py:10);feed (processors/engine.py:5);"
     "insert (processors/windows.py:7) 6\n"
-    "process 1:python;main (vitals/cli.py:10);feed (processors/engine.py:9) 2\n"
-    "process 1:python;main (vitals/cli.py:11);select (/usr/lib/python3.11/selectors.py:1) 2\n"
+    "process 1:python;main (vitalsctl/cli.py:10);feed (processors/engine.py:9) 2\n"
+    "process 1:python;main (vitalsctl/cli.py:11);select (/usr/lib/python3.11/selectors.py:1) 2\n"
 )
 
 
@@ -118,11 +118,11 @@ def test_profile_shares_and_compaction() -> None:
     assert inclusive["feed (processors/engine.py)"] == 8  # both lines, counted once each
     assert own["insert (processors/windows.py)"] == 6
     assert profile.top(FOLDED, 1) == [("insert (processors/windows.py)", 60.0)]
-    assert profile.top(FOLDED, 1, by="inclusive") == [("main (vitals/cli.py)", 100.0)]
+    assert profile.top(FOLDED, 1, by="inclusive") == [("main (vitalsctl/cli.py)", 100.0)]
     assert profile.frame_name("f (/x/site-packages/aiokafka/c.py:3)") == "f (aiokafka/c.py)"
     compact = profile.compact(FOLDED)
     # Stacks that differ only by line number merge; counts are kept.
-    assert "main (vitals/cli.py);feed (processors/engine.py) 2" in compact
+    assert "main (vitalsctl/cli.py);feed (processors/engine.py) 2" in compact
     assert sum(int(line.rsplit(" ", 1)[1]) for line in compact.splitlines()) == 10
 
 
@@ -166,7 +166,7 @@ def test_redelivered_batches_repeat_one_upload_of_the_batch_before() -> None:
 
 
 def test_bench_refuses_fewer_rows_than_one_upload(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["bench", "--only", "storage", "--storage-rows", "49"]) == 2
-    assert cli.main(["bench", "--only", "storage", "--storage-rows", "0"]) == 2
-    assert cli.main(["bench", "--only", "export", "--export-rows", "100", "10"]) == 2
+    assert bench_main(["--only", "storage", "--storage-rows", "49"]) == 2
+    assert bench_main(["--only", "storage", "--storage-rows", "0"]) == 2
+    assert bench_main(["--only", "export", "--export-rows", "100", "10"]) == 2
     assert "must be at least 50" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.errors import Malformed
+from frontdoor.errors import Malformed
 from ingest.fastitems import fast_upload
 from ingest.jsonkeys import refuse_repeated_keys, strings_in
 from ingest.validation import validate_upload

@@ -15,11 +15,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from processors import burden, population
+from evaluation import burden, population
 from processors.engine import Engine
 from processors.rules import DEFAULT_RULES_FILE, Rules, parse_rules
-from vitals.cli import main
 from vitals.contract import Detection
+from vitalsctl import evaluate
+from vitalsctl.cli import main
 
 SMALL = population.Options(patients=20, hours=6, seed=11, event_share=0.5, jobs=1)
 
@@ -163,7 +164,7 @@ def test_bad_options_are_refused_with_a_clear_error(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = argparse.ArgumentParser()
-    burden.add_arguments(parser)
+    evaluate.add_burden_arguments(parser)
     with pytest.raises(ValueError, match=message):
         burden.options_from(parser.parse_args(argv))
     assert main(["burden", *argv]) == 2

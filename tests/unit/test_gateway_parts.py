@@ -14,9 +14,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.auth import Authenticator
+from frontdoor.auth import Authenticator
+from frontdoor.errors import Malformed, TooLarge, Unauthenticated, UnsupportedMedia
+from frontdoor.refresher import RegistryCache
 from ingest.body import Inflater, check_headers, read_body
-from ingest.errors import Malformed, TooLarge, Unauthenticated, UnsupportedMedia
 from ingest.idempotency import (
     RANDOM_IDS_AHEAD,
     Accepted,
@@ -26,7 +27,6 @@ from ingest.idempotency import (
     random_uuid,
     upload_id_for,
 )
-from ingest.refresher import RegistryCache
 from vitals import contract
 from vitals.kafka import KeyHashPartitioner
 

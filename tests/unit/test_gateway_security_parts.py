@@ -8,11 +8,11 @@ import ssl
 import pytest
 from pydantic import ValidationError
 
-from ingest import keys
-from ingest.auth import Authenticator
-from ingest.errors import Forbidden, Unauthenticated
-from ingest.ratelimit import TokenBuckets, retry_after_s
-from ingest.registry import (
+from frontdoor import keys
+from frontdoor.auth import Authenticator
+from frontdoor.errors import Forbidden, Unauthenticated
+from frontdoor.ratelimit import TokenBuckets, retry_after_s
+from frontdoor.registry import (
     Binding,
     Credential,
     Device,

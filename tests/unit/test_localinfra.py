@@ -1,10 +1,10 @@
-"""The one rule for which PostgreSQL server the tools use (vitals.localinfra.postgres_server)."""
+"""The one rule for which PostgreSQL server the tools use (vitalsctl.localinfra.postgres_server)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from vitals import localinfra
+from vitalsctl import localinfra
 
 
 def test_a_given_url_is_used_as_it_is_even_when_nothing_answers_there(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Choosing and preparing the local broker (vitals.localkafka), and the pins that must agree.
+"""Choosing and preparing the local broker (vitalsctl.localkafka), and the pins that must agree.
 
 The brokers themselves are started by every integration suite; these are the decisions and
 the failures around them, each on the real tools (java, mvn) of this machine.
@@ -17,9 +17,10 @@ import pytest
 import yaml
 
 from processors.rules import rules_from_settings
-from vitals import contract, kafka, localkafka
+from vitals import contract, kafka
 from vitals.errors import InfrastructureError
 from vitals.settings import Settings
+from vitalsctl import localkafka
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,7 +93,7 @@ def _copy_pom_with_settings(folder: Path, settings: Path) -> Path:
 def test_prepare_says_which_broker_in_one_line() -> None:
     env = {**os.environ, "VITALS_TEST_BROKER": "tansu"}
     done = subprocess.run(
-        [sys.executable, "-m", "vitals.localkafka", "prepare"],
+        [sys.executable, "-m", "vitalsctl.localkafka", "prepare"],
         capture_output=True,
         text=True,
         env=env,

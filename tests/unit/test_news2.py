@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from evaluation.physiology import Patient
 from processors import news2
 from processors.engine import Engine
 from processors.rules import parse_rules, rules_from_settings
-from sinks.pgtime import to_ms
 from vitals.contract import (
     Detection,
     News2Score,
@@ -23,9 +23,9 @@ from vitals.contract import (
     decode_news2_score,
     encode_news2_score,
 )
+from vitals.db.pgtime import to_ms
 from vitals.errors import ContractError
 from vitals.settings import Settings
-from vitals.simulate import Patient
 
 # --- the chart, boundary by boundary (RCP 2017, chart 1) ------------------------------------
 

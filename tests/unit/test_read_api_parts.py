@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ingest.errors import Malformed
-from ingest.readapi.params import Cursor, decode_cursor, encode_cursor
+from frontdoor.errors import Malformed
+from readapi.params import Cursor, decode_cursor, encode_cursor
 from vitals.settings import Settings
 
 KEY = b"k" * 32

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ingest.ratelimit import TokenBuckets
-from ingest.readapi import chain
+from frontdoor import chain
+from frontdoor.ratelimit import TokenBuckets
 
 AT = datetime(2026, 3, 1, 8, 0, 0, 123456, tzinfo=UTC)
 

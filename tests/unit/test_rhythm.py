@@ -11,15 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from evaluation.rhythm_validation import evaluate, pyhrv_nsr, synthetic_af, verdicts
 from processors.engine import Engine
 from processors.rhythm import RhythmRule, RhythmState, RhythmTrack, features, irregular, judge
-from processors.rhythm_validation import evaluate, pyhrv_nsr, synthetic_af, verdicts
 from processors.rules import DEFAULT_RULES_FILE, parse_rules, rules_from_settings
 from processors.windows import Sample
-from vitals import cli
 from vitals.contract import Detection, Reading, Upload
 from vitals.errors import ConfigError
 from vitals.settings import Settings
+from vitalsctl import cli
 
 T0 = 1_800_000_000_000
 RULES = rules_from_settings(Settings())

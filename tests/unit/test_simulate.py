@@ -2,8 +2,8 @@
 
 from datetime import datetime
 
+from evaluation.physiology import Event, Patient, default_events
 from vitals.catalog import METRICS
-from vitals.simulate import Event, Patient, default_events
 
 T0 = 1_795_000_000_000  # a fixed instant, ms
 

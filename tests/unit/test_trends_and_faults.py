@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from evaluation import physiology as simulate
 from processors import baseline, faults
 from processors.engine import Engine
 from processors.rules import DEFAULT_RULES_FILE, parse_rules
 from processors.windows import Sample
-from vitals import simulate
 from vitals.contract import Detection, Reading, Upload
 
 T0 = 1_800_000_000_000  # event times below are seconds after T0
@@ -371,7 +371,7 @@ def rules_at_defaults() -> Any:
 
 
 def test_the_simulators_normal_patients_trip_none_of_these_detectors() -> None:
-    """`make run`'s physiology (vitals/simulate.py), 16 h at its default 5 s, no events."""
+    """`make run`'s physiology (vitalsctl/simulate.py), 16 h at its default 5 s, no events."""
     watched = {"heart_rate", "spo2", "resp_rate"}
     e = engine()
     found: list[Detection] = []

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.errors import GatewayError, Malformed, NothingValid, TooLarge
+from frontdoor.errors import GatewayError, Malformed, NothingValid, TooLarge
 from ingest.validation import validate_upload
 from vitals.bounds import MAX_ID_CHARS
 from vitals.catalog import GLUCOSE_MG_DL_PER_MMOL_L, METRICS

@@ -1,0 +1,1 @@
+"""`python -m bench`: the project against its peers, side by side in one run (docs/benchmarks.md)."""

@@ -1,0 +1,95 @@
+"""Who reads whom, and on record: the guard around every read of a patient's data.
+
+Before a route reads, `Access.reading` checks the reader's request rate and rows-per-minute
+budget (429, not recorded: a flood of refusals must not flood the audit either), that the
+read audit can take one more record (else 503: no read is served off the record), and that
+the patient is in the reader key's care teams (else 404: a reader outside them cannot tell
+a patient they may not read from one that does not exist). From the scope check on, every
+outcome is recorded in the read audit with the rows returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from frontdoor.errors import AuditUnavailable, GatewayError, NotFound, RateLimited
+from frontdoor.ratelimit import TokenBuckets, retry_after_s
+from frontdoor.registry import Credential, Snapshot, may_read
+from readapi.audit import ReadAudit
+
+
+@dataclass(slots=True)
+class Read:
+    """What a route read: set `rows` to the rows (or buckets, scores) it returns."""
+
+    rows: int = 0
+
+
+class Access:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        audit: ReadAudit,
+        *,
+        requests: TokenBuckets | None,
+        rows: TokenBuckets | None,
+        retry_after_s: int,
+    ) -> None:
+        self._snapshot = snapshot
+        self._audit = audit
+        self._requests = requests
+        self._rows = rows
+        self._retry_after_s = retry_after_s
+
+    @asynccontextmanager
+    async def reading(self, reader: Credential, route: str, patient_id: str) -> AsyncIterator[Read]:
+        self._within_limits(reader)
+        if self._audit.full():
+            raise AuditUnavailable(
+                "audit_unavailable",
+                "reads cannot be recorded right now (the read audit is not being written)",
+                retry_after_s=self._retry_after_s,
+            )
+        read = Read()
+        outcome, status = "ok", 200
+        try:
+            if not may_read(self._snapshot(), reader, patient_id):
+                raise NotFound(
+                    "no_such_patient", "no patient with this id in this reader's care teams"
+                )
+            yield read
+        except GatewayError as exc:
+            outcome, status = exc.code, exc.status
+            raise
+        except BaseException:
+            outcome, status = "error", 500
+            raise
+        finally:
+            self._audit.read(
+                reader, route, patient_id, outcome=outcome, status=status, rows=read.rows
+            )
+            if self._rows is not None and read.rows:
+                self._rows.charge(reader.key_id, read.rows)
+
+    def _within_limits(self, reader: Credential) -> None:
+        if self._requests is not None:
+            wait_s = self._requests.take(reader.key_id)
+            if wait_s > 0:
+                raise RateLimited(
+                    "rate_limited",
+                    f"more than {self._requests.rate_per_s:g} reads a second from this reader",
+                    retry_after_s=retry_after_s(wait_s),
+                )
+        if self._rows is not None:
+            # Rows are charged after the read (its size is known only then), so a reader
+            # may overdraw once; it then waits until the budget is back above zero.
+            wait_s = self._rows.take(reader.key_id, cost=0.0)
+            if wait_s > 0:
+                per_minute = round(self._rows.rate_per_s * 60)
+                raise RateLimited(
+                    "row_limit",
+                    f"more than {per_minute} rows a minute read by this reader",
+                    retry_after_s=retry_after_s(wait_s),
+                )

@@ -1,1 +1,0 @@
-"""`vitals bench`: the project against its peers, side by side in one run (docs/benchmarks.md)."""
