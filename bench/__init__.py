@@ -1,1 +1,2 @@
-"""`python -m bench`: the project against its peers, side by side in one run (docs/benchmarks.md)."""
+"""`python -m bench`: the project against its peers, side by side in one run
+(docs/benchmarks.md)."""

@@ -140,7 +140,7 @@ async def measure(database_url: str, rows: int, reps: int, wasm_rows: int) -> Me
     finally:
         await conn.close()
     if not timescale:
-        await _compress_on_wasm(out, min(rows, wasm_rows), end_ms)
+        await compress_on_wasm(out, min(rows, wasm_rows), end_ms)
     return out
 
 
@@ -162,7 +162,7 @@ async def _hypertable(conn: asyncpg.Connection) -> bool:
     return bool((await conn.fetch(HYPERTABLE_READINGS))[0]["n"])
 
 
-async def _compress_on_wasm(out: Measured, rows: int, end_ms: int) -> None:
+async def compress_on_wasm(out: Measured, rows: int, end_ms: int) -> None:
     """Sizes before and after compression on PGlite + TimescaleDB, migrated as the sink's
     server would be, loaded with the sink's staging statements."""
     engine = _engine_client()
@@ -181,9 +181,9 @@ async def _compress_on_wasm(out: Measured, rows: int, end_ms: int) -> None:
 
         async def upsert(batch: list[Row]) -> int:
             async with db.transaction():
-                await db.script(sink_writer._CREATE_STAGING)
+                await db.script(sink_writer.CREATE_STAGING)
                 await db.execute(FILL_STAGING, *(list(c) for c in zip(*batch, strict=True)))
-                return await db.execute(sink_writer._UPSERT)
+                return await db.execute(sink_writer.UPSERT)
 
         await _load(upsert, rows, end_ms)
         before = await sizes(db, True)

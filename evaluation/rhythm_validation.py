@@ -232,5 +232,3 @@ def run(rules: Rules, *, af_series: int, af_beats: int, seed: int, out: Path) ->
     )
     print(f"written to {out}")
     return 0
-
-

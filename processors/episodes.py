@@ -197,12 +197,12 @@ class EpisodeMachine:
         state = self._advance(state, t, v, device_id, out)
         # Nothing emitted, nothing to apply: the common case, checked here without a call
         # (the log is this module's own).
-        return self.pass_over(state, t, prev_t) if self.log._episodes else state
+        return self.pass_over(state, t, prev_t) if len(self.log) else state
 
     def pass_over(self, state: EpisodeState, t: int, prev_t: int | None) -> EpisodeState:
         """A reading the condition must not judge (a sensor fault flagged it): the run and
         the clear delay carry on unchanged; only emitted decisions are applied."""
-        if not self.log._episodes:
+        if not len(self.log):
             return state
         for at, opening, episode in self.log.pins(prev_t, t):
             state = self._pin(state, at, opening, episode)

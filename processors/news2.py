@@ -88,7 +88,7 @@ def temperature_points(v: float) -> int:
 
 
 # The points of each parameter but SpO2 (whose points depend on the scale and on oxygen).
-_POINTS: dict[str, Callable[[float], int]] = {
+POINTS: dict[str, Callable[[float], int]] = {
     "resp_rate": resp_rate_points,
     "supplemental_o2": oxygen_points,
     "systolic_bp": systolic_points,
@@ -162,7 +162,7 @@ def entry(parameter: str, t: int, v: float, scale: int) -> Entry:
     if parameter == "spo2":
         on_air = spo2_points(v, scale, False)
         return t, v, on_air, on_air if scale == 1 else spo2_points(v, scale, True)
-    points = _POINTS[parameter](v)
+    points = POINTS[parameter](v)
     return t, v, points, points
 
 

@@ -86,7 +86,7 @@ def drop_database(server_url: str, dbname: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
-def _pg_bindir() -> Path:
+def pg_bindir() -> Path:
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
     if candidates:
         return Path(candidates[0])
@@ -113,7 +113,7 @@ def postgres_server(url: str | None, folder: Path) -> Iterator[str]:
 @contextmanager
 def private_cluster(folder: Path) -> Iterator[str]:
     """A PostgreSQL cluster of our own in `folder` (trust auth, loopback, free port)."""
-    bindir = _pg_bindir()
+    bindir = pg_bindir()
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "data"
     # PostgreSQL refuses to run as root; as root, run it as the postgres system user.

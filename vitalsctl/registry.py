@@ -192,6 +192,7 @@ def _open_key_file(path: str) -> TextIO:
 def _expiry(days: float) -> datetime:
     """Now + `days`; a number of days past the calendar is refused like a far date."""
     from frontdoor import registry_store
+
     try:
         return registry_store.now() + timedelta(days=days)
     except OverflowError:

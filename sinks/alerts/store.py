@@ -14,7 +14,7 @@ from vitals.db.pgtime import from_ms, to_ms
 from vitals.errors import ContractError
 
 # (alert_id, state, patient_id, rule, severity, retrospective, episode_start, at,
-#  detected_at, metric, value, device_id, detail, suppressed): _STORE's column order.
+#  detected_at, metric, value, device_id, detail, suppressed): STORE's column order.
 AlertRow = tuple[
     uuid.UUID,
     str,
@@ -36,7 +36,7 @@ AlertRow = tuple[
 # hypertable on it, and in every lookup so that only the chunks it falls in are searched.
 Key = tuple[uuid.UUID, str, datetime]
 
-_STORE = """
+STORE = """
 INSERT INTO alerts (alert_id, state, patient_id, rule, severity, retrospective,
                     episode_start, at, detected_at, metric, value, device_id, detail,
                     suppressed)
@@ -50,7 +50,7 @@ ON CONFLICT (alert_id, state, episode_start) DO NOTHING
 # the chunks outside it (old, compressed ones have no index on alert_id).
 # Opened before resolved, earlier before later: subscribers see an episode in order
 # (all of a patient's alerts share a partition). Suppressed repeats are never published.
-_UNPUBLISHED = """
+UNPUBLISHED = """
 SELECT a.* FROM alerts a
 JOIN unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS k(alert_id, state, episode_start)
      USING (alert_id, state, episode_start)
@@ -59,7 +59,7 @@ WHERE a.published_at IS NULL AND NOT a.suppressed
 ORDER BY a.at, a.state = 'resolved', a.detected_at
 """
 
-_MARK = """
+MARK = """
 UPDATE alerts a SET published_at = $6
 FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS k(alert_id, state, episode_start)
 WHERE a.alert_id = k.alert_id AND a.state = k.state AND a.episode_start = k.episode_start
@@ -121,7 +121,7 @@ async def store(conn: asyncpg.Connection, rows: Sequence[AlertRow]) -> int:
     """Insert what is not stored yet; returns how many rows were new."""
     if not rows:
         return 0
-    status = await conn.execute(_STORE, *(list(column) for column in zip(*rows, strict=True)))
+    status = await conn.execute(STORE, *(list(column) for column in zip(*rows, strict=True)))
     return int(status.rsplit(" ", 1)[1])
 
 
@@ -129,19 +129,19 @@ async def unpublished(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Det
     """The stored detections among `keys` whose publication was never acknowledged."""
     if not keys:
         return []
-    found = await conn.fetch(_UNPUBLISHED, *key_params(keys))
+    found = await conn.fetch(UNPUBLISHED, *key_params(keys))
     return [_detection(record) for record in found]
 
 
 async def mark_published(conn: asyncpg.Connection, keys: Sequence[Key], at: datetime) -> int:
     if not keys:
         return 0
-    status = await conn.execute(_MARK, *key_params(keys), at)
+    status = await conn.execute(MARK, *key_params(keys), at)
     return int(status.rsplit(" ", 1)[1])
 
 
 def key_params(keys: Sequence[Key]) -> tuple[Any, ...]:
-    """$1-$5 of _UNPUBLISHED and _MARK: the keys' columns, then their episode starts' range."""
+    """$1-$5 of UNPUBLISHED and MARK: the keys' columns, then their episode starts' range."""
     starts = [k[2] for k in keys]
     return [k[0] for k in keys], [k[1] for k in keys], starts, min(starts), max(starts)
 

@@ -36,8 +36,8 @@ _COLUMN_LIST = ", ".join(COLUMNS)
 # Per session and kept: pooled connections reuse it, and ON COMMIT DELETE ROWS empties it
 # at every commit (a cheap truncate) rather than creating and dropping a table per batch,
 # which would churn the system catalogs at the sink's batch rate.
-_CREATE_STAGING = f"CREATE TEMP TABLE IF NOT EXISTS {STAGING} (LIKE readings) ON COMMIT DELETE ROWS"
-_UPSERT = (
+CREATE_STAGING = f"CREATE TEMP TABLE IF NOT EXISTS {STAGING} (LIKE readings) ON COMMIT DELETE ROWS"
+UPSERT = (
     f"INSERT INTO readings ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {STAGING} "
     "ON CONFLICT (patient_id, metric, t, device_id) DO NOTHING"
 )
@@ -46,7 +46,7 @@ _UPSERT = (
 # The stored value is looked up by a scalar subquery, one primary-key probe per staged row
 # like ON CONFLICT's own: a join could be planned as a scan of all of readings, since the
 # staging table has no statistics. A staged row that was just inserted finds itself (equal).
-_RECORD_CONFLICTS = f"""
+RECORD_CONFLICTS = f"""
 INSERT INTO reading_conflicts (patient_id, metric, t, device_id, stored_value,
                                conflicting_value, unit, upload_id, received_at)
 SELECT patient_id, metric, t, device_id, stored, value, unit, upload_id, received_at
@@ -90,16 +90,16 @@ async def copy_then_upsert(conn: asyncpg.Connection, rows: Sequence[Row]) -> Wri
         return NOTHING
     firsts, later = first_of_each_key(rows)
     async with conn.transaction():
-        await conn.execute(_CREATE_STAGING)
+        await conn.execute(CREATE_STAGING)
         await conn.copy_records_to_table(STAGING, records=firsts, columns=COLUMNS)
-        status = await conn.execute(_UPSERT)
+        status = await conn.execute(UPSERT)
         # The command tag is "INSERT 0 <rows inserted>".
         new = int(status.rsplit(" ", 1)[1])
         if new == len(firsts) and not later:
             return Written(new, ())  # every key new and given once: nothing to compare
         if later:  # compared with the value of record like the rest
             await conn.copy_records_to_table(STAGING, records=later, columns=COLUMNS)
-        recorded = await conn.fetch(_RECORD_CONFLICTS)
+        recorded = await conn.fetch(RECORD_CONFLICTS)
     return Written(new, tuple(r["metric"] for r in recorded))
 
 

@@ -130,7 +130,7 @@ class PrivatePostgres:
         self.folder = Path(tempfile.mkdtemp(prefix="vitals-faults-pg-"))
         self.data = self.folder / "data"
         self.port = localinfra.free_port()
-        self._bin = localinfra._pg_bindir()
+        self._bin = localinfra.pg_bindir()
         self._as: list[str] = []
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
             shutil.chown(self.folder, "postgres")

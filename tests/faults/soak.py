@@ -40,7 +40,7 @@ OUT = ROOT / ".local" / "soak"
 MAX_MINUTES = 120.0
 
 
-def _arguments(argv: list[str] | None) -> argparse.Namespace:
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="soak", description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="load duration (≤ 120)")
     parser.add_argument("--patients", type=int, default=50)
@@ -152,7 +152,7 @@ def _write_csv(path: Path, samples: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(soak(_arguments(argv)))
+    return asyncio.run(soak(arguments(argv)))
 
 
 if __name__ == "__main__":

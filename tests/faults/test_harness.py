@@ -15,7 +15,7 @@ from tests.faults.load import NO_ANSWER, Ledger, Upload
 )
 def test_soak_refuses_unbounded_or_empty_runs(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        soak._arguments(argv)
+        soak.arguments(argv)
     assert exit_info.value.code == 2
 
 

@@ -88,7 +88,7 @@ def test_compression_is_reported_missing_without_the_engine_client(
 ) -> None:
     monkeypatch.setattr(storage, "ENGINE_CLIENT", "tests/timescale/no-such-client.py")
     out = storage.Measured()
-    asyncio.run(storage._compress_on_wasm(out, 100, 1_795_000_000_000))
+    asyncio.run(storage.compress_on_wasm(out, 100, 1_795_000_000_000))
     assert out.compressed is None
     assert out.notes == [
         "compression not measured: no tests/timescale/no-such-client.py (run from a checkout)"

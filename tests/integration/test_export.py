@@ -18,11 +18,11 @@ import asyncpg
 import pyarrow.parquet as pq
 import pytest
 
-from vitalsctl.export import command
-from vitalsctl.export.pseudonym import Pseudonymiser
 from sinks.timescale.writer import copy_then_upsert
 from tests.integration.test_read_api import row
 from vitals.errors import ConfigError
+from vitalsctl.export import command
+from vitalsctl.export.pseudonym import Pseudonymiser
 
 pytestmark = pytest.mark.integration
 

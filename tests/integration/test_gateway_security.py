@@ -784,7 +784,7 @@ async def test_audit_records_wait_out_a_database_outage_then_are_written(
 
     up = await asyncpg.create_pool(database_url, min_size=0, max_size=1)
     try:
-        trail._pool = up  # the database is back
+        trail._pool = up  # noqa: SLF001 - the database is back, the same trail goes on
         assert await trail.flush() == 3 and len(trail) == 0
     finally:
         await up.close()

@@ -88,12 +88,12 @@ async def store_readings(db: Database, up: contract.Upload) -> int:
     returns the new rows."""
     firsts, later = writer.first_of_each_key(rows_of(up))
     async with db.transaction():
-        await db.script(writer._CREATE_STAGING)
+        await db.script(writer.CREATE_STAGING)
         await db.execute(_FILL_STAGING, *(list(c) for c in zip(*firsts, strict=True)))
-        new = await db.execute(writer._UPSERT)
+        new = await db.execute(writer.UPSERT)
         if later:
             await db.execute(_FILL_STAGING, *(list(c) for c in zip(*later, strict=True)))
-        await db.fetch(writer._RECORD_CONFLICTS)
+        await db.fetch(writer.RECORD_CONFLICTS)
         return new
 
 
@@ -309,16 +309,16 @@ async def check_alert_statements(db: Database) -> None:
     arrays = [list(c) for c in zip(*rows, strict=True)]
     keys = store.key_params(store.keys_of(rows))
 
-    assert await db.execute(store._STORE, *arrays) == 2
-    assert await db.execute(store._STORE, *arrays) == 0
-    pending = await db.fetch(store._UNPUBLISHED, *keys)
+    assert await db.execute(store.STORE, *arrays) == 2
+    assert await db.execute(store.STORE, *arrays) == 0
+    pending = await db.fetch(store.UNPUBLISHED, *keys)
     assert values(pending, "alert_id", "state", "value") == [
         (uuid.UUID(alert_id), "opened", 88.0),
         (uuid.UUID(alert_id), "resolved", 93.0),
     ]
-    assert await db.execute(store._MARK, *keys, await hour_ago(db, 0)) == 2
-    assert await db.execute(store._MARK, *keys, await hour_ago(db, 0)) == 0
-    assert await db.fetch(store._UNPUBLISHED, *keys) == []
+    assert await db.execute(store.MARK, *keys, await hour_ago(db, 0)) == 2
+    assert await db.execute(store.MARK, *keys, await hour_ago(db, 0)) == 0
+    assert await db.fetch(store.UNPUBLISHED, *keys) == []
 
 
 async def check_alert_key_and_grants(db: Database) -> None:
@@ -396,7 +396,7 @@ async def store_alerts_before_0006(db: Database) -> list[store.AlertRow]:
     )
     assert await db.execute(_STORE_BEFORE_0006, *_old_columns(rows)) == 3
     keys = store.key_params(store.keys_of(rows[:2]))
-    assert await db.execute(store._MARK, *keys, await hour_ago(db, 0)) == 2
+    assert await db.execute(store.MARK, *keys, await hour_ago(db, 0)) == 2
     return rows
 
 
@@ -411,7 +411,7 @@ async def check_alerts_after_upgrade(db: Database, rows: list[store.AlertRow]) -
         (r[0], r[1], r[6], i < 2) for i, r in enumerate(rows)
     ]
     columns = [list(c) for c in zip(*rows, strict=True)]
-    assert await db.execute(store._STORE, *columns) == 0
+    assert await db.execute(store.STORE, *columns) == 0
     if not db.timescale:  # the previous release's statement still runs (rolling upgrade)
         assert await db.execute(_STORE_BEFORE_0006, *_old_columns(rows)) == 0
     else:  # no index of a hypertable can serve it: stop that sink before 0006 (storage.md)
@@ -438,7 +438,7 @@ async def check_alerts_in_compressed_chunks(db: Database) -> None:
     await hold_jobs(db)
     start = await hour_ago(db, 24 * 200)
     opened, resolved = _episode("p-old", start, "opened", "resolved")
-    await db.execute(store._STORE, *(list(c) for c in zip(opened, strict=True)))
+    await db.execute(store.STORE, *(list(c) for c in zip(opened, strict=True)))
 
     await run_job(db, "alerts", "policy_compression")
 
@@ -449,13 +449,13 @@ async def check_alerts_in_compressed_chunks(db: Database) -> None:
     )
     assert chunks == [{"is_compressed": True}]
     both = [list(c) for c in zip(opened, resolved, strict=True)]
-    assert await db.execute(store._STORE, *both) == 1
-    assert await db.execute(store._STORE, *both) == 0
+    assert await db.execute(store.STORE, *both) == 1
+    assert await db.execute(store.STORE, *both) == 0
     keys = store.key_params(store.keys_of([opened, resolved]))
-    pending = await db.fetch(store._UNPUBLISHED, *keys)
+    pending = await db.fetch(store.UNPUBLISHED, *keys)
     assert values(pending, "state") == [("opened",), ("resolved",)]
-    assert await db.execute(store._MARK, *keys, await hour_ago(db, 0)) == 2
-    assert await db.fetch(store._UNPUBLISHED, *keys) == []
+    assert await db.execute(store.MARK, *keys, await hour_ago(db, 0)) == 2
+    assert await db.fetch(store.UNPUBLISHED, *keys) == []
 
 
 async def check_news2_scores_in_compressed_chunks(db: Database) -> None:
@@ -721,7 +721,7 @@ async def check_read_api_queries(db: Database) -> None:
         for state in ("opened", "resolved")
     ]  # fmt: skip
     rows = [store.row_of(d) for d in detections]
-    await db.execute(store._STORE, *[list(c) for c in zip(*rows, strict=True)])
+    await db.execute(store.STORE, *[list(c) for c in zip(*rows, strict=True)])
     seen: list[tuple[Any, ...]] = []
     before: tuple[Any, ...] = (b + HOUR, str(uuid.UUID(int=0)), "")
     while True:  # newest first, two a page, strictly before the last (at, id, state)
@@ -792,7 +792,7 @@ async def check_every_policy_job(db: Database) -> None:
     month = now - 30 * DAY  # news2_scores' weekly chunks: this one ended over 7 days ago
     await store_scores(db, [news2_score("p-jobs", t, 1, t, heart_rate=1) for t in (old, month)])
     alert = _episode("p-jobs", old, "opened")
-    await db.execute(store._STORE, *(list(c) for c in zip(*alert, strict=True)))
+    await db.execute(store.STORE, *(list(c) for c in zip(*alert, strict=True)))
     # Refreshed once, then the gateway that was offline for a week uploads its backlog.
     await run_job(db, "readings_1m", "policy_refresh_continuous_aggregate")
     await run_job(db, "readings_1h", "policy_refresh_continuous_aggregate")

@@ -186,7 +186,7 @@ def test_the_per_reading_tally_is_the_score_of_the_record(
     assert (total, red) == (sum(s.points.values()), 3 in s.points.values())
     on_o2 = fresh.get("supplemental_o2") == 1
     for p, v in fresh.items():
-        own = news2.spo2_points(v, scale, on_o2) if p == "spo2" else news2._POINTS[p](v)
+        own = news2.spo2_points(v, scale, on_o2) if p == "spo2" else news2.POINTS[p](v)
         assert s.points[p] == own
 
 

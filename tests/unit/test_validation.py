@@ -211,7 +211,8 @@ def test_a_value_in_the_canonical_unit_is_accepted_exactly_when_in_range(
     name: str, value: float
 ) -> None:
     metric = METRICS[name]
-    raw = body([item(name, v=value, unit=metric.unit), item()])
+    # The second, valid item a minute later: one value per metric and time.
+    raw = body([item(name, v=value, unit=metric.unit), item(t="2026-11-22T10:01:00+08:00")])
     batch = validate(raw)
     in_range = metric.low <= value <= metric.high
     assert (len(batch.readings) == 2) == in_range
