@@ -87,6 +87,11 @@ _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*
 
 
 class BoundedHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits above. It calls two private methods of
+    its base, `_unset_keepalive_if_required` and `_unsupported_upgrade_warning`, as
+    uvicorn's own data_received does: pyproject.toml caps uvicorn at the minor version this
+    was tested with (0.55), so an upgrade that renames them is a deliberate one."""
+
     def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits

@@ -9,6 +9,7 @@ SIGTERM finishes the current batch, commits, leaves the group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -105,7 +106,7 @@ class ConsumerLoop:
                 async with (
                     ProbeServer(self.settings.probe_host, self.settings.probe_port, self.ready)
                     if self.settings.probe_port
-                    else _nothing()
+                    else contextlib.nullcontext()
                 ):
                     lag = supervise(f"{self.stage}-lag", lambda: self._watch_lag(stop))
                     try:
@@ -195,11 +196,3 @@ class ConsumerLoop:
             LAG.remove(self.stage, tp.topic, str(tp.partition))
         self._reported &= assigned
         self._done = {tp: offset for tp, offset in self._done.items() if tp in assigned}
-
-
-class _nothing:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None

@@ -1,12 +1,10 @@
 """Structured JSON logs on stderr.
 
-Never pass a patient or device identifier to a logger: log upload ids, counts, topics and
-partitions. `pseudonym()` gives a stable, non-reversible tag when one must correlate.
+Never pass a patient identifier to a logger: log upload ids, counts, topics and partitions.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 import traceback
@@ -41,11 +39,6 @@ def configure(level: str = "INFO") -> None:
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-
-
-def pseudonym(identifier: str) -> str:
-    """A short, stable tag for correlating log lines; not an identity."""
-    return hashlib.blake2s(identifier.encode(), digest_size=6, person=b"vitals").hexdigest()
 
 
 def exception_fields(exc: BaseException) -> dict[str, str]:
