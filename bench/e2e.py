@@ -27,14 +27,7 @@ from vitals import contract
 from vitals.errors import InfrastructureError
 from vitals.kafka import consumer, create_topics
 from vitals.settings import LOCAL_GATEWAY_TOKEN, Settings
-from vitalsctl import localinfra
-
-STAGES = {
-    "gateway": ["gateway"],
-    "processor": ["process"],
-    "sink-timescale": ["sink", "timescale"],
-    "sink-alerts": ["sink", "alerts"],
-}
+from vitalsctl import localinfra, stages
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +129,7 @@ def run(infra: Infra, spec: E2ESpec, reps: int) -> list[Row]:
     uploads = data.fleet_uploads(count, 2_000, contract.now_ms())
     bodies.write_bytes(orjson.dumps([data.wire_body(u) for u in uploads]))
     started = {
-        name: procs.spawn(["vitalsctl.cli", *command], env, infra.logs / f"e2e-{name}.log")
-        for name, command in STAGES.items()
+        name: stages.start(name, env, infra.logs / f"e2e-{name}.log") for name in stages.PIPELINE
     }
     try:
         procs.wait_http(f"{url}/readyz", 30, started["gateway"])

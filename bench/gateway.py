@@ -21,7 +21,7 @@ from vitals import contract
 from vitals.errors import InfrastructureError
 from vitals.kafka import create_topics
 from vitals.settings import LOCAL_GATEWAY_TOKEN
-from vitalsctl import localinfra
+from vitalsctl import localinfra, stages
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +82,7 @@ def profile(infra: Infra, spec: LoadSpec, out: Path) -> Path:
     bodies = write_bodies(infra.logs / "gateway-bodies.json", 256, 256)
     port = localinfra.free_port()
     env = {**infra.env(settings), "VITALS_GATEWAY_PORT": str(port)}
-    proc = procs.spawn(["vitalsctl.cli", "gateway"], env, infra.logs / "gateway-prof.log", out)
+    proc = procs.spawn(stages.argv("gateway"), env, infra.logs / "gateway-prof.log", out)
     try:
         procs.wait_http(f"http://127.0.0.1:{port}/readyz", 30, proc)
         run_load([port], bodies, spec)
@@ -103,7 +103,7 @@ def run(infra: Infra, reps: int, spec: LoadSpec, notes: list[str]) -> list[Row]:
         for i, port in enumerate(gw_ports):
             started.append(
                 procs.spawn(
-                    ["vitalsctl.cli", "gateway"],
+                    stages.argv("gateway"),
                     {**env, "VITALS_GATEWAY_PORT": str(port)},
                     infra.logs / f"gateway-{i}.log",
                 )

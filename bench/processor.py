@@ -29,6 +29,7 @@ from bench.stats import Summary, Target
 from vitals import contract, kafka
 from vitals.errors import InfrastructureError
 from vitals.settings import Settings
+from vitalsctl import stages
 
 PARTITIONS = 6
 
@@ -164,7 +165,7 @@ def _drain(
             for i in range(instances):
                 started.append(
                     procs.spawn(
-                        ["vitalsctl.cli", "process"],
+                        stages.argv("processor"),
                         env,
                         infra.logs / f"processor-{i}.log",
                         profile,

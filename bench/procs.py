@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from vitals.errors import InfrastructureError
-from vitalsctl import localinfra
+from vitalsctl import localinfra, stages
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -21,16 +21,15 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 def spawn(
     args: list[str], env: dict[str, str], log: Path, profile: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """`python -m <args>` as a child; under `py-spy record` when `profile` is given."""
-    command = [sys.executable, "-m", *args]
+    """`python -m <args>` as a child (vitalsctl/stages.py); under `py-spy record` when
+    `profile` is given."""
+    wrapper: list[str] = []
     if profile is not None:
         # py-spy can only attach to processes it starts here (attaching by pid fails to
         # find the interpreter), so it starts the child and writes folded stacks on exit.
         py_spy = Path(sys.executable).parent / "py-spy"
-        command = [str(py_spy), "record", "-r", "200", "-f", "raw", "-o", str(profile), "--"]
-        command += [sys.executable, "-m", *args]
-    out = open(log, "ab")  # noqa: SIM115 - the child owns it
-    return subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
+        wrapper = [str(py_spy), "record", "-r", "200", "-f", "raw", "-o", str(profile), "--"]
+    return stages.spawn(args, env, log, wrapper=wrapper)
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:

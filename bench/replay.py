@@ -27,7 +27,7 @@ from bench.stats import Summary
 from vitals import contract, kafka
 from vitals.errors import InfrastructureError
 from vitals.settings import Settings
-from vitalsctl import localinfra
+from vitalsctl import localinfra, stages
 
 HOURS = 6.0
 PATIENTS = 20
@@ -71,7 +71,7 @@ def measure(infra: Infra, label: str) -> tuple[float, float, int]:
     port = localinfra.free_port()
     env = {**infra.env(settings), "VITALS_PROBE_PORT": str(port)}
     started = time.monotonic()
-    proc = procs.spawn(["vitalsctl.cli", "process"], env, infra.logs / f"replay-{label}.log")
+    proc = procs.spawn(stages.argv("processor"), env, infra.logs / f"replay-{label}.log")
     try:
         read = _until_live(f"http://127.0.0.1:{port}/metrics", proc, 300)
         return time.monotonic() - started, read, messages

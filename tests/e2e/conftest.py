@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -18,14 +17,7 @@ import pytest
 
 from vitals import contract, kafka
 from vitals.settings import LOCAL_GATEWAY_TOKEN, Settings
-from vitalsctl import localinfra
-
-COMMANDS = {
-    "gateway": ["gateway"],
-    "processor": ["process"],
-    "sink-timescale": ["sink", "timescale"],
-    "sink-alerts": ["sink", "alerts"],
-}
+from vitalsctl import localinfra, stages
 
 
 @dataclass
@@ -40,13 +32,7 @@ class Pipeline:
         return f"http://127.0.0.1:{self.settings.gateway_port}"
 
     def start(self, name: str) -> None:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "vitalsctl.cli", *COMMANDS[name]],
-            env=self.env,
-            stdout=log,
-            stderr=log,
-        )
+        self.procs[name] = stages.start(name, self.env, self.logs / f"{name}.log")
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         proc = self.procs.pop(name)
@@ -72,7 +58,7 @@ def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
         "VITALS_SILENCE_CHECK_INTERVAL_S": "1",
     }
     p = Pipeline(settings, env, tmp_path)
-    for name in COMMANDS:
+    for name in stages.PIPELINE:
         p.start(name)
     try:
         _wait_ready(p)

@@ -9,27 +9,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from vitalsctl import localinfra
+from vitalsctl import localinfra, stages
+from vitalsctl.stages import PIPELINE, kind_of
 
-COMMANDS = {
-    "gateway": ["gateway"],
-    "processor": ["process"],
-    "sink-timescale": ["sink", "timescale"],
-    "sink-alerts": ["sink", "alerts"],
-}
-BASELINE = tuple(COMMANDS)  # one of each: the pipeline every scenario starts from
-
-
-def kind_of(name: str) -> str:
-    """`processor-2` -> `processor`: extra instances share their stage's command."""
-    return name if name in COMMANDS else name.rsplit("-", 1)[0]
+BASELINE = PIPELINE  # one of each: the pipeline every scenario starts from
 
 
 @dataclass
@@ -53,13 +42,9 @@ class Stages:
         if source:  # the stages from another checkout of the code (a snapshot under test)
             env["PYTHONPATH"] = source
         cwd = source or None  # `python -m` puts the working directory first on sys.path
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "vitalsctl.cli", *COMMANDS[kind_of(name)]],
-            env=env,
-            cwd=cwd,
-            stdout=log,
-            stderr=log,
+        # In the suite's session: the test runner's own Ctrl-C stops the stages too.
+        self.procs[name] = stages.start(
+            name, env, self.logs / f"{name}.log", cwd=cwd, new_session=False
         )
 
     def signal(self, name: str, sig: int) -> None:
