@@ -27,7 +27,6 @@ from vitals.bounds import epoch_ms
 router = APIRouter()
 
 SEARCH_PARAMETERS = ("patient", "subject", "code", "date", "_count", "_cursor")
-DEFAULT_COUNT = 100
 _MICRO = timedelta(microseconds=1)
 
 
