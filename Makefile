@@ -36,6 +36,12 @@ run: install
 broker: install
 	$(BIN)/python -m vitalsctl.localkafka prepare
 
+# The HAPI FHIR validator's jars (vitalsctl/fhir-validator.pom.xml) into .local/fhir-validator/,
+# for tests/integration/test_fhir_validator.py (which also fetches them on first use).
+.PHONY: fhir-validator
+fhir-validator: install
+	$(BIN)/python -c 'from tests.fhir.validator import ensure_jars; print(ensure_jars())'
+
 ## test: install what is needed and run every test (unit, integration, end-to-end, faults)
 test: install engine broker
 	$(BIN)/python -m pytest

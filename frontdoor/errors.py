@@ -108,6 +108,12 @@ class NothingValid(GatewayError):
         self.rejected = tuple(rejected)
 
 
+class TransactionRefused(NothingValid):
+    """A FHIR transaction with a refused entry: all or nothing, so nothing was taken."""
+
+    title = "Transaction refused"
+
+
 class RateLimited(GatewayError):
     status = 429
     title = "Too many requests"

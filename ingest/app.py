@@ -20,6 +20,8 @@ from frontdoor.metrics import RequestMetrics
 from frontdoor.ratelimit import TokenBuckets
 from frontdoor.refresher import RegistryCache
 from ingest import admin, openapi, routes
+from ingest.fhir.route import PATHS as FHIR_PATHS
+from ingest.fhir.route import PostBundle
 from ingest.idempotency import IdempotencyCache
 from ingest.intake import Guards, Intake
 from ingest.metrics import REQUEST_SECONDS, REQUESTS
@@ -107,6 +109,9 @@ def create_app(settings: Settings) -> GatewayApp:
     post_readings = routes.PostReadings()
     app.upload = RequestMetrics(post_readings, REQUESTS, REQUEST_SECONDS, route=UPLOAD_PATH)
     app.router.routes.append(Route(UPLOAD_PATH, post_readings, methods=["POST"]))
+    post_bundle = PostBundle()
+    for path in FHIR_PATHS:
+        app.router.routes.append(Route(path, post_bundle, methods=["POST"]))
     app.include_router(routes.router)
     if settings.gateway_registry:
         app.include_router(admin.router)

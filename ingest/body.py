@@ -17,13 +17,15 @@ JSON = "application/json"
 GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer, not raw deflate or zlib
 
 
-def check_headers(headers: Mapping[str, str], *, max_body_bytes: int) -> bool:
+def check_headers(
+    headers: Mapping[str, str], *, max_body_bytes: int, media_types: tuple[str, ...] = (JSON,)
+) -> bool:
     """Refuse what can be refused before reading; True when the body is gzip."""
     media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type != JSON:
+    if media_type not in media_types:
         raise UnsupportedMedia(
             "unsupported_media_type",
-            f"Content-Type must be {JSON}, not {media_type or 'missing'}",
+            f"Content-Type must be {' or '.join(media_types)}, not {media_type or 'missing'}",
         )
     encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip"):

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import orjson
 from starlette.requests import ClientDisconnect
@@ -36,6 +37,46 @@ from vitals import contract
 from vitals.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class Door(Protocol):
+    """What a front door's format adds to the one intake path: the body's media types,
+    its validation into a Batch, and the answer for what is left after the registry."""
+
+    media_types: tuple[str, ...]
+
+    def validate(self, raw: bytes, *, now_ms: int, max_future_skew_s: float, max_readings: int
+                 ) -> Batch: ...  # fmt: skip
+
+    def settle(self, upload_id: str, batch: Batch) -> tuple[Batch, bytes]:
+        """The batch to publish and the answer to give once Kafka acknowledged it; raises
+        GatewayError to refuse the whole upload (nothing is produced)."""
+        ...
+
+
+class ReadingsDoor:
+    """POST /v1/readings: the JSON upload (docs/wire-format.md)."""
+
+    media_types = (body.JSON,)
+
+    def validate(self, raw: bytes, *, now_ms: int, max_future_skew_s: float, max_readings: int
+                 ) -> Batch:  # fmt: skip
+        return validate_upload(
+            raw, now_ms=now_ms, max_future_skew_s=max_future_skew_s, max_readings=max_readings
+        )
+
+    def settle(self, upload_id: str, batch: Batch) -> tuple[Batch, bytes]:
+        content = orjson.dumps(
+            {
+                "upload_id": upload_id,
+                "accepted": len(batch.rows),
+                "rejected": rejections_document(batch.rejected),
+            }
+        )
+        return batch, content
+
+
+READINGS = ReadingsDoor()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,18 +108,19 @@ class Intake:
         headers: Mapping[str, str],
         chunks: AsyncIterator[bytes],
         idempotency_key: str | None,
+        door: Door = READINGS,
     ) -> tuple[Accepted, bool]:
-        """The 202 answer and whether it is a replay; raises GatewayError to refuse."""
+        """The answer and whether it is a replay; raises GatewayError to refuse."""
         upload_id = upload_id_for(gateway_id, idempotency_key)
         audit = self._guards.audit
         try:
             self._limit(gateway_id)
-            raw = await self._read(headers, chunks)
+            raw = await self._read(headers, chunks, door.media_types)
             if idempotency_key is None:
-                answer, replayed = await self._take(gateway_id, upload_id, raw), False
+                answer, replayed = await self._take(door, gateway_id, upload_id, raw), False
             else:
                 answer, replayed = await self._take_once(
-                    gateway_id, idempotency_key, upload_id, raw
+                    door, gateway_id, idempotency_key, upload_id, raw
                 )
         except GatewayError as refusal:
             refusal.upload_id = upload_id
@@ -136,9 +178,11 @@ class Intake:
                 retry_after_s=retry_after_s(wait_s),
             )
 
-    async def _read(self, headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> bytes:
+    async def _read(
+        self, headers: Mapping[str, str], chunks: AsyncIterator[bytes], media_types: tuple[str, ...]
+    ) -> bytes:
         s = self._settings
-        gzip = body.check_headers(headers, max_body_bytes=s.max_body_bytes)
+        gzip = body.check_headers(headers, max_body_bytes=s.max_body_bytes, media_types=media_types)
         try:
             # A slow body (slowloris) is cut off by the connection's body deadline
             # (frontdoor/protocol.py): `chunks` then raises TimedOut.
@@ -156,7 +200,7 @@ class Intake:
             ) from None
 
     async def _take_once(
-        self, gateway_id: str, key: str, upload_id: str, raw: bytes
+        self, door: Door, gateway_id: str, key: str, upload_id: str, raw: bytes
     ) -> tuple[Accepted, bool]:
         cache_key = (gateway_id, key)
         seen = fingerprint(raw)
@@ -170,20 +214,20 @@ class Intake:
                         "use a new key for new data",
                     )
                 return answer.accepted, True
-            accepted = await self._take(gateway_id, upload_id, raw)
+            accepted = await self._take(door, gateway_id, upload_id, raw)
             self._cache.put(cache_key, Answer(seen, accepted))
             return accepted, False
 
-    async def _take(self, gateway_id: str, upload_id: str, raw: bytes) -> Accepted:
+    async def _take(self, door: Door, gateway_id: str, upload_id: str, raw: bytes) -> Accepted:
         s = self._settings
         received = contract.now_ms()
-        batch = validate_upload(
+        batch = door.validate(
             raw,
             now_ms=received,
             max_future_skew_s=s.max_future_skew_s,
             max_readings=s.max_readings_per_upload,
         )
-        batch = self._bound_to_registry(gateway_id, batch)
+        batch, content = door.settle(upload_id, self._bound_to_registry(gateway_id, batch))
         message = contract.encode_upload_rows(
             upload_id=upload_id,
             gateway_id=gateway_id,
@@ -198,13 +242,6 @@ class Intake:
         accepted = len(batch.rows)
         metrics.READINGS_ACCEPTED.inc(accepted)
         _count_rejected(batch.rejected)
-        content = orjson.dumps(
-            {
-                "upload_id": upload_id,
-                "accepted": accepted,
-                "rejected": rejections_document(batch.rejected),
-            }
-        )
         return Accepted(upload_id, content, accepted, len(batch.rejected))
 
     def _bound_to_registry(self, gateway_id: str, batch: Batch) -> Batch:
@@ -232,12 +269,7 @@ class Intake:
         )
         if not outside:
             return batch
-        # Positions in batch.rows -> indices in the upload: validation kept the order
-        # and dropped only the items it rejected.
-        rejected_at = {r.index for r in batch.rejected}
-        upload_index = [
-            i for i in range(len(batch.rows) + len(batch.rejected)) if i not in rejected_at
-        ]
+        upload_index = batch.origins()
         dropped = set(outside)
         extra = [
             Rejection(
@@ -251,7 +283,8 @@ class Intake:
         rows = tuple(r for p, r in enumerate(batch.rows) if p not in dropped)
         if not rows:
             raise NothingValid("nothing_valid", "every reading was rejected", rejected)
-        return Batch(batch.device_id, batch.patient_id, rows, rejected)
+        origins = tuple(o for p, o in enumerate(upload_index) if p not in dropped)
+        return Batch(batch.device_id, batch.patient_id, rows, rejected, origins)
 
 
 def _count_rejected(rejected: Iterable[Rejection]) -> None:

@@ -45,7 +45,7 @@ class PostReadings:
             key = idempotency_key(headers.get("idempotency-key"))
             intake: Intake = state.intake
             answer, replayed = await intake.accept(
-                gateway, headers, _chunks(scope, receive, state.settings.body_timeout_s), key
+                gateway, headers, body_chunks(scope, receive, state.settings.body_timeout_s), key
             )
         except GatewayError as refusal:
             await gateway_problem(refusal)(scope, receive, send)
@@ -82,7 +82,7 @@ def idempotency_key(value: str | None) -> str | None:
     raise InvalidRequest([{"loc": ["header", "idempotency-key"], "msg": problem}])
 
 
-async def _chunks(scope: Scope, receive: Receive, timeout_s: float) -> AsyncIterator[bytes]:
+async def body_chunks(scope: Scope, receive: Receive, timeout_s: float) -> AsyncIterator[bytes]:
     """The body as it arrives. The connection's body deadline (frontdoor/protocol.py) ends a
     slow one: then the app sees a disconnect, and the request is marked timed out."""
     while True:

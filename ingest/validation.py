@@ -36,10 +36,22 @@ class Batch:
     patient_id: str
     rows: tuple[Row, ...]
     rejected: tuple[Rejection, ...]
+    # Where each row came from, in the numbering `rejected` uses (an item of `readings`, an
+    # entry of a FHIR Bundle); None: the JSON upload's, where validation kept the items'
+    # order and dropped only the ones it rejected.
+    sources: tuple[int, ...] | None = None
 
     @property
     def readings(self) -> tuple[Reading, ...]:
         return tuple(map(Reading._make, self.rows))
+
+    def origins(self) -> tuple[int, ...]:
+        """Each row's index in the upload (see `sources`)."""
+        if self.sources is not None:
+            return self.sources
+        rejected_at = {r.index for r in self.rejected}
+        count = len(self.rows) + len(self.rejected)
+        return tuple(i for i in range(count) if i not in rejected_at)
 
 
 class _Rejected(Exception):

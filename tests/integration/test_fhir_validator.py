@@ -1,0 +1,91 @@
+"""What the product emits in FHIR, validated by the HAPI FHIR validator (Java, offline):
+zero errors. The resources come from the running gateway and read API (real HTTP, broker
+and PostgreSQL) and from vitals/fhir.py's builder for every metric served as FHIR; the
+example PHD Bundle of docs/fhir.md is validated too. Warnings are written to
+.local/fhir-validator/warnings.txt (docs/fhir.md lists them)."""
+
+# The gateway security suite's fixtures (registry, fleet, gateway) are imported and used as
+# arguments: ruff reads those arguments as redefinitions.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from tests import fhirdata as fd
+from tests.fhir import validator
+from tests.integration.test_fhir_ingest import ours, post
+from tests.integration.test_gateway_security import (  # noqa: F401 - fixtures
+    Gateway,
+    db,
+    fleet,
+    gateway,
+)
+from tests.integration.test_read_access import quick
+from tests.integration.test_read_api import AUTH, T0, iso, patient, row, running, store_rows
+from vitals import fhir
+from vitals.catalog import METRICS
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_pom_and_the_helper_name_the_same_hapi_version() -> None:
+    assert validator.pom_version() == validator.HAPI_VERSION
+
+
+async def test_every_fhir_resource_the_product_emits_validates_without_errors(
+    gateway: Gateway, fleet: dict[str, str], database_url: str
+) -> None:
+    emitted: dict[str, Any] = {}
+    for metric in sorted(fhir.readable_metrics()):
+        sample = (METRICS[metric].low + METRICS[metric].high) / 2
+        emitted[f"observation-{metric}"] = fhir.observation(
+            patient_id="p-00017", metric=metric, t_ms=1_795_312_800_000, value=sample,
+            unit=METRICS[metric].unit, device_id="watch 8842",
+        )  # fmt: skip
+
+    key = fleet["key_a"]
+    batch = ours(fleet, fd.heart_rate(), fd.blood_pressure(), fd.spo2(400), kind="batch")
+    answer = await post(gateway, key, batch)
+    assert answer.status_code == 200
+    emitted["batch-response"] = answer.json()
+    transaction = ours(fleet, fd.heart_rate(t="2026-01-01T10:00:09+08:00"), fd.spo2())
+    answer = await post(gateway, key, transaction)
+    assert answer.status_code == 200
+    emitted["transaction-response"] = answer.json()
+    refused = await post(gateway, key, ours(fleet, fd.heart_rate(400)))
+    assert refused.status_code == 422
+    emitted["operation-outcome"] = refused.json()
+    emitted["example-phd-bundle"] = fd.bundle(fd.heart_rate(), fd.spo2(), fd.blood_pressure())
+
+    p = patient()
+    minute = timedelta(minutes=1)
+    await store_rows(database_url, [row(p, "heart_rate", T0 + i * minute, 70.0) for i in range(3)])
+    async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
+        found = await client.get(
+            "/fhir/r4/Observation",
+            params={"patient": p, "code": "8867-4", "date": f"ge{iso(T0)}", "_count": 2},
+            headers=AUTH,
+        )
+        assert found.status_code == 200
+        emitted["searchset"] = found.json()
+
+    results = validator.validate(emitted)
+    errors = {
+        name: [m for m in messages if m.severity in ("ERROR", "FATAL")]
+        for name, messages in results.items()
+    }
+    lines = sorted(
+        {
+            f"{m.severity}\t{m.location}\t{m.text}"
+            for messages in results.values()
+            for m in messages
+            if m.severity not in ("ERROR", "FATAL")
+        }
+    )
+    out = validator.ROOT / ".local" / "fhir-validator" / "warnings.txt"
+    out.write_text("".join(f"{line}\n" for line in lines))
+    assert not any(errors.values()), {n: e for n, e in errors.items() if e}
