@@ -24,6 +24,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -85,22 +86,22 @@ def mitbih_208() -> list[float]:
     return [float(x) for x in np.diff(r_peaks(ecg, 360.0, signal, np)) / 360.0 * 1000.0]
 
 
-def r_peaks(ecg: object, fs: float, signal: object, np: object) -> object:
+def r_peaks(ecg: Any, fs: float, signal: Any, np: Any) -> Any:
     """Pan-Tompkins-style R peaks: band-pass, derivative, square, integrate, peaks."""
-    b, a = signal.butter(2, [5.0 / (fs / 2), 15.0 / (fs / 2)], btype="band")  # type: ignore[attr-defined]
-    filtered = signal.filtfilt(b, a, ecg)  # type: ignore[attr-defined]
-    energy = np.gradient(filtered) ** 2  # type: ignore[attr-defined]
+    b, a = signal.butter(2, [5.0 / (fs / 2), 15.0 / (fs / 2)], btype="band")
+    filtered = signal.filtfilt(b, a, ecg)
+    energy = np.gradient(filtered) ** 2
     width = int(0.15 * fs)
-    integrated = np.convolve(energy, np.ones(width) / width, mode="same")  # type: ignore[attr-defined]
+    integrated = np.convolve(energy, np.ones(width) / width, mode="same")
     # Refractory 250 ms; height relative to the strong beats (PVCs are large: the median
     # of the top beats keeps small normal beats above the floor).
-    floor = 0.2 * np.percentile(integrated, 99)  # type: ignore[attr-defined]
-    peaks, _ = signal.find_peaks(integrated, height=floor, distance=int(0.25 * fs))  # type: ignore[attr-defined]
+    floor = 0.2 * np.percentile(integrated, 99)
+    peaks, _ = signal.find_peaks(integrated, height=floor, distance=int(0.25 * fs))
     half = int(0.08 * fs)
     # The R peak is the largest deflection near the energy peak.
-    return np.array(  # type: ignore[attr-defined]
+    return np.array(
         [
-            max(0, p - half) + int(np.argmax(np.abs(filtered[max(0, p - half) : p + half])))  # type: ignore[attr-defined]
+            max(0, p - half) + int(np.argmax(np.abs(filtered[max(0, p - half) : p + half])))
             for p in peaks
         ]
     )

@@ -86,7 +86,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            route = self.route or getattr(scope.get("route"), "path", "unmatched")
+            route = str(self.route or getattr(scope.get("route"), "path", "unmatched"))
             series = self._series.get((route, status))
             if series is None:
                 labels = (route, str(status))

@@ -98,7 +98,8 @@ def install(app: FastAPI) -> None:
         phrase = HTTPStatus(exc.status_code).phrase
         code = phrase.lower().replace(" ", "_").replace("-", "_")
         detail = exc.detail if isinstance(exc.detail, str) else phrase
-        return problem_response(exc.status_code, code, phrase, detail, exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        return problem_response(exc.status_code, code, phrase, detail, headers)
 
     async def on_invalid_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

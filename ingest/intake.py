@@ -57,7 +57,7 @@ class Door(Protocol):
 class ReadingsDoor:
     """POST /v1/readings: the JSON upload (docs/wire-format.md)."""
 
-    media_types = (body.JSON,)
+    media_types: tuple[str, ...] = (body.JSON,)
 
     def validate(self, raw: bytes, *, now_ms: int, max_future_skew_s: float, max_readings: int
                  ) -> Batch:  # fmt: skip

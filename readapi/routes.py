@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import asyncpg
 from fastapi import APIRouter, Depends, Request
@@ -115,7 +115,8 @@ async def _alerts(request: Request, patient: str) -> dict[str, Any]:
     scope = f"alerts:{patient}:{state or 'any'}"
     cursor = params.decode_cursor(q.get("cursor"), scope, _cursor_key(request))
     # First page: everything before `end` (at < end already holds for every row).
-    before = (cursor.at, *cursor.tie) if cursor else (end, _NIL, "")
+    first: tuple[object, ...] = (end, _NIL, "")
+    before = cast(tuple[datetime, str, str], (cursor.at, *cursor.tie) if cursor else first)
     async with _pool(request).acquire() as conn:
         found = await queries.alerts(conn, patient, start, end, state, before, rows + 1)
     page, more = found[:rows], len(found) > rows

@@ -38,7 +38,7 @@ Decode = Callable[[ConsumerRecord], T]
 Write = Callable[[list[T]], Awaitable[None]]
 
 # The database refuses these rows, not the connection: retrying would never succeed.
-RECORD_FAULTS: tuple[type[BaseException], ...] = (
+RECORD_FAULTS: tuple[type[Exception], ...] = (
     asyncpg.DataError,
     asyncpg.IntegrityConstraintViolationError,
 )
@@ -84,8 +84,8 @@ class SinkLoop(ConsumerLoop):
                 bad.append((record, exc))
         try:
             bad.extend(await _write_isolating(good, write))
-            for record, exc in bad:
-                await self.park(record, exc)
+            for record, refused in bad:
+                await self.park(record, refused)
         except TRANSIENT as exc:
             delay = self.outage.failed(exc)
             self.rewind(records)

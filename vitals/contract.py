@@ -199,7 +199,7 @@ def _versioned(message: Any) -> bytes:
     shallow: orjson writes nested dataclasses (a score's parameters) itself, several times
     faster than `asdict`'s deep copy, which the processor paid for every score record."""
     return orjson.dumps(
-        {"v": VERSION, **{name: getattr(message, name) for name in _fields(type(message))}}
+        {"v": VERSION, **{name: getattr(message, name) for name in _fields(message.__class__)}}
     )
 
 

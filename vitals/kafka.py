@@ -166,7 +166,8 @@ async def partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartit
     return [TopicPartition(topic, p) for p in sorted(known or ())]
 
 
-def consumer(settings: Settings, group_id: str, **overrides: object) -> AIOKafkaConsumer:
+def consumer(settings: Settings, group_id: str | None, **overrides: object) -> AIOKafkaConsumer:
+    """A consumer of `group_id`'s (None: no group, partitions assigned by hand)."""
     # Offsets are committed by hand, after the output is durable (at-least-once).
     options: dict[str, object] = {
         "bootstrap_servers": settings.kafka_bootstrap,

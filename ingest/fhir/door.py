@@ -46,7 +46,7 @@ _WHERE = {
 
 
 class BundleDoor:
-    media_types = (fhir.MEDIA_TYPE, "application/json")
+    media_types: tuple[str, ...] = (fhir.MEDIA_TYPE, "application/json")
 
     def __init__(self) -> None:
         self.translation: Translation | None = None

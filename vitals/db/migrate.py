@@ -141,7 +141,9 @@ def _apply(conn: psycopg.Connection, migrations: list[Migration]) -> list[str]:
                applied_at timestamptz NOT NULL DEFAULT now()
            )"""
     )
-    done = dict(conn.execute("SELECT name, checksum FROM schema_migrations").fetchall())
+    done: dict[str, str] = dict(
+        conn.execute("SELECT name, checksum FROM schema_migrations").fetchall()
+    )
     timescale = flavour_of(set(done), timescale_available(conn))
     if timescale:
         conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
