@@ -22,6 +22,12 @@ import asyncpg
 import httpx
 import pytest
 import schemathesis
+
+# schemathesis imports its OpenAPI modules on first use, and the test uses it first in a
+# worker thread, where pytest's assertion rewriting compiles them: CPython 3.11.7 (this
+# machine's) then failed once with "SystemError: AST constructor recursion depth
+# mismatch" (cpython gh-106905). Imported here, in the main thread, before any test.
+import schemathesis.specs.openapi.schemas  # noqa: E402, F401
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis import checks

@@ -156,6 +156,8 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate(
                 await client.post(url, content=upload(), headers=JSON)
         hub = _client_context(pki, with_certificate=True)
         async with httpx.AsyncClient(verify=hub, timeout=10) as client:
+            ready = f"https://127.0.0.1:{port}/readyz"
+            await until(lambda: _answers_200(client, ready), "the gateway ready over mTLS", 30)
             assert (await client.post(url, content=upload(), headers=JSON)).status_code == 202
     assert len(await produced(settings)) == 1
 
