@@ -19,7 +19,7 @@ from frontdoor.auth import Authenticator
 from frontdoor.metrics import RequestMetrics
 from frontdoor.ratelimit import TokenBuckets
 from frontdoor.refresher import RegistryCache
-from readapi import routes
+from readapi import alert_routes, routes
 from readapi.access import Access
 from readapi.audit import ReadAudit
 from vitals.settings import Settings
@@ -106,6 +106,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.cursor_key = configured or secrets.token_bytes(32)
     app.state.authenticator = Authenticator(keys.current)
     app.include_router(routes.router)
+    app.include_router(alert_routes.router)
     problems.install(app)
     app.add_middleware(RequestMetrics, requests=REQUESTS, seconds=REQUEST_SECONDS)
     return app

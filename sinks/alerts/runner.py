@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Histogram
 
+from sinks.alerts.escalation import Escalator
 from sinks.alerts.recovery import reconcile
 from sinks.alerts.store import (
     AlertRow,
@@ -41,6 +42,7 @@ from vitals.consumer import Commit
 from vitals.db.pgtime import from_ms
 from vitals.lifecycle import stop_on_signals
 from vitals.settings import Settings
+from vitals.supervise import supervise
 
 STAGE = "sink-alerts"
 BATCH = 500  # detections are rare next to readings; a fixed batch is plenty
@@ -176,7 +178,17 @@ async def run_sink(settings: Settings, stop: asyncio.Event) -> None:
         )
         sink = AlertsSink(loop, db, stop)
         await db.check()
-        await loop.run(sink.handle, stop)
+        # The human states (acknowledged, escalated, outcome): escalation.py says why here.
+        escalator = Escalator(settings)
+        escalating = supervise("escalation", lambda: escalator.run(stop))
+        try:
+            await loop.run(sink.handle, stop)
+        finally:
+            stop.set()
+            try:
+                await asyncio.wait_for(escalating, settings.shutdown_grace_s)
+            except TimeoutError:
+                escalating.cancel()
 
 
 async def run(settings: Settings) -> None:
