@@ -84,7 +84,7 @@ class Escalator:
             await conn.close()  # releases the lease
 
     async def tick(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> None:
-        for _, level in await lifecycle.escalate(conn, self._delays, datetime.now(UTC)):
+        for _, _, level in await lifecycle.escalate(conn, self._delays, datetime.now(UTC)):
             ESCALATIONS.labels(str(level)).inc()
         pending = await lifecycle.unpublished(conn)
         await self._publish(producer, [p for p in pending if p[0] not in self._acked])
