@@ -14,7 +14,7 @@ from starlette.responses import Response
 from frontdoor.errors import Malformed, NotFound, TooLarge
 from frontdoor.problems import json_response
 from frontdoor.registry import Credential
-from readapi import lifecycle, params
+from readapi import board, lifecycle, params
 from readapi.routes import Reader, access_of, pool_of, query_lists
 
 router = APIRouter()
@@ -46,6 +46,23 @@ async def open_items(
     async with pool_of(request).acquire() as conn:
         found = await conn.fetch(lifecycle.OPEN, patients, now - lifecycle.OPEN_LOOKBACK, rows)
     return [{**dict(r), "alert_id": str(r["alert_id"]), "open_s": _open_s(r, now)} for r in found]
+
+
+@router.get("/v1/board")
+async def patients_board(request: Request, key: Reader) -> Response:
+    """The console's board (board.py): every patient of the reader, call-first order."""
+    params.only(query_lists(request), ())
+    now = datetime.now(UTC)
+    async with access_of(request).listing(key, "board") as listing:
+        alerts = await open_items(request, listing.patients)
+        async with pool_of(request).acquire() as conn:
+            patients = listing.patients
+            if patients is None:  # an all-patients key: those seen lately
+                patients = await board.patients_seen(conn, now - board.RECENT)
+            entries = await board.board(conn, patients[: board.BOARD_MAX], alerts, now)
+        for entry in entries:
+            listing.rows[entry["patient_id"]] = len(entry["vitals"]) + len(entry["alerts"]) + 1
+    return json_response({"at": now, "patients": entries})
 
 
 @router.post("/v1/alerts/{alert_id}/acknowledge")
