@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # PGlite with TimescaleDB (WASM) for the TimescaleDB engine check; pinned by its lockfile.
 ENGINE := tests/timescale/node_modules/.installed-stamp
 
-.PHONY: install engine broker faults-report run test test-unit test-integration test-e2e test-faults soak test-containers lint fmt clean
+.PHONY: install engine console-browser broker faults-report run test test-unit test-integration test-e2e test-faults soak test-containers lint fmt clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,25 @@ $(ENGINE): tests/timescale/package.json tests/timescale/package-lock.json
 
 engine: $(ENGINE)
 
+# The console's browser test (tests/integration/test_console.py): Debian's Chromium and
+# playwright-core (pinned by its lockfile; it never downloads a browser of its own).
+CONSOLE := tests/console/node_modules/.installed-stamp
+$(CONSOLE): tests/console/package.json tests/console/package-lock.json
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "no /usr/bin/chromium: install Debian's chromium; the console test will fail"; \
+		fi; \
+	fi
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix tests/console --no-audit --no-fund && touch $@; \
+	else \
+		echo "npm not found: the console's browser test will fail (it needs Node >= 18)"; \
+	fi
+
+console-browser: $(CONSOLE)
+
 ## run: the whole pipeline on local defaults (broker, PostgreSQL, gateway, processor, sinks, simulator)
 run: install
 	$(BIN)/vitals dev
@@ -43,13 +62,13 @@ fhir-validator: install
 	$(BIN)/python -c 'from tests.fhir.validator import ensure_jars; print(ensure_jars())'
 
 ## test: install what is needed and run every test (unit, integration, end-to-end, faults)
-test: install engine broker
+test: install engine console-browser broker
 	$(BIN)/python -m pytest
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: install engine broker
+test-integration: install engine console-browser broker
 	$(BIN)/python -m pytest tests/integration
 
 test-e2e: install broker
@@ -94,4 +113,4 @@ fmt: install
 	$(BIN)/ruff check --fix $(CODE)
 
 clean:
-	rm -rf $(VENV) .local .pytest_cache tests/timescale/node_modules
+	rm -rf $(VENV) .local .pytest_cache tests/timescale/node_modules tests/console/node_modules

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from frontdoor.errors import AuditUnavailable, GatewayError, NotFound, RateLimited
 from frontdoor.ratelimit import TokenBuckets, retry_after_s
@@ -25,6 +25,15 @@ class Read:
     """What a route read: set `rows` to the rows (or buckets, scores) it returns."""
 
     rows: int = 0
+
+
+@dataclass(slots=True)
+class Listing:
+    """A read across patients: `patients` it may cover (None: every patient); set `rows`
+    to the rows returned per patient."""
+
+    patients: list[str] | None
+    rows: dict[str, int] = field(default_factory=dict)
 
 
 class Access:
@@ -44,21 +53,22 @@ class Access:
         self._retry_after_s = retry_after_s
 
     @asynccontextmanager
-    async def reading(self, reader: Credential, route: str, patient_id: str) -> AsyncIterator[Read]:
-        self._within_limits(reader)
-        if self._audit.full():
-            raise AuditUnavailable(
-                "audit_unavailable",
-                "reads cannot be recorded right now (the read audit is not being written)",
-                retry_after_s=self._retry_after_s,
-            )
+    async def reading(
+        self,
+        reader: Credential,
+        route: str,
+        patient_id: str,
+        *,
+        missing: tuple[str, str] = ("no_such_patient", "no patient with this id"),
+    ) -> AsyncIterator[Read]:
+        """`missing`: the 404's code and what is missing (an alert's route says the alert,
+        so that an alert of another team's patient looks like no alert at all)."""
+        self._before_reading(reader)
         read = Read()
         outcome, status = "ok", 200
         try:
             if not may_read(self._snapshot(), reader, patient_id):
-                raise NotFound(
-                    "no_such_patient", "no patient with this id in this reader's care teams"
-                )
+                raise NotFound(missing[0], f"{missing[1]} in this reader's care teams")
             yield read
         except GatewayError as exc:
             outcome, status = exc.code, exc.status
@@ -72,6 +82,36 @@ class Access:
             )
             if self._rows is not None and read.rows:
                 self._rows.charge(reader.key_id, read.rows)
+
+    @asynccontextmanager
+    async def listing(self, reader: Credential, route: str) -> AsyncIterator[Listing]:
+        """A read across the reader's patients (the open alerts, the board): limits first;
+        afterwards one audit record per patient whose data the answer holds."""
+        self._before_reading(reader)
+        listing = Listing(self.patients(reader))
+        try:
+            yield listing
+        finally:
+            for patient_id, rows in listing.rows.items():
+                self._audit.read(reader, route, patient_id, outcome="ok", status=200, rows=rows)
+            if self._rows is not None and listing.rows:
+                self._rows.charge(reader.key_id, sum(listing.rows.values()))
+
+    def patients(self, reader: Credential) -> list[str] | None:
+        """The patients of the reader's care teams, sorted; None for an all-patients key."""
+        if reader.all_patients:
+            return None
+        teams = self._snapshot().care_teams
+        return sorted(p for p, of in teams.items() if not reader.teams.isdisjoint(of))
+
+    def _before_reading(self, reader: Credential) -> None:
+        self._within_limits(reader)
+        if self._audit.full():
+            raise AuditUnavailable(
+                "audit_unavailable",
+                "reads cannot be recorded right now (the read audit is not being written)",
+                retry_after_s=self._retry_after_s,
+            )
 
     def _within_limits(self, reader: Credential) -> None:
         if self._requests is not None:

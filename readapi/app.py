@@ -9,9 +9,11 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter, Histogram
 
 from frontdoor import problems, registry_store
@@ -19,12 +21,13 @@ from frontdoor.auth import Authenticator
 from frontdoor.metrics import RequestMetrics
 from frontdoor.ratelimit import TokenBuckets
 from frontdoor.refresher import RegistryCache
-from readapi import fhir, routes
+from readapi import alert_routes, fhir, routes
 from readapi.access import Access
 from readapi.audit import ReadAudit
 from vitals.settings import Settings
 from vitals.supervise import supervise
 
+CONSOLE = Path(__file__).resolve().parent / "console"
 POOL_CONNECT_TIMEOUT_S = 5.0
 POOL_MAX = 10
 
@@ -107,6 +110,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.authenticator = Authenticator(keys.current)
     app.include_router(routes.router)
     app.include_router(fhir.router)
+    app.include_router(alert_routes.router)
+    # The console (issue 16): static files shipped in the package, no CDN; the page signs
+    # in with a reader key and reads the API above like any other reader.
+    app.mount("/console", StaticFiles(directory=CONSOLE, html=True), name="console")
     problems.install(app)
     app.add_middleware(RequestMetrics, requests=REQUESTS, seconds=REQUEST_SECONDS)
     return app

@@ -35,11 +35,11 @@ async def reader(request: Request) -> Credential:
 Reader = Annotated[Credential, Depends(reader)]
 
 
-def _pool(request: Request) -> asyncpg.Pool:
+def pool_of(request: Request) -> asyncpg.Pool:
     return request.app.state.pool
 
 
-def _access(request: Request) -> Access:
+def access_of(request: Request) -> Access:
     return request.app.state.access
 
 
@@ -50,14 +50,14 @@ def _cursor_key(request: Request) -> bytes:
 @router.get("/v1/patients/{patient_id}/readings")
 async def readings(request: Request, patient_id: str, key: Reader) -> Response:
     patient = params.patient(patient_id)
-    async with _access(request).reading(key, "readings", patient) as read:
+    async with access_of(request).reading(key, "readings", patient) as read:
         page = await _readings(request, patient)
         read.rows = len(page["items"])
     return json_response(page)
 
 
 async def _readings(request: Request, patient: str) -> dict[str, Any]:
-    q = params.only(_lists(request), ("metric", "from", "to", "resolution", "limit", "cursor"))
+    q = params.only(query_lists(request), ("metric", "from", "to", "resolution", "limit", "cursor"))
     metric = params.metric(q.get("metric"))
     start = params.moment("from", q.get("from"))
     end = params.moment("to", q.get("to"))
@@ -68,7 +68,7 @@ async def _readings(request: Request, patient: str) -> dict[str, Any]:
     raw = resolution == "raw"
     cursor = params.decode_cursor(q.get("cursor"), scope, _cursor_key(request))
 
-    async with _pool(request).acquire() as conn:
+    async with pool_of(request).acquire() as conn:
         if raw:
             after = (cursor.at, cursor.tie[0]) if cursor else (params.EARLIEST, "")
             found = await queries.raw(conn, patient, metric, start, end, after, rows + 1)
@@ -99,14 +99,14 @@ async def _readings(request: Request, patient: str) -> dict[str, Any]:
 @router.get("/v1/patients/{patient_id}/alerts")
 async def alerts(request: Request, patient_id: str, key: Reader) -> Response:
     patient = params.patient(patient_id)
-    async with _access(request).reading(key, "alerts", patient) as read:
+    async with access_of(request).reading(key, "alerts", patient) as read:
         page = await _alerts(request, patient)
         read.rows = len(page["items"])
     return json_response(page)
 
 
 async def _alerts(request: Request, patient: str) -> dict[str, Any]:
-    q = params.only(_lists(request), ("from", "to", "state", "limit", "cursor"))
+    q = params.only(query_lists(request), ("from", "to", "state", "limit", "cursor"))
     start = params.optional_moment("from", q.get("from")) or params.EARLIEST
     end = params.optional_moment("to", q.get("to")) or params.LATEST
     params.window(start, end)
@@ -117,7 +117,7 @@ async def _alerts(request: Request, patient: str) -> dict[str, Any]:
     # First page: everything before `end` (at < end already holds for every row).
     first: tuple[object, ...] = (end, _NIL, "")
     before = cast(tuple[datetime, str, str], (cursor.at, *cursor.tie) if cursor else first)
-    async with _pool(request).acquire() as conn:
+    async with pool_of(request).acquire() as conn:
         found = await queries.alerts(conn, patient, start, end, state, before, rows + 1)
     page, more = found[:rows], len(found) > rows
     next_cursor = None
@@ -133,10 +133,10 @@ async def _alerts(request: Request, patient: str) -> dict[str, Any]:
 @router.get("/v1/patients/{patient_id}/news2")
 async def news2(request: Request, patient_id: str, key: Reader) -> Response:
     patient = params.patient(patient_id)
-    async with _access(request).reading(key, "news2", patient) as read:
-        q = params.only(_lists(request), ("at",))
+    async with access_of(request).reading(key, "news2", patient) as read:
+        q = params.only(query_lists(request), ("at",))
         at = params.optional_moment("at", q.get("at")) or datetime.now(UTC)
-        async with _pool(request).acquire() as conn:
+        async with pool_of(request).acquire() as conn:
             row = await queries.news2_latest(conn, patient, at)
         score = news2_scores.current(at, row)
         read.rows = 1
@@ -146,14 +146,14 @@ async def news2(request: Request, patient_id: str, key: Reader) -> Response:
 @router.get("/v1/patients/{patient_id}/news2/history")
 async def news2_history(request: Request, patient_id: str, key: Reader) -> Response:
     patient = params.patient(patient_id)
-    async with _access(request).reading(key, "news2/history", patient) as read:
+    async with access_of(request).reading(key, "news2/history", patient) as read:
         page = await _news2_history(request, patient)
         read.rows = len(page["items"])
     return json_response(page)
 
 
 async def _news2_history(request: Request, patient: str) -> dict[str, Any]:
-    q = params.only(_lists(request), ("from", "to", "limit", "cursor"))
+    q = params.only(query_lists(request), ("from", "to", "limit", "cursor"))
     start = params.optional_moment("from", q.get("from")) or params.EARLIEST
     end = params.optional_moment("to", q.get("to")) or params.LATEST
     params.window(start, end)
@@ -161,7 +161,7 @@ async def _news2_history(request: Request, patient: str) -> dict[str, Any]:
     scope = f"news2:{patient}"
     cursor = params.decode_cursor(q.get("cursor"), scope, _cursor_key(request))
     after = cursor.at if cursor else params.EARLIEST
-    async with _pool(request).acquire() as conn:
+    async with pool_of(request).acquire() as conn:
         found = await queries.news2_history(conn, patient, start, end, after, rows + 1)
     page, more = found[:rows], len(found) > rows
     next_cursor = None
@@ -187,7 +187,7 @@ async def readyz(request: Request) -> Response:
     have been loaded from it once (before that, every issued key would be refused)."""
     why = None
     try:
-        async with _pool(request).acquire(timeout=PING_TIMEOUT_S) as conn:
+        async with pool_of(request).acquire(timeout=PING_TIMEOUT_S) as conn:
             await conn.fetchval("SELECT 1", timeout=PING_TIMEOUT_S)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
         why = "the database is not reachable"
@@ -205,7 +205,7 @@ async def prometheus_metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _lists(request: Request) -> dict[str, list[str]]:
+def query_lists(request: Request) -> dict[str, list[str]]:
     lists: dict[str, list[str]] = {}
     for name, value in request.query_params.multi_items():
         lists.setdefault(name, []).append(value)

@@ -21,6 +21,10 @@ from vitals.errors import ContractError
 
 VERSION = 1
 ALERT_SCHEMA = "vitals.alert/1"
+# The human states of an alert (acknowledged, escalated, outcome) are published as v2:
+# opened and resolved stay v1, byte for byte, so v1 subscribers keep working and skip
+# what they do not know by its `schema` (docs/alert-schema.md).
+ALERT_SCHEMA_V2 = "vitals.alert/2"
 
 # Topic names (before Settings.topic_prefix).
 READINGS = "vitals.readings"
@@ -79,6 +83,16 @@ class Detection:
 
 
 STATES = ("opened", "resolved")
+LIFECYCLE_STATES = ("acknowledged", "escalated", "outcome")
+# What the nurse who answered concluded (docs/alert-schema.md); measures the rules.
+OUTCOMES = (
+    "contacted_no_action",
+    "advised",
+    "escalated_to_physician",
+    "emergency_services",
+    "sensor_problem",
+    "false_alarm",
+)
 SEVERITIES = ("low", "medium", "high")
 
 
@@ -286,6 +300,34 @@ def alert_document(detection: Detection, published: int) -> dict[str, Any]:
         "device_id": detection.device_id,
         "detail": detection.detail,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleChange:
+    """A human state of an alert: acknowledged, escalated (level 1, 2, ...) or outcome."""
+
+    state: str  # one of LIFECYCLE_STATES
+    level: int  # escalated: the level reached; else 0
+    at: int  # wall clock of the change, ms
+    actor: str | None  # the reader who acted; None for an automatic escalation
+    outcome: str | None = None
+
+
+def lifecycle_document(
+    opened: Detection, change: LifecycleChange, published: int
+) -> dict[str, Any]:
+    """The public v2 alert: the opened alert's fields, this change's state and time, and
+    what v2 adds. The nurse's note is not in it (stored, shown to readers, not broadcast)."""
+    document = alert_document(opened, published)
+    document.update(
+        schema=ALERT_SCHEMA_V2,
+        state=change.state,
+        at=iso(change.at),
+        escalation_level=change.level,
+        actor=change.actor,
+        outcome=change.outcome,
+    )
+    return document
 
 
 def encode_deadletter(

@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     sink_batch_max: int = 2_000
     sink_batch_target_s: float = 0.5
     migrate_on_start: bool = True
+    # Escalation of opened alerts nobody acknowledged (sinks/alerts/escalation.py):
+    # "severity:s1,s2,...;..." = seconds after the alert opened at which it reaches level
+    # 1, 2, ... A severity left out never escalates. Defaults sit well inside NEWS2's
+    # response times (high: emergency assessment within 30 min; medium: review within 1 h).
+    escalation: str = "high:300,900;medium:900,2700"
+    escalation_check_interval_s: float = 5.0
 
     # --- every long-running process -----------------------------------------------------
     # Consumers serve /healthz, /readyz and /metrics on this port (0 = disabled).
@@ -158,6 +164,12 @@ class Settings(BaseSettings):
     @classmethod
     def _reader_credentials_parse(cls, value: str) -> str:
         parse_credentials(value, "reader")
+        return value
+
+    @field_validator("escalation")
+    @classmethod
+    def _escalation_parses(cls, value: str) -> str:
+        parse_escalation(value)
         return value
 
     @model_validator(mode="after")
@@ -195,6 +207,28 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
+
+    def escalation_delays(self) -> dict[str, tuple[float, ...]]:
+        """severity -> seconds after opening at which levels 1, 2, ... are reached."""
+        return parse_escalation(self.escalation)
+
+
+def parse_escalation(value: str) -> dict[str, tuple[float, ...]]:
+    """ "high:300,900;medium:900" -> {"high": (300.0, 900.0), "medium": (900.0,)}."""
+    delays: dict[str, tuple[float, ...]] = {}
+    for part in filter(None, (p.strip() for p in value.split(";"))):
+        severity, _, seconds = part.partition(":")
+        severity = severity.strip()
+        if severity not in ("low", "medium", "high") or severity in delays:
+            raise ValueError(f"escalation: {severity!r} is not a severity, or given twice")
+        try:
+            levels = tuple(float(s) for s in seconds.split(","))
+        except ValueError:
+            raise ValueError(f"escalation: {part!r} needs severity:seconds,...") from None
+        if not levels or any(b <= a for a, b in zip((0.0, *levels), levels, strict=False)):
+            raise ValueError(f"escalation: {part!r}: delays must be > 0 and increasing")
+        delays[severity] = levels
+    return delays
 
 
 def parse_credentials(value: str, kind: str = "gateway") -> dict[str, str]:

@@ -39,6 +39,8 @@ DEMO_SETTINGS = {
     # simulator's silent watch stops at its start: vitalsctl/simulate.py default_events).
     "VITALS_SILENCE_AFTER_S": "45",
     "VITALS_SILENCE_CHECK_INTERVAL_S": "2",
+    # An alert left alone on the console escalates within a couple of minutes, not 5-15.
+    "VITALS_ESCALATION": "high:60,180;medium:120,300",
     # The real path: keys and the device registry from the database, devices enforced. The
     # local token stays valid beside issued keys (the registry would otherwise drop it).
     "VITALS_GATEWAY_REGISTRY": "true",
@@ -89,6 +91,10 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         _say(
             f"read API http://{settings.api_host}:{settings.api_port}  "
             f"(token: {LOCAL_READER_TOKEN}; docs/read-api.md)"
+        )
+        _say(
+            f"console  http://{settings.api_host}:{settings.api_port}/console/  "
+            f"(sign in with the reader token {LOCAL_READER_TOKEN})"
         )
         async with _simulator_admin_key(database_url) as key_file:
             children = await _start_children(settings, env, logs_dir, args, key_file)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable, Hashable
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 import orjson
@@ -24,6 +26,8 @@ from vitals import contract, kafka
 from vitals.settings import Settings
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
 
 READ_TIMEOUT_S = 120.0  # reading the alerts topic's tail; alerts are few
 
@@ -40,7 +44,7 @@ async def reconcile(settings: Settings, conn: asyncpg.Connection) -> int:
         return 0
     unmarked = {(r["alert_id"], r["state"], r["episode_start"]) for r in rows}
     since = min(r["detected_at"] for r in rows)  # publication always follows detection
-    found = await _on_topic(settings, unmarked, int(since.timestamp() * 1000))
+    found = await on_topic(settings, unmarked, int(since.timestamp() * 1000), _key)
     marked = 0
     for published_at, keys in found.items():
         marked += await mark_published(conn, keys, published_at)
@@ -51,10 +55,15 @@ async def reconcile(settings: Settings, conn: asyncpg.Connection) -> int:
     return marked
 
 
-async def _on_topic(
-    settings: Settings, unmarked: set[Key], since_ms: int
-) -> dict[datetime, list[Key]]:
-    """The unmarked keys found on vitals.alerts, by the published_at of their document."""
+async def on_topic(
+    settings: Settings,
+    unmarked: set[K],
+    since_ms: int,
+    key_of: Callable[[bytes | None], tuple[K, datetime] | None],
+) -> dict[datetime, list[K]]:
+    """The unmarked keys found on vitals.alerts (`key_of` reads a document's key and
+    published_at, None for documents of another kind), by their published_at. Shared with
+    the human states' publisher (escalation.py)."""
     topic = settings.topic(contract.ALERTS)
     consumer = kafka.consumer(settings, group_id=None, fetch_max_wait_ms=50)
     await consumer.start()
@@ -66,7 +75,7 @@ async def _on_topic(
         ends = await consumer.end_offsets(parts)  # later alerts are not this sink's doing
         for tp in parts:
             consumer.seek(tp, await kafka.offset_at(consumer, tp, since_ms))
-        found: dict[datetime, list[Key]] = {}
+        found: dict[datetime, list[K]] = {}
         # A broker that stops answering fails the batch (TimeoutError): it is retried.
         async with asyncio.timeout(READ_TIMEOUT_S):
             while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
@@ -74,7 +83,7 @@ async def _on_topic(
                 for record in (r for part in batches.values() for r in part):
                     if record.offset >= ends[TopicPartition(record.topic, record.partition)]:
                         continue
-                    key = _key(record.value)
+                    key = key_of(record.value)
                     if key is not None and key[0] in unmarked:
                         found.setdefault(key[1], []).append(key[0])
         return found
@@ -86,6 +95,8 @@ def _key(raw: bytes | None) -> tuple[Key, datetime] | None:
     """(key, published_at) of a public alert document; None for anything else on the topic."""
     try:
         doc = orjson.loads(raw or b"")
+        if doc["schema"] != contract.ALERT_SCHEMA:  # v2: the human states (escalation.py)
+            return None
         key = (
             uuid.UUID(doc["alert_id"]),
             doc["state"],

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Histogram
 
+from sinks.alerts.escalation import Escalator
 from sinks.alerts.recovery import reconcile
 from sinks.alerts.store import (
     AlertRow,
@@ -41,6 +42,7 @@ from vitals.consumer import Commit
 from vitals.db.pgtime import from_ms
 from vitals.lifecycle import stop_on_signals
 from vitals.settings import Settings
+from vitals.supervise import supervise
 
 STAGE = "sink-alerts"
 BATCH = 500  # detections are rare next to readings; a fixed batch is plenty
@@ -161,8 +163,10 @@ async def _publish(
             raise outcome
 
 
-async def run_sink(settings: Settings, stop: asyncio.Event) -> None:
-    """Consume until `stop` is set; the current batch finishes (or stays uncommitted)."""
+async def run_sink(settings: Settings, stop: asyncio.Event, *, escalate: bool = True) -> None:
+    """Consume until `stop` is set; the current batch finishes (or stays uncommitted).
+    `escalate=False` leaves the human states to other sinks (tests whose database holds
+    other tests' alerts, which this sink would otherwise publish on its topic)."""
     outage = Outage(STAGE)
     async with Database(settings, outage, migrate_first=settings.migrate_on_start) as db:
         loop = SinkLoop(
@@ -176,7 +180,20 @@ async def run_sink(settings: Settings, stop: asyncio.Event) -> None:
         )
         sink = AlertsSink(loop, db, stop)
         await db.check()
-        await loop.run(sink.handle, stop)
+        # The human states (acknowledged, escalated, outcome): escalation.py says why here.
+        if not escalate:
+            await loop.run(sink.handle, stop)
+            return
+        escalator = Escalator(settings)
+        escalating = supervise("escalation", lambda: escalator.run(stop))
+        try:
+            await loop.run(sink.handle, stop)
+        finally:
+            stop.set()
+            try:
+                await asyncio.wait_for(escalating, settings.shutdown_grace_s)
+            except TimeoutError:
+                escalating.cancel()
 
 
 async def run(settings: Settings) -> None:

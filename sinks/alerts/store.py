@@ -130,7 +130,7 @@ async def unpublished(conn: asyncpg.Connection, keys: Sequence[Key]) -> list[Det
     if not keys:
         return []
     found = await conn.fetch(UNPUBLISHED, *key_params(keys))
-    return [_detection(record) for record in found]
+    return [detection_of(record) for record in found]
 
 
 async def mark_published(conn: asyncpg.Connection, keys: Sequence[Key], at: datetime) -> int:
@@ -146,7 +146,7 @@ def key_params(keys: Sequence[Key]) -> tuple[Any, ...]:
     return [k[0] for k in keys], [k[1] for k in keys], starts, min(starts), max(starts)
 
 
-def _detection(record: asyncpg.Record) -> Detection:
+def detection_of(record: asyncpg.Record) -> Detection:
     # Rebuilt from the stored row, not from the message: if a redelivered detection
     # differs (a processor replayed it later), the first stored version is the one
     # published.

@@ -40,6 +40,7 @@ SCHEMA = orjson.loads(
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str,
+    "integer": int,
     "number": (int, float),
     "boolean": bool,
     "null": type(None),
@@ -58,6 +59,10 @@ _KEYWORDS = {
     "enum",
     "format",
     "minLength",
+    "minimum",
+    "oneOf",
+    "$ref",
+    "$defs",
 }
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
@@ -66,10 +71,20 @@ def violations(doc: Any, schema: dict[str, Any] = SCHEMA, path: str = "$") -> li
     """What in `doc` breaks `schema`; a keyword this validator does not know is one too."""
     if unknown := set(schema) - _KEYWORDS:
         return [f"{path}: the test's validator does not know {sorted(unknown)}"]
+    if "$ref" in schema:  # local references only: "#/$defs/name"
+        return violations(doc, SCHEMA["$defs"][schema["$ref"].rsplit("/", 1)[1]], path)
+    if "oneOf" in schema:
+        found = [violations(doc, branch, path) for branch in schema["oneOf"]]
+        if sum(not problems for problems in found) == 1:
+            return []
+        return [problem for problems in found for problem in problems] or [
+            f"{path}: matches more than one of oneOf"
+        ]
     if "type" in schema:
         types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
         if not any(
-            isinstance(doc, _TYPES[t]) and not (t == "number" and isinstance(doc, bool))
+            isinstance(doc, _TYPES[t])
+            and not (t in {"number", "integer"} and isinstance(doc, bool))
             for t in types
         ):
             return [f"{path}: {doc!r} is not of type {types}"]
@@ -78,6 +93,8 @@ def violations(doc: Any, schema: dict[str, Any] = SCHEMA, path: str = "$") -> li
         problems.append(f"{path}: {doc!r} is not {schema['const']!r}")
     if "enum" in schema and doc not in schema["enum"]:
         problems.append(f"{path}: {doc!r} is not one of {schema['enum']}")
+    if "minimum" in schema and isinstance(doc, int | float) and doc < schema["minimum"]:
+        problems.append(f"{path}: {doc!r} is below {schema['minimum']}")
     if isinstance(doc, str):
         if len(doc) < schema.get("minLength", 0):
             problems.append(f"{path}: too short")
@@ -201,7 +218,9 @@ async def _group_offsets(settings: Settings) -> AsyncIterator[Callable[[], Any]]
 @asynccontextmanager
 async def _sink(settings: Settings) -> AsyncIterator[None]:
     stop = asyncio.Event()
-    task = asyncio.create_task(run_sink(settings, stop))
+    # The session's database holds other tests' acknowledgements: their publication is
+    # tested in test_escalation.py, on a database of its own.
+    task = asyncio.create_task(run_sink(settings, stop, escalate=False))
     try:
         yield
     finally:
@@ -259,6 +278,28 @@ def test_alert_documents_of_every_shape_match_the_published_schema() -> None:
 
     for detection in (threshold, silence, late):
         assert violations(contract.alert_document(detection, T0 + 200_000)) == []
+
+
+def test_human_states_are_v2_documents_that_match_the_schema_and_v1_stays_as_it_was() -> None:
+    opened = _detection("p-1")
+    v1 = contract.alert_document(opened, T0 + 200_000)
+    changes = [
+        contract.LifecycleChange("acknowledged", 0, T0 + 300_000, "nurse-ward-3"),
+        contract.LifecycleChange("escalated", 2, T0 + 400_000, None),
+        contract.LifecycleChange("outcome", 0, T0 + 500_000, "nurse-ward-3", "false_alarm"),
+    ]
+
+    for change in changes:
+        document = contract.lifecycle_document(opened, change, T0 + 600_000)
+        assert violations(document) == [], change
+        assert document["schema"] == "vitals.alert/2" and document["alert_id"] == v1["alert_id"]
+        # A v1 subscriber reads `schema` first and skips it; every v1 field is still there.
+        assert set(v1) < set(document) and "note" not in document
+    assert v1["schema"] == "vitals.alert/1" and "escalation_level" not in v1
+    broken = contract.lifecycle_document(opened, changes[1], T0) | {"escalation_level": -1}
+    assert any("below 0" in problem for problem in violations(broken))
+    wrong = contract.lifecycle_document(opened, changes[0], T0) | {"outcome": "fine"}
+    assert any("is not one of" in problem for problem in violations(wrong))
 
 
 @pytest.mark.parametrize(
