@@ -14,7 +14,7 @@ import asyncpg
 from fastapi import FastAPI
 from prometheus_client import Counter, Histogram
 
-from frontdoor import problems, registry_store
+from frontdoor import apidocs, problems, registry_store
 from frontdoor.auth import Authenticator
 from frontdoor.metrics import RequestMetrics
 from frontdoor.ratelimit import TokenBuckets
@@ -97,7 +97,13 @@ def create_app(settings: Settings) -> FastAPI:
             except TimeoutError:
                 pool.terminate()
 
-    app = FastAPI(title="vitals read API", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="vitals read API",
+        version=apidocs.API_VERSION,
+        lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN; apidocs serves them offline
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.keys = keys
     # Without a configured key, one per process: cursors then work only on the replica
@@ -107,6 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.authenticator = Authenticator(keys.current)
     app.include_router(routes.router)
     problems.install(app)
+    apidocs.install(app)
     app.add_middleware(RequestMetrics, requests=REQUESTS, seconds=REQUEST_SECONDS)
     return app
 
