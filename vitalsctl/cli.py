@@ -14,7 +14,7 @@ from collections.abc import Callable
 from vitals import lifecycle, logs
 from vitals.errors import VitalsError
 from vitals.settings import Settings
-from vitalsctl import audit, evaluate, registry
+from vitalsctl import audit, devrun, evaluate, registry
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,11 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         overrides["kafka_bootstrap"] = args.kafka
     if args.database_url:
         overrides["database_url"] = args.database_url
+    # Beside a running `make run`, its database and broker are the defaults (devrun.py);
+    # the environment and the flags still win. `dev` itself never reads another run's.
+    env_file = None if args.command == "dev" else devrun.active(devrun.run_file())
     try:
-        settings = Settings(**overrides)
+        settings = Settings(_env_file=env_file, **overrides)
     except ValueError as exc:
         print(f"vitals: bad settings: {exc}", file=sys.stderr)
         return 2
+    if env_file is not None and sys.stderr.isatty():
+        print(f"vitals: defaults from the running `vitals dev` ({env_file})", file=sys.stderr)
     logs.configure(settings.log_level)
     lifecycle.tune_gc()
     try:
