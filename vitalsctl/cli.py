@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from vitals import lifecycle, logs
 from vitals.errors import VitalsError
-from vitals.settings import Settings
+from vitals.settings import Settings, settings_help
 from vitalsctl import audit, devrun, evaluate, registry
 
 
@@ -23,17 +23,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", help="PostgreSQL URL (VITALS_DATABASE_URL)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("gateway", help="HTTP gateway: POST /v1/readings into Kafka")
-    sub.add_parser("api", help="read API: readings, alerts and NEWS2 for readers")
+    _process(sub, "gateway", "gateway", "HTTP gateway: POST /v1/readings into Kafka")
+    _process(sub, "api", "api", "read API: readings, alerts and NEWS2 for readers")
     export = sub.add_parser("export", help="pseudonymised research export of readings")
     from vitalsctl.export import command as export_command
 
     export_command.add_arguments(export)
-    sub.add_parser("process", help="processor: windows and detectors -> vitals.detections")
+    _process(sub, "process", "process", "processor: windows and detectors -> vitals.detections")
 
     sink = sub.add_parser("sink", help="sinks").add_subparsers(dest="sink", required=True)
-    sink.add_parser("timescale", help="vitals.readings -> readings table")
-    sink.add_parser("alerts", help="vitals.detections -> vitals.alerts and alerts table")
+    _process(sink, "timescale", "sink", "vitals.readings -> readings table")
+    _process(sink, "alerts", "sink", "vitals.detections -> vitals.alerts and alerts table")
 
     db = sub.add_parser("db", help="database").add_subparsers(dest="db", required=True)
     db.add_parser("migrate", help="apply the SQL migrations")
@@ -70,6 +70,22 @@ def _parser() -> argparse.ArgumentParser:
     registry.add_arguments(sub)
     audit.add_arguments(sub)  # the read audit: verify, who read a patient
     return parser
+
+
+def _process(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    reads: str,
+    summary: str,
+) -> argparse.ArgumentParser:
+    """A long-running process's sub-command: its help lists the settings it reads."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary}. Runs until SIGTERM or Ctrl-C, configured by environment.",
+        epilog=settings_help(reads),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

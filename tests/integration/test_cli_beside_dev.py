@@ -46,3 +46,20 @@ def test_devices_register_beside_a_dev_run_needs_no_setting(
     done = vitals_in(tmp_path, "devices", "list", VITALS_DATABASE_URL=elsewhere)
     assert done.returncode == 1 and "no_such_database_here" in done.stderr, done.stderr
 
+
+@pytest.mark.parametrize(
+    ("plural", "extra", "holder"),
+    [
+        ("gateways", (), "on that gateway"),
+        ("admins", (), "calls the gateway's admin API"),
+        ("readers", ("--all-patients",), "the reading application"),
+    ],
+)
+def test_an_issued_key_names_who_keeps_it(
+    database_url: str, tmp_path: Path, plural: str, extra: tuple[str, ...], holder: str
+) -> None:
+    name = f"k-{uuid.uuid4().hex[:8]}"
+    done = vitals_in(tmp_path, plural, "issue", name, *extra, VITALS_DATABASE_URL=database_url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert holder in done.stdout and "(shown once; " in done.stdout, done.stdout
+    assert "store it in the" not in done.stdout
