@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser("burden", help="alarm burden of the detectors on a population")
     )
 
+    from vitalsctl import status
+
+    status.add_arguments(
+        sub.add_parser(
+            "status", help="a running deployment in one screen; exit 1 when it needs a person"
+        )
+    )
+
     dev = sub.add_parser("dev", help="the whole pipeline on local defaults (make run)")
     from vitalsctl import dev as dev_module
 
@@ -186,6 +194,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
             return await simulate.run(settings, args)
         case "validate":
             return evaluate.rhythm(args, settings)
+        case "status":
+            from vitalsctl import status
+
+            return await status.run(settings, args)
         case "dev":
             from vitalsctl import dev
 
