@@ -132,6 +132,12 @@ class Unavailable(GatewayError):
         self.retry_after_s = retry_after_s
 
 
+class RegistryUnavailable(Unavailable):
+    """The device registry is enforced but was never loaded: Kafka is not the cause."""
+
+    title = "Device registry unavailable"
+
+
 class AuditUnavailable(Unavailable):
     """The read API cannot record reads (its audit queue is full): no read off the record."""
 

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from frontdoor import problems
+from frontdoor import apidocs, problems
 from frontdoor.audit import AuditTrail
 from frontdoor.auth import Authenticator
 from frontdoor.metrics import RequestMetrics
@@ -100,8 +100,14 @@ def create_app(settings: Settings) -> GatewayApp:
                     async with asyncio.timeout(settings.shutdown_grace_s):
                         await audit.flush()  # what the last requests recorded
 
-    # No Swagger UI (it loads scripts from a CDN); /openapi.json stays for client tooling.
-    app = GatewayApp(title="vitals gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # FastAPI's doc pages load their scripts from a CDN: apidocs serves them from a package.
+    app = GatewayApp(
+        title="vitals gateway",
+        version=apidocs.API_VERSION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.registry = registry
     app.state.pool = None
@@ -117,6 +123,7 @@ def create_app(settings: Settings) -> GatewayApp:
         app.include_router(admin.router)
     problems.install(app)
     openapi.install(app, settings)
+    apidocs.install(app)
     app.add_middleware(RequestMetrics, requests=REQUESTS, seconds=REQUEST_SECONDS)
     return app
 

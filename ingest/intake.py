@@ -23,8 +23,8 @@ from frontdoor.errors import (
     Malformed,
     NothingValid,
     RateLimited,
+    RegistryUnavailable,
     Rejection,
-    Unavailable,
     rejections_document,
 )
 from frontdoor.ratelimit import TokenBuckets, retry_after_s
@@ -248,14 +248,14 @@ class Intake:
         """The batch without readings outside the device's binding to its patient.
 
         Raises Forbidden (nothing produced) when the device is not this gateway's or not
-        this patient's; Unavailable while the registry has never been loaded.
+        this patient's; RegistryUnavailable while the registry has never been loaded.
         """
         registry = self._guards.registry
         if registry is None:
             return batch
         snapshot = registry()
         if not snapshot.loaded:
-            raise Unavailable(
+            raise RegistryUnavailable(
                 "registry_unavailable",
                 "the device registry is not loaded yet; retry later",
                 retry_after_s=self._settings.retry_after_s,

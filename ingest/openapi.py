@@ -145,7 +145,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     def document() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
-        doc = get_openapi(title=app.title, version="1", routes=app.routes)
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
         components = doc.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter, Histogram
 
-from frontdoor import problems, registry_store
+from frontdoor import apidocs, problems, registry_store
 from frontdoor.auth import Authenticator
 from frontdoor.metrics import RequestMetrics
 from frontdoor.ratelimit import TokenBuckets
@@ -100,7 +100,13 @@ def create_app(settings: Settings) -> FastAPI:
             except TimeoutError:
                 pool.terminate()
 
-    app = FastAPI(title="vitals read API", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="vitals read API",
+        version=apidocs.API_VERSION,
+        lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN; apidocs serves them offline
+        redoc_url=None,
+    )
     app.state.settings = settings
     app.state.keys = keys
     # Without a configured key, one per process: cursors then work only on the replica
@@ -115,6 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
     # in with a reader key and reads the API above like any other reader.
     app.mount("/console", StaticFiles(directory=CONSOLE, html=True), name="console")
     problems.install(app)
+    apidocs.install(app)
     app.add_middleware(RequestMetrics, requests=REQUESTS, seconds=REQUEST_SECONDS)
     return app
 

@@ -5,7 +5,7 @@ Every field is read from an environment variable `VITALS_<FIELD>` (upper case).
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vitals.bounds import identifier_problem
@@ -18,10 +18,11 @@ LOCAL_READER_ID = "reader-local"
 LOCAL_READER_TOKEN = "local-reader-token"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VITALS_", extra="ignore")
+# The settings come in sections, one class each, joined into the one Settings object
+# below; READ_BY says which sections each process reads (its --help lists them).
 
-    # --- Kafka ---------------------------------------------------------------------
+
+class KafkaSettings(BaseModel):
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = Field("", description="prepended to every topic name")
     topic_partitions: int = 6
@@ -30,13 +31,15 @@ class Settings(BaseSettings):
     # (vitals/kafka.py idempotence()); "on" / "off" decide without asking.
     kafka_idempotence: str = "auto"
 
-    # --- PostgreSQL / TimescaleDB ------------------------------------------------------
+
+class DatabaseSettings(BaseModel):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/vitals"
     # `vitals db roles`: "process:password,..." for the processes' login roles
     # (vitals/db/logins.py); deployments put it in a secret.
     db_login_passwords: SecretStr = SecretStr("")
 
-    # --- gateway -------------------------------------------------------------------
+
+class GatewaySettings(BaseModel):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     # "gateway_id:token,..." for local use and tests; deployments use issued keys.
@@ -46,10 +49,8 @@ class Settings(BaseSettings):
     max_readings_per_upload: int = 5_000
     max_future_skew_s: float = 300.0  # readings further ahead than this are rejected
     produce_timeout_s: float = 5.0  # then 503 with Retry-After
-    retry_after_s: int = 5
     idempotency_cache_size: int = 100_000  # answers kept, and at most this many bytes:
     idempotency_cache_bytes: int = 64 * 2**20
-
     # --- gateway security (docs/security.md) ------------------------------------------
     # Load API keys and the device registry from the database (refreshed every
     # registry_refresh_s), write the upload audit trail there, serve the admin API.
@@ -58,12 +59,24 @@ class Settings(BaseSettings):
     # Refuse (403) uploads for devices not registered to this gateway and patient.
     # Needs gateway_registry. A deployment turns both on (docs/security.md).
     require_device_registry: bool = False
+    rate_limit_per_s: float = 50.0  # per gateway and replica; 0 = no limit
+    rate_limit_burst: int = 200
+    # TLS for the gateway; with gateway_tls_client_ca set, clients must present a
+    # certificate signed by it (mutual TLS for gateway hubs).
+    gateway_tls_certfile: str = ""
+    gateway_tls_keyfile: str = ""
+    gateway_tls_client_ca: str = ""
+
+
+class FrontDoorSettings(BaseModel):
+    """What both front doors (gateway, read API) read."""
+
+    retry_after_s: int = 5  # the Retry-After of 429 and 503 answers
+    # Reloads of keys and devices (gateway) and of reader keys (read API).
     registry_refresh_s: float = 10.0
     # /readyz answers 503 while the registry in memory is older than this (its reloads
     # failing or stopped): 0 means 3 reloads' worth, 3 * registry_refresh_s.
     registry_max_age_s: float = 0.0
-    rate_limit_per_s: float = 50.0  # per gateway and replica; 0 = no limit
-    rate_limit_burst: int = 200
     # The request line and headers must arrive within header_timeout_s of the connection
     # (or of a keep-alive request's first byte), the body within body_timeout_s of the
     # headers; else 408 and the connection is closed (frontdoor/protocol.py).
@@ -76,13 +89,11 @@ class Settings(BaseSettings):
     audit_queue_max: int = 100_000
     audit_batch_max: int = 500
     audit_flush_s: float = 1.0
-    # TLS for the gateway; with gateway_tls_client_ca set, clients must present a
-    # certificate signed by it (mutual TLS for gateway hubs).
-    gateway_tls_certfile: str = ""
-    gateway_tls_keyfile: str = ""
-    gateway_tls_client_ca: str = ""
 
-    # --- read API (`vitals api`, docs/read-api.md) ----------------------------------------
+
+class ReadApiSettings(BaseModel):
+    """`vitals api` (docs/read-api.md)."""
+
     api_host: str = "127.0.0.1"
     api_port: int = 8081
     # "reader_id:token,..." for readers (clinician apps, dashboards); never gateway tokens.
@@ -104,11 +115,17 @@ class Settings(BaseSettings):
     api_tls_keyfile: str = ""
     api_tls_client_ca: str = ""
 
-    # --- research export (`vitals export`, docs/storage.md) ------------------------------
+
+class ExportSettings(BaseModel):
+    """`vitals export` (docs/storage.md)."""
+
     # HMAC-SHA256 key that turns patient ids into pseudonyms; export refuses to run without.
     export_pseudonym_key: SecretStr = SecretStr("")
 
-    # --- Kafka security (passed to aiokafka) ----------------------------------------------
+
+class KafkaSecuritySettings(BaseModel):
+    """Passed to aiokafka."""
+
     kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
     kafka_sasl_mechanism: str = ""  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
     kafka_sasl_username: str = ""
@@ -117,7 +134,8 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: str = ""
     kafka_ssl_keyfile: str = ""
 
-    # --- processors ---------------------------------------------------------------------
+
+class ProcessorSettings(BaseModel):
     processor_group: str = "vitals-processor"
     allowed_lateness_s: float = 3600.0  # older readings are stored; detections retrospective
     silence_after_s: float = 900.0  # device silence: no upload for this long (wall clock)
@@ -133,7 +151,8 @@ class Settings(BaseSettings):
     hr_high_for_s: float | None = None
     clear_for_s: float | None = None  # back in range this long before an episode resolves
 
-    # --- sinks ---------------------------------------------------------------------
+
+class SinkSettings(BaseModel):
     sink_group: str = "vitals-sink-timescale"
     alerts_group: str = "vitals-sink-alerts"
     sink_batch_min: int = 50  # messages per poll; adapts between min and max
@@ -147,12 +166,37 @@ class Settings(BaseSettings):
     escalation: str = "high:300,900;medium:900,2700"
     escalation_check_interval_s: float = 5.0
 
-    # --- every long-running process -----------------------------------------------------
+
+class ProbeSettings(BaseModel):
     # Consumers serve /healthz, /readyz and /metrics on this port (0 = disabled).
     probe_host: str = "127.0.0.1"
     probe_port: int = 0
+
+
+class ProcessSettings(BaseModel):
+    """What every long-running process reads."""
+
     log_level: str = "INFO"
     shutdown_grace_s: float = 10.0
+
+
+class Settings(
+    ProcessSettings,
+    ProbeSettings,
+    SinkSettings,
+    ProcessorSettings,
+    KafkaSecuritySettings,
+    ExportSettings,
+    ReadApiSettings,
+    FrontDoorSettings,
+    GatewaySettings,
+    DatabaseSettings,
+    KafkaSettings,
+    BaseSettings,
+):
+    """Every setting, each from VITALS_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix="VITALS_", extra="ignore")
 
     @field_validator("gateway_credentials")
     @classmethod
@@ -229,6 +273,32 @@ def parse_escalation(value: str) -> dict[str, tuple[float, ...]]:
             raise ValueError(f"escalation: {part!r}: delays must be > 0 and increasing")
         delays[severity] = levels
     return delays
+
+
+_KAFKA = (KafkaSettings, KafkaSecuritySettings)
+READ_BY: dict[str, tuple[type[BaseModel], ...]] = {
+    "gateway": (*_KAFKA, DatabaseSettings, GatewaySettings, FrontDoorSettings, ProcessSettings),
+    "api": (DatabaseSettings, ReadApiSettings, FrontDoorSettings, ProcessSettings),
+    "process": (*_KAFKA, ProcessorSettings, ProbeSettings, ProcessSettings),
+    "sink": (*_KAFKA, DatabaseSettings, SinkSettings, ProbeSettings, ProcessSettings),
+}
+
+
+def settings_help(process: str) -> str:
+    """The settings `process` reads with their defaults, for its --help: from the fields
+    of its sections (READ_BY), so that it lists what the class holds."""
+    lines = ["settings (environment variables; README's Configuration says what each means):"]
+    for section in READ_BY[process]:
+        for name, field in section.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, SecretStr):
+                shown = "(secret; empty)" if not default.get_secret_value() else "(secret)"
+            elif default is None or default == "":
+                shown = "(empty)" if default == "" else "(unset)"
+            else:
+                shown = str(default)
+            lines.append(f"  VITALS_{name.upper():<34} {shown}")
+    return "\n".join(lines)
 
 
 def parse_credentials(value: str, kind: str = "gateway") -> dict[str, str]:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from vitals import lifecycle, logs
 from vitals.errors import VitalsError
-from vitals.settings import Settings
-from vitalsctl import audit, evaluate, registry
+from vitals.settings import Settings, settings_help
+from vitalsctl import audit, devrun, evaluate, registry
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,17 +23,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", help="PostgreSQL URL (VITALS_DATABASE_URL)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("gateway", help="HTTP gateway: POST /v1/readings into Kafka")
-    sub.add_parser("api", help="read API: readings, alerts and NEWS2 for readers")
+    _process(sub, "gateway", "gateway", "HTTP gateway: POST /v1/readings into Kafka")
+    _process(sub, "api", "api", "read API: readings, alerts and NEWS2 for readers")
     export = sub.add_parser("export", help="pseudonymised research export of readings")
     from vitalsctl.export import command as export_command
 
     export_command.add_arguments(export)
-    sub.add_parser("process", help="processor: windows and detectors -> vitals.detections")
+    _process(sub, "process", "process", "processor: windows and detectors -> vitals.detections")
 
     sink = sub.add_parser("sink", help="sinks").add_subparsers(dest="sink", required=True)
-    sink.add_parser("timescale", help="vitals.readings -> readings table")
-    sink.add_parser("alerts", help="vitals.detections -> vitals.alerts and alerts table")
+    _process(sink, "timescale", "sink", "vitals.readings -> readings table")
+    _process(sink, "alerts", "sink", "vitals.detections -> vitals.alerts and alerts table")
 
     db = sub.add_parser("db", help="database").add_subparsers(dest="db", required=True)
     db.add_parser("migrate", help="apply the SQL migrations")
@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser("burden", help="alarm burden of the detectors on a population")
     )
 
+    from vitalsctl import status
+
+    status.add_arguments(
+        sub.add_parser(
+            "status", help="a running deployment in one screen; exit 1 when it needs a person"
+        )
+    )
+
     dev = sub.add_parser("dev", help="the whole pipeline on local defaults (make run)")
     from vitalsctl import dev as dev_module
 
@@ -72,6 +80,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _process(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    reads: str,
+    summary: str,
+) -> argparse.ArgumentParser:
+    """A long-running process's sub-command: its help lists the settings it reads."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary}. Runs until SIGTERM or Ctrl-C, configured by environment.",
+        epilog=settings_help(reads),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = {}
@@ -79,11 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         overrides["kafka_bootstrap"] = args.kafka
     if args.database_url:
         overrides["database_url"] = args.database_url
+    # Beside a running `make run`, its database and broker are the defaults (devrun.py);
+    # the environment and the flags still win. `dev` itself never reads another run's.
+    env_file = None if args.command == "dev" else devrun.active(devrun.run_file())
     try:
-        settings = Settings(**overrides)
+        settings = Settings(_env_file=env_file, **overrides)
     except ValueError as exc:
         print(f"vitals: bad settings: {exc}", file=sys.stderr)
         return 2
+    if env_file is not None and sys.stderr.isatty():
+        print(f"vitals: defaults from the running `vitals dev` ({env_file})", file=sys.stderr)
     logs.configure(settings.log_level)
     lifecycle.tune_gc()
     try:
@@ -165,6 +194,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
             return await simulate.run(settings, args)
         case "validate":
             return evaluate.rhythm(args, settings)
+        case "status":
+            from vitalsctl import status
+
+            return await status.run(settings, args)
         case "dev":
             from vitalsctl import dev
 

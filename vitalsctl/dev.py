@@ -28,10 +28,10 @@ import asyncpg
 import httpx
 import orjson
 
-from vitals import contract, kafka
+from vitals import contract, kafka, logs
 from vitals.lifecycle import stop_on_signals
 from vitals.settings import LOCAL_GATEWAY_ID, LOCAL_GATEWAY_TOKEN, LOCAL_READER_TOKEN, Settings
-from vitalsctl import localinfra, localkafka
+from vitalsctl import devrun, devscreen, localinfra, localkafka
 
 LOCAL = Path.cwd() / ".local"
 DEMO_SETTINGS = {
@@ -64,7 +64,12 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     logs_dir = LOCAL / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
+    # The screen is for people: this process's own JSON logs (migrations, Kafka clients)
+    # go to a file beside the children's.
     with contextlib.ExitStack() as stack:
+        log_file = stack.enter_context(open(logs_dir / "dev.log", "a", encoding="utf-8"))  # noqa: ASYNC230
+        logs.configure(settings.log_level, stream=log_file)
+        stack.callback(logs.configure, settings.log_level)  # back to stderr before it closes
         kind, why = localkafka.broker_kind(os.environ.get("VITALS_DEV_BROKER") or None)
         _say(f"starting the broker ({why}) ...")
         broker = stack.enter_context(localkafka.local_broker(kind, LOCAL / "broker", LOCAL))
@@ -76,26 +81,13 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         await kafka.create_topics(settings)
         from vitals.db.migrate import migrate
 
-        await asyncio.to_thread(migrate, database_url)
+        applied = await asyncio.to_thread(migrate, database_url)
         env = _child_env(settings)
         _say(f"broker   {bootstrap}: {broker.describe()}, {broker.resources()}")
-        _say(f"database {_redact(database_url)}")
-        _say(
-            f"gateway  http://{settings.gateway_host}:{settings.gateway_port}  "
-            f"(token: {LOCAL_GATEWAY_TOKEN})   logs: {logs_dir}/"
-        )
-        _say(
-            "registry on: the simulated watches are registered at start; register your own "
-            "with `vitals devices register` (docs/security.md)"
-        )
-        _say(
-            f"read API http://{settings.api_host}:{settings.api_port}  "
-            f"(token: {LOCAL_READER_TOKEN}; docs/read-api.md)"
-        )
-        _say(
-            f"console  http://{settings.api_host}:{settings.api_port}/console/  "
-            f"(sign in with the reader token {LOCAL_READER_TOKEN})"
-        )
+        schema = f"{len(applied)} migrations applied" if applied else "schema up to date"
+        _say(f"database {_redact(database_url)}  ({schema})")
+        _say_where(settings, logs_dir)
+        _say_run_file(stack, settings)
         async with _simulator_admin_key(database_url) as key_file:
             children = await _start_children(settings, env, logs_dir, args, key_file)
             try:
@@ -107,6 +99,44 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     _say("stopped")
     return 0
+
+
+def _say_where(settings: Settings, logs_dir: Path) -> None:
+    """Where a person looks next: each front door, its credential and its API docs."""
+    gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    _say(f"gateway  {gateway}  (token: {LOCAL_GATEWAY_TOKEN})  API docs {gateway}/docs")
+    _say(f"read API {api}  (token: {LOCAL_READER_TOKEN})  API docs {api}/docs")
+    _say(f"console  {api}/console/  (sign in with the reader token {LOCAL_READER_TOKEN})")
+    _say(f"FHIR     {gateway}/fhir/r4 (Bundles in), {api}/fhir/r4/Observation (search)")
+    _say(f"logs     {logs_dir}/  one JSON-lines file per process (dev.log: this screen's own)")
+    _say(
+        "registry on: the simulated watches are registered at start; register your own "
+        "with `vitals devices register` (docs/security.md)"
+    )
+
+
+def _say_run_file(stack: contextlib.ExitStack, settings: Settings) -> None:
+    """Tell the commands run beside this one where the broker and database are."""
+    values = {
+        "VITALS_DATABASE_URL": settings.database_url,
+        "VITALS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "VITALS_TOPIC_PREFIX": settings.topic_prefix,
+        "VITALS_GATEWAY_HOST": settings.gateway_host,
+        "VITALS_GATEWAY_PORT": str(settings.gateway_port),
+        "VITALS_API_HOST": settings.api_host,
+        "VITALS_API_PORT": str(settings.api_port),
+    }
+    path = devrun.run_file(LOCAL)
+    if devrun.write(path, values):
+        stack.callback(devrun.remove, path)
+        _say(f"`vitals` commands run in {Path.cwd()} use this run's database and broker ({path})")
+    else:
+        _say(f"another `vitals dev` owns {path}: commands run here reach that run, not this one")
+    paste = {
+        k: v for k, v in values.items() if k in ("VITALS_DATABASE_URL", "VITALS_KAFKA_BOOTSTRAP")
+    }
+    _say(f"from another folder, paste: {_redact(devrun.export_line(paste))}")
 
 
 @contextlib.asynccontextmanager
@@ -202,7 +232,10 @@ async def _stop_children(children: dict[str, asyncio.subprocess.Process]) -> Non
     # Simulator and gateway first (no new input), then the consumers finish and commit.
     for name in ("simulator", "gateway", "api", "processor", "sink-timescale", "sink-alerts"):
         proc = children.get(name)
-        if proc is None or proc.returncode is not None:
+        if proc is None:
+            continue
+        if proc.returncode is not None:
+            _say(f"{name} had exited before (exit {proc.returncode})")
             continue
         proc.terminate()
         try:
@@ -219,16 +252,22 @@ async def _summary(
     stop: asyncio.Event,
     duration: float,
 ) -> str | None:
-    """Print alerts and rates until stopped or the duration is up; the name of a child that
-    exited on its own, if one did (then everything stops: a pipeline short of a stage
-    would lose what it should show)."""
+    """Print alerts, figures and warnings until stopped or the duration is up; the name of
+    a stage that exited on its own, if one did (then everything stops: a pipeline short of
+    a stage would lose what it should show). The simulator's exit is named; the pipeline
+    runs on without it (post readings yourself)."""
     deadline = time.monotonic() + duration if duration else None
     consumer = kafka.consumer(settings, group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     consumer.subscribe([settings.topic(contract.ALERTS)])
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-    url = f"http://{settings.gateway_host}:{settings.gateway_port}/metrics"
-    previous = (0.0, 0.0, time.monotonic() - SUMMARY_EVERY_S)
+    doors = {
+        "gateway": f"http://{settings.gateway_host}:{settings.gateway_port}",
+        "api": f"http://{settings.api_host}:{settings.api_port}",
+    }
+    screen = _Screen(settings.registry_age_bound_s(), time.monotonic())
+    _say(devscreen.LEGEND)
+    last = time.monotonic()
     try:
         async with httpx.AsyncClient(timeout=2) as client:
             while not stop.is_set():
@@ -236,11 +275,15 @@ async def _summary(
                 for record in (r for part in batches.values() for r in part):
                     _print_alert(orjson.loads(record.value))
                 now = time.monotonic()
-                if now - previous[2] >= SUMMARY_EVERY_S:
-                    previous = await _print_summary(client, url, pool, previous, now)
+                if now - last >= SUMMARY_EVERY_S:
+                    last = now
+                    await screen.update(client, doors, pool)
                 for name, proc in children.items():
-                    if proc.returncode is not None and name != "simulator":
-                        _say(f"{name} exited with {proc.returncode}: see .local/logs/{name}.log")
+                    if proc.returncode is None or name in screen.exits_named:
+                        continue
+                    screen.exits_named.add(name)
+                    _say(f"{name} exited with {proc.returncode}: see .local/logs/{name}.log")
+                    if name != "simulator":
                         return name
                 if deadline is not None and now >= deadline:
                     return None
@@ -250,40 +293,65 @@ async def _summary(
     return None
 
 
-async def _print_summary(
-    client: httpx.AsyncClient,
-    url: str,
-    pool: asyncpg.Pool,
-    previous: tuple[float, float, float],
-    now: float,
-) -> tuple[float, float, float]:
-    accepted, rejected = await _gateway_counts(client, url)
-    rows = await pool.fetchval("SELECT count(*) FROM readings")
-    span = now - previous[2]
-    _say(
-        f"accepted {(accepted - previous[0]) / span:7.0f}/s  "
-        f"rejected {(rejected - previous[1]) / span:5.1f}/s  "
-        f"rows in database {rows:>9,}  (totals: accepted {accepted:,.0f}, rejected {rejected:,.0f})"
-    )
-    return accepted, rejected, now
+class _Screen:
+    """The figures and warnings printed every SUMMARY_EVERY_S (vitalsctl/devscreen.py)."""
 
+    def __init__(self, age_bound_s: float, started: float) -> None:
+        self.age_bound_s = age_bound_s
+        self.previous: dict[str, devscreen.Sample] = {}
+        self.baseline = devscreen.Sample(started)  # every counter starts at 0
+        self.stale: set[str] = set()
+        self.not_ready: dict[str, str] = {}
+        self.exits_named: set[str] = set()
+        self.glitches_explained = False
 
-_SAMPLE = re.compile(r"^(\w+)(\{[^}]*\})?\s+([0-9.eE+-]+)$", re.MULTILINE)
+    async def update(
+        self, client: httpx.AsyncClient, doors: dict[str, str], pool: asyncpg.Pool
+    ) -> None:
+        samples: dict[str, devscreen.Sample | None] = {}
+        why_not = ""
+        for door, url in doors.items():
+            try:
+                answer = await client.get(f"{url}/metrics")
+                answer.raise_for_status()
+                samples[door] = devscreen.parse(answer.text, time.monotonic())
+            except httpx.HTTPError as exc:
+                samples[door] = None
+                if door == "gateway":
+                    why_not = type(exc).__name__
+            await self._readiness(client, door, url)
+        try:
+            rows = await pool.fetchval("SELECT count(*) FROM readings")
+        except (OSError, asyncpg.PostgresError):
+            rows = None
+        gateway = samples["gateway"]
+        _say(devscreen.summary(gateway, self.previous.get("gateway", self.baseline), rows, why_not))
+        if gateway is not None and gateway.rejected_total and not self.glitches_explained:
+            self.glitches_explained = True
+            _say(devscreen.GLITCHES)
+        for door, sample in samples.items():
+            if sample is None:
+                continue
+            previous = self.previous.get(door)
+            for line in devscreen.warnings(door, sample, previous, self.age_bound_s, self.stale):
+                _say(line)
+            self.previous[door] = sample  # a failed read keeps the last good one
 
-
-async def _gateway_counts(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
-    """Readings accepted and rejected so far, from the gateway's own metrics."""
-    try:
-        text = (await client.get(url)).text
-    except httpx.HTTPError:
-        return 0.0, 0.0
-    accepted = rejected = 0.0
-    for name, _labels, value in _SAMPLE.findall(text):
-        if name == "vitals_gateway_readings_accepted_total":
-            accepted += float(value)
-        elif name == "vitals_gateway_readings_rejected_total":
-            rejected += float(value)
-    return accepted, rejected
+    async def _readiness(self, client: httpx.AsyncClient, door: str, url: str) -> None:
+        """A line when a front door stops being ready, and one when it is again."""
+        try:
+            answer = await client.get(f"{url}/readyz")
+            why = "" if answer.status_code == 200 else answer.json().get("detail", "")
+        except (httpx.HTTPError, ValueError) as exc:
+            why = f"no answer ({type(exc).__name__})"
+        if why and self.not_ready.get(door) != why:
+            _say(f"WARNING {door} not ready: {why} (GET {url}/readyz)")
+        elif not why and door in self.not_ready:
+            _say(f"{door} ready")
+        if why:
+            self.not_ready[door] = why
+        else:
+            self.not_ready.pop(door, None)
 
 
 def _print_alert(alert: dict) -> None:

@@ -23,6 +23,12 @@ from vitals.settings import Settings
 CONNECT_TIMEOUT_S = 10.0
 # The key commands: `vitals <plural> issue|revoke|list` for keys of `kind`.
 KEY_COMMANDS = {"gateways": "gateway", "admins": "admin", "readers": "reader"}
+# Who keeps an issued key, said when it is printed (only its hash is stored).
+HOLDERS = {
+    "gateway": "configure it on that gateway as its bearer token for POST /v1/readings",
+    "admin": "give it to the operator or tool that calls the gateway's admin API",
+    "reader": "give it to the reading application (the read API's bearer token)",
+}
 
 
 def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -56,7 +62,12 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     register = devices.add_parser("register", help="register a device to a patient")
     register.add_argument("device_id")
-    register.add_argument("--patient", required=True)
+    register.add_argument(
+        "--patient",
+        required=True,
+        help="the patient who wears the device from --since: uploads for it must name this"
+        " patient_id (readings from before --since are rejected, outside_binding)",
+    )
     register.add_argument(
         "--gateway", action="append", required=True, help="a gateway allowed (repeatable)"
     )
@@ -67,7 +78,9 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         bind.add_argument("gateway_id")
     move = devices.add_parser("move", help="the device is another patient's from --since")
     move.add_argument("device_id")
-    move.add_argument("--patient", required=True)
+    move.add_argument(
+        "--patient", required=True, help="the patient who wears the device from --since on"
+    )
     move.add_argument("--since", type=_moment, help="ISO 8601 with offset; default now")
     devices.add_parser("list", help="devices, their current patient and gateways")
 
@@ -115,10 +128,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                         key_file.write(key + "\n")
                     print(f"key_id: {key_id}\nkey:    written to {args.key_file}")
                 else:
-                    print(
-                        f"key_id: {key_id}\nkey:    {key}\n"
-                        f"(shown once; store it in the {_kind(args)})"
-                    )
+                    print(f"key_id: {key_id}\nkey:    {key}\n(shown once; {HOLDERS[_kind(args)]})")
             case (command, "revoke") if command in KEY_COMMANDS:
                 await registry_store.revoke_key(conn, args.key_id, actor=actor, kind=_kind(args))
                 print(f"revoked {args.key_id}")

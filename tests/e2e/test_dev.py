@@ -14,10 +14,13 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from vitalsctl import localinfra
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
 
@@ -76,19 +79,48 @@ def alerted(out: str) -> set[str]:
 
 
 def rows_stored(out: str) -> int:
-    found = re.findall(r"rows in database +([\d,]+)", out)
+    found = re.findall(r"stored +([\d,]+) rows", out)
     return int(found[-1].replace(",", "")) if found else 0
+
+
+def vitals_beside(*args: str) -> subprocess.CompletedProcess[str]:
+    """`vitals ARGS` in the folder `vitals dev` runs in, with no VITALS_* setting at all."""
+    return subprocess.run(
+        [sys.executable, "-m", "vitalsctl.cli", *args],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("VITALS_")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_dev_shows_alerts_for_injected_events_and_ctrl_c_stops_everything(
     pg_server: str,
 ) -> None:
+    beside: list[subprocess.CompletedProcess[str]] = []
+
+    def seen_enough(out: str) -> bool:
+        if alerted(out) != set(RULES) or rows_stored(out) <= 1000:
+            return False
+        # An operator's command beside the run reaches its database with no setting.
+        beside.append(vitals_beside("devices", "list"))
+        return True
+
     with dev_env(pg_server) as env:
-        code, out, met = run_dev(
-            env, lambda out: alerted(out) == set(RULES) and rows_stored(out) > 1000, 150
-        )
+        code, out, met = run_dev(env, seen_enough, 150)
     assert met, f"alerts seen: {sorted(alerted(out))}, rows {rows_stored(out)}\n{out}"
     assert code == 0, out
+    assert beside[0].returncode == 0 and "watch-00000" in beside[0].stdout, beside[0]
+    assert not (ROOT / ".local" / "dev.env").exists()  # removed with the run
+    # The screen: human lines only, where to look next, figures that say what they are.
+    assert not re.search(r"^\{", out, re.MULTILINE), out
+    for port in (env["VITALS_GATEWAY_PORT"], env["VITALS_API_PORT"]):
+        assert f"http://127.0.0.1:{port}  " in out and f"127.0.0.1:{port}/docs" in out, out
+    assert ".local/logs/" in out and "from another folder, paste: export" in out, out
+    assert "readings accepted and rejected per second" in out, out
+    assert not re.search(r"(accepted|rejected) +-", out), out
     for process in PROCESSES:
         assert f"{process} stopped (exit 0)" in out, out
     assert re.search(r"\d\d:\d\d:\d\d  stopped$", out, re.MULTILINE), out
@@ -101,6 +133,7 @@ def test_dev_stops_everything_and_fails_when_a_stage_dies(pg_server: str, tmp_pa
     with dev_env(pg_server, VITALS_RULES_FILE=str(missing)) as env:
         code, out, _ = run_dev(env, lambda out: False, 120)  # it must end by itself
     assert code == 1, out
+    assert not re.search(r"^\{", out, re.MULTILINE), out
     assert re.search(r"processor exited with [1-9]", out), out
     assert "stopped: processor exited on its own" in out, out
     for process in ("gateway", "api", "sink-timescale", "sink-alerts"):

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -431,3 +433,33 @@ async def test_generated_ids_and_edge_times_get_documented_answers_at_both_apis(
     assert earliest >= datetime(1970, 1, 1, tzinfo=UTC) and latest < datetime(
         2200, 1, 1, tzinfo=UTC
     )
+
+
+# --- API docs, offline -------------------------------------------------------------------
+
+_REFERENCES = re.compile(r"""(?:src|href|spec-url)="([^"]+)"|url: '([^']+)'""")
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+@pytest.mark.parametrize("door", ["gateway", "api"])
+async def test_the_api_docs_and_every_asset_they_load_come_from_the_server(
+    doors: Doors, door: str, page: str
+) -> None:
+    """Swagger UI and ReDoc work with no network: the page names no other host, and every
+    script, style, icon and the OpenAPI document it loads answers from this server."""
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{doors.ports[door]}", timeout=10
+    ) as client:
+        answer = await client.get(page)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "http://" not in answer.text and "https://" not in answer.text, answer.text
+        references = [a or b for a, b in _REFERENCES.findall(answer.text)]
+        assert any(r.endswith(".js") for r in references), references
+        assert "/openapi.json" in references, references
+        for reference in references:
+            assert reference.startswith("/") and not reference.startswith("//"), reference
+            asset = await client.get(reference)
+            assert asset.status_code == 200 and asset.content, (reference, asset.status_code)
+        document = (await client.get("/openapi.json")).json()
+    assert document["info"]["version"] == importlib.metadata.version("vitals-pipeline")

@@ -859,4 +859,5 @@ async def test_readiness_and_enforced_uploads_wait_for_the_first_registry_load(
                 "/v1/readings", content=body("d", "p"), headers=bearer("env-token-123")
             )
             assert_problem(refused, 503, "registry_unavailable")
+            assert refused.json()["title"] == "Device registry unavailable"  # not Kafka
             assert refused.headers["retry-after"]
