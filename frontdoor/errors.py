@@ -79,6 +79,13 @@ class TimedOut(GatewayError):
     title = "Request body too slow"
 
 
+class AlertConflict(GatewayError):
+    """An alert action its state refuses (acknowledged twice, a resolved alert)."""
+
+    status = 409
+    title = "Conflicts with the alert's state"
+
+
 class Conflict(GatewayError):
     status = 409
     title = "Idempotency-Key reused with a different body"

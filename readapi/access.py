@@ -59,16 +59,18 @@ class Access:
         route: str,
         patient_id: str,
         *,
-        missing: tuple[str, str] = ("no_such_patient", "no patient with this id"),
+        missing: Callable[[], NotFound] = lambda: NotFound(
+            "no_such_patient", "no patient with this id in this reader's care teams"
+        ),
     ) -> AsyncIterator[Read]:
-        """`missing`: the 404's code and what is missing (an alert's route says the alert,
-        so that an alert of another team's patient looks like no alert at all)."""
+        """`missing`: the 404 to answer outside the reader's teams (an alert's route says
+        the alert, so that an alert of another team's patient looks like no alert at all)."""
         self._before_reading(reader)
         read = Read()
         outcome, status = "ok", 200
         try:
             if not may_read(self._snapshot(), reader, patient_id):
-                raise NotFound(missing[0], f"{missing[1]} in this reader's care teams")
+                raise missing()
             yield read
         except GatewayError as exc:
             outcome, status = exc.code, exc.status

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from frontdoor.errors import Malformed, NotFound, TooLarge
+from frontdoor.errors import AlertConflict, Malformed, NotFound, TooLarge
 from frontdoor.problems import json_response
 from frontdoor.registry import Credential
 from readapi import board, lifecycle, params
@@ -20,7 +20,10 @@ from readapi.routes import Reader, access_of, pool_of, query_lists
 router = APIRouter()
 
 BODY_MAX = 16_384  # an outcome with its note is far smaller
-NO_SUCH_ALERT = ("no_such_alert", "no alert with this id")
+
+
+def no_such_alert() -> NotFound:
+    return NotFound("no_such_alert", "no alert with this id in this reader's care teams")
 
 
 @router.get("/v1/alerts")
@@ -85,13 +88,13 @@ async def _act(
     async with pool_of(request).acquire() as conn:
         found = await lifecycle.alert(conn, alert)
         if found is None:  # no patient to attribute it to: not a read of anyone's data
-            raise NotFound(NO_SUCH_ALERT[0], f"{NO_SUCH_ALERT[1]} in this reader's care teams")
+            raise no_such_alert()
         route = f"alerts/{state}"
         async with access_of(request).reading(
-            key, route, found["patient_id"], missing=NO_SUCH_ALERT
+            key, route, found["patient_id"], missing=no_such_alert
         ) as read:
             if state == "acknowledged" and found["resolved"]:
-                raise lifecycle.AlertConflict(
+                raise AlertConflict(
                     "alert_resolved", "this alert is resolved; nothing to acknowledge"
                 )
             at = await lifecycle.record(

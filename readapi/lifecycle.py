@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from frontdoor.errors import GatewayError, Malformed
+from frontdoor.errors import AlertConflict, Malformed
 from vitals import contract
 from vitals.db import locks
 
@@ -25,11 +25,6 @@ NOTE_MAX = 2000  # characters; the table's check says the same
 # matter for the device registry, not the board).
 OPEN_LOOKBACK = timedelta(days=7)
 OPEN_MAX = 500
-
-
-class AlertConflict(GatewayError):
-    status = 409
-    title = "Conflicts with the alert's state"
 
 
 # The opened alert an action is about; no episode start is known, so every chunk's key
@@ -132,12 +127,10 @@ async def record(
         if at is not None:
             return at
         first = await conn.fetchrow(_EXISTING, alert, state)
-    code = "already_acknowledged" if state == "acknowledged" else "outcome_already_recorded"
-    raise AlertConflict(
-        code,
-        f"this alert was {'acknowledged' if state == 'acknowledged' else 'given an outcome'} "
-        f"by {first['actor']} at {first['at'].isoformat()}; nothing changed",
-    )
+    by = f"by {first['actor']} at {first['at'].isoformat()}; nothing changed"
+    if state == "acknowledged":
+        raise AlertConflict("already_acknowledged", f"this alert was acknowledged {by}")
+    raise AlertConflict("outcome_already_recorded", f"this alert was given an outcome {by}")
 
 
 def _json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from frontdoor import errors
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("frontdoor", "ingest", "readapi")
-TABLES = ("docs/wire-format.md", "docs/read-api.md", "docs/security.md")
+TABLES = ("docs/wire-format.md", "docs/read-api.md", "docs/security.md", "docs/fhir.md")
 CLASSES = {
     name: cls
     for name, cls in vars(errors).items()
@@ -35,7 +35,7 @@ def problems_in_code() -> dict[str, set[tuple[int, str]]]:
     """code -> the (status, title) pairs it is answered with."""
     found: dict[str, set[tuple[int, str]]] = {}
     for package in SOURCES:
-        for path in (ROOT / package).glob("*.py"):
+        for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if not isinstance(node, ast.Call) or not node.args:
                     continue
