@@ -26,7 +26,7 @@ from processors.rhythm import RhythmTrack
 from processors.rules import PatientRules, Rules
 from processors.silence import DeviceSilence
 from processors.tracks import Found, MetricTrack, Track
-from processors.windows import EventWindow, Sample
+from processors.windows import EVERY, EventWindow, Sample
 from vitals.contract import Detection, News2Score, Upload, alert_id
 
 NEWS2 = "news2"
@@ -39,10 +39,10 @@ class Series:
 
     __slots__ = ("patient_id", "track", "window", "last_arrival")
 
-    def __init__(self, patient_id: str, track: Track, horizon_ms: int) -> None:
+    def __init__(self, patient_id: str, track: Track, horizon_ms: int, every: int) -> None:
         self.patient_id = patient_id
         self.track = track
-        self.window: EventWindow[Any] = EventWindow(horizon_ms, track.initial)
+        self.window: EventWindow[Any] = EventWindow(horizon_ms, track.initial, every)
         self.last_arrival = 0
 
     @property
@@ -71,7 +71,7 @@ class Series:
 
         machines = track.machines
         conflicts = sum(m.conflicts for m in machines)
-        self.window.recompute(inserted.first, step)
+        self.window.recompute(inserted.first, step, QuietRerun(track))
         counts["late_conflict"] += sum(m.conflicts for m in machines) - conflicts
         self.window.evict()
         cutoff = self.window.cutoff
@@ -79,6 +79,36 @@ class Series:
             for machine in machines:
                 machine.prune(cutoff)
         return found, counts
+
+
+class QuietRerun:
+    """Steps readings already stepped again (windows.Rerun): what they emit is dropped,
+    and the logs and counters they touch are put back as they were, so that the late
+    reading after them finds what a checkpoint per reading would have left."""
+
+    __slots__ = ("track", "_saved")
+
+    def __init__(self, track: Track) -> None:
+        self.track = track
+        self._saved: list[tuple[Any, ...]] = []
+
+    def begin(self) -> Any:
+        track = self.track
+        self._saved = [(m, m.log.copy(), m.conflicts) for m in track.machines]
+        if isinstance(track, News2Track):
+            self._saved.append((track, track.log.copy(), None))
+
+        def quiet(state: Any, sample: Sample, prev_t: int | None) -> Any:
+            return track.step(state, sample, prev_t, [])
+
+        return quiet
+
+    def end(self) -> None:
+        for owner, log, conflicts in self._saved:
+            owner.log = log
+            if conflicts is not None:
+                owner.conflicts = conflicts
+        self._saved = []
 
 
 def routes(rules: PatientRules, metric: str) -> list[str]:
@@ -112,8 +142,11 @@ class PartitionState:
 class Engine:
     """Feeds uploads to the detectors, per partition; returns the detections they emit."""
 
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: Rules, *, every: int = EVERY) -> None:
+        """`every`: readings between a window's checkpoints (1 is the reference the
+        compact windows are proven against)."""
         self.rules = rules
+        self.every = every
         self._partitions: dict[Hashable, PartitionState] = {}
         # Readings left out of the windows, and decisions late data contradicted, by kind.
         self.counts: Counter[str] = Counter()
@@ -156,7 +189,7 @@ class Engine:
                 track = track_for(rules, kind)
                 # Each series holds only what its own detectors look back over.
                 horizon = track.span_ms + self.rules.lateness_ms
-                series = Series(upload.patient_id, track, horizon)
+                series = Series(upload.patient_id, track, horizon, self.every)
                 state.series[(upload.patient_id, kind)] = series
             series.last_arrival = max(series.last_arrival, upload.received)
             found, counts = series.add(samples)

@@ -127,6 +127,12 @@ class EpisodeLog:
     def get(self, start: int) -> Episode | None:
         return self._episodes.get(start)
 
+    def copy(self) -> EpisodeLog:
+        """A copy whose episodes are copies (resolving one changes it in place)."""
+        made = EpisodeLog()
+        made._episodes = {s: replace(e) for s, e in self._episodes.items()}
+        return made
+
     def add(self, episode: Episode) -> None:
         self._episodes[episode.start] = episode
 

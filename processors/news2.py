@@ -22,8 +22,9 @@ them correct a record the late data changed.
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections import deque
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -302,31 +303,72 @@ def score_record(patient_id: str, scored: Scored, computed: int) -> News2Score:
     )
 
 
+BANDS = ("zero", "low", "low-medium", "medium", "high")
+
+
+def _pack(sig: Signature) -> int:
+    total, band, used = sig
+    return total << 10 | BANDS.index(band) << 7 | used
+
+
+def _unpack(packed: int) -> Signature:
+    return packed >> 10, BANDS[packed >> 7 & 7], packed & 127
+
+
 class ScoreLog:
     """The signature last emitted per event time (what the store holds there), while a
-    recompute can still reach that time."""
+    recompute can still reach that time.
 
-    __slots__ = ("_by_t", "_order")
+    In columns (a record is 20 bytes: 8 + 4 + 8; as a dict of tuples it was ~150, and a patient's
+    NEWS2 changes every few seconds over a window of hours): times and packed signatures
+    sorted by time for lookups, and the times in the order first recorded for pruning."""
+
+    __slots__ = ("_ts", "_sigs", "_order")
 
     def __init__(self) -> None:
-        self._by_t: dict[int, Signature] = {}
-        self._order: deque[int] = deque()  # the times in the order first recorded
+        self._ts: array[int] = array("q")
+        self._sigs: array[int] = array("i")
+        self._order: array[int] = array("q")  # the times in the order first recorded
+
+    def __len__(self) -> int:
+        return len(self._ts)
 
     def get(self, t: int) -> Signature | None:
-        return self._by_t.get(t)
+        i = bisect.bisect_left(self._ts, t)
+        if i < len(self._ts) and self._ts[i] == t:
+            return _unpack(self._sigs[i])
+        return None
+
+    def copy(self) -> ScoreLog:
+        made = ScoreLog()
+        made._ts, made._sigs, made._order = (
+            array("q", self._ts),
+            array("i", self._sigs),
+            array("q", self._order),
+        )
+        return made
 
     def add(self, t: int, sig: Signature) -> None:
-        if t not in self._by_t:
-            self._order.append(t)
-        self._by_t[t] = sig
+        i = bisect.bisect_left(self._ts, t)
+        if i < len(self._ts) and self._ts[i] == t:
+            self._sigs[i] = _pack(sig)
+            return
+        self._ts.insert(i, t)
+        self._sigs.insert(i, _pack(sig))
+        self._order.append(t)
 
     def prune(self, before: int | None) -> None:
         """Forget records before `before`, visiting only those: in-order data records in
         event-time order. One a recompute recorded behind newer times goes with them; it
         is older than they are, so no recompute asks for it meanwhile."""
-        order, by_t = self._order, self._by_t
-        while before is not None and order and order[0] < before:
-            del by_t[order.popleft()]
+        order = self._order
+        gone = 0
+        while before is not None and gone < len(order) and order[gone] < before:
+            i = bisect.bisect_left(self._ts, order[gone])
+            del self._ts[i], self._sigs[i]
+            gone += 1
+        if gone:
+            del order[:gone]
 
 
 # Not frozen: built for every reading, and a frozen dataclass costs four times as much to

@@ -23,6 +23,7 @@ of irregular windows among the last `windows_of`; `rhythm_irregular` opens when 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -144,14 +145,15 @@ def judge(rr: Sequence[float], artefacts: int, rule: RhythmRule) -> bool | None:
     return irregular(features(rr, rule.trim_beats), rule)
 
 
-# The current window's beats as a persistent list (value, rest), newest first: each
-# sample's checkpoint shares the list instead of copying up to 128 values.
-Beats = tuple[float, Any] | None
+# The current window's beats, oldest first, as float64 in an array: a checkpoint holds
+# 8 bytes a beat (a tuple of floats held 32). Each interval makes a new one (states are
+# never changed), a copy of at most `window_beats` values.
+Beats = array | None  # type: ignore[type-arg]
 
 
 # Not frozen: built for every reading, and a frozen dataclass costs four times as much to
 # build. Treated as immutable all the same (windows keep them as checkpoints).
-@dataclass(slots=True, unsafe_hash=True)
+@dataclass(slots=True)  # not hashable: its beats are an array
 class RhythmState:
     beats: Beats = None
     count: int = 0
@@ -205,16 +207,13 @@ class RhythmTrack:
             beats, count, artefacts = None, 0, 0  # not consecutive: start a new window
         verdicts, judged = state.verdicts, state.judged
         if rule.min_rr_ms <= sample.v <= rule.max_rr_ms:
-            beats, count = (sample.v, beats), count + 1
+            beats = array("d", beats) if beats is not None else array("d")
+            beats.append(sample.v)
+            count += 1
         else:
             artefacts += 1
         if count + artefacts >= rule.window_beats:
-            rr: list[float] = []
-            node = beats
-            while node is not None:
-                rr.append(node[0])
-                node = node[1]
-            rr.reverse()
+            rr = list(beats) if beats is not None else []
             verdict = judge(rr, artefacts, rule) if len(rr) >= 16 else None
             verdicts = (*verdicts, verdict)[-rule.windows_of :]
             beats, count, artefacts, judged = None, 0, 0, judged + 1

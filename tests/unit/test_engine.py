@@ -318,3 +318,21 @@ def test_readings_beyond_the_horizon_of_their_series_are_counted_not_held() -> N
     e.feed("p0", upload([(T0, 85.0)], received=newest), now=newest)
     assert e.counts["beyond_horizon"] == 1 and e.counts["news2_beyond_horizon"] == 1
     assert e.readings_held() == 2  # the newest, in the spo2 and the NEWS2 window
+
+
+@pytest.mark.parametrize("every", [2, 5])
+@settings(max_examples=150, deadline=None)
+@given(chunks=streams(), data=st.data())
+def test_sparse_checkpoints_decide_exactly_as_one_after_every_reading(
+    every: int, chunks: list[list[tuple[int, float]]], data: st.DataObject
+) -> None:
+    """The compact windows (a checkpoint every few readings, the readings between stepped
+    again quietly before a late one) against a checkpoint after every reading, on every
+    spo2 detector, for any arrival order with retries: the same detections, scores and
+    counts, in the same order."""
+    order = data.draw(arrival_orders(len(chunks)))
+    uploads = [upload(chunks[i], received=T0 + 10_000_000) for i in order]
+    reference, sparse = live_rules_engine(), live_rules_engine()
+    reference.every, sparse.every = 1, every
+    assert feed_all(sparse, uploads) == feed_all(reference, uploads)
+    assert sparse.counts == reference.counts
