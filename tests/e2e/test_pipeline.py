@@ -13,8 +13,9 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.e2e.conftest import COMMANDS, AlertReader, Pipeline, post
+from tests.e2e.conftest import AlertReader, Pipeline, post
 from vitals.contract import now_ms
+from vitalsctl import stages
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +43,7 @@ def _upload(patient: str, readings: list[dict]) -> dict:
 def _logs_name_no_patient(pipeline: Pipeline, patient: str) -> None:
     """Every stage logged (JSON lines), and none of them named the patient or the device
     (its id contains the patient's)."""
-    for name in COMMANDS:
+    for name in stages.PIPELINE:
         text = (pipeline.logs / f"{name}.log").read_text()
         lines = [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
         assert lines, f"{name} wrote no JSON log lines"
