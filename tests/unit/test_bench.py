@@ -170,3 +170,13 @@ def test_bench_refuses_fewer_rows_than_one_upload(capsys: pytest.CaptureFixture[
     assert bench_main(["--only", "storage", "--storage-rows", "0"]) == 2
     assert bench_main(["--only", "export", "--export-rows", "100", "10"]) == 2
     assert "must be at least 50" in capsys.readouterr().err
+
+
+def test_the_rebalance_gap_is_the_longest_time_the_commits_did_not_move() -> None:
+    from bench.rebalance import longest_gap
+
+    # (time, committed total): moving at 1, 2, then stuck from 2 to 6.5, moving again.
+    samples = [(0.0, 0), (1.0, 5), (2.0, 9), (4.0, 9), (6.5, 12), (7.0, 15)]
+    assert longest_gap(samples, 0.0, 7.0) == 4.5
+    assert longest_gap(samples, 0.0, 2.0) == 1.0  # the window clips the gap
+    assert longest_gap([(0.0, 3), (5.0, 3)], 0.0, 5.0) == 5.0  # never moved
