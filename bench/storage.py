@@ -194,7 +194,7 @@ async def compress_on_wasm(out: Measured, rows: int, end_ms: int) -> None:
 def _engine_client() -> ModuleType | None:
     """The storage tests' client of the WASM engine, loaded from its file: `tests` is not
     an installed package, and the engine (engine.mjs, its npm package) lives beside it."""
-    path = Path(__file__).resolve().parents[2] / ENGINE_CLIENT
+    path = Path(__file__).resolve().parents[1] / ENGINE_CLIENT
     spec = importlib.util.spec_from_file_location("vitals_bench_engine", path)
     if spec is None or spec.loader is None or not path.exists():
         return None

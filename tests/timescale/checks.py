@@ -764,7 +764,9 @@ async def check_the_newest_minute_is_read_once_stored(db: Database) -> None:
         (minute - 30 * MINUTE, 97.0, 1),  # materialized by the policy on TimescaleDB
         (minute, 91.0, 1),  # stored a moment ago
     ]
-    hours = await db.fetch(queries.BUCKETS_1H, "p-now", "spo2", start, minute + HOUR,
+    # From the hour that holds the older reading: at 10:20 that is 09:00, before `start`.
+    hour = (minute - 30 * MINUTE).replace(minute=0, second=0, microsecond=0)
+    hours = await db.fetch(queries.BUCKETS_1H, "p-now", "spo2", hour, minute + HOUR,
                            EARLIEST, 100)  # fmt: skip
     assert sum(h["n"] for h in hours) == 2 and min(h["min_value"] for h in hours) == 91.0
 
