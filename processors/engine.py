@@ -134,6 +134,14 @@ def track_for(rules: PatientRules, kind: str) -> Track:
 
 
 @dataclass(slots=True)
+class PatientState:
+    """All a patient's state in a partition: what a checkpoint record holds."""
+
+    series: dict[str, Series]  # by kind: a metric, NEWS2 or rhythm
+    devices: dict[str, tuple[int, int | None]]  # last arrival, open silence's start
+
+
+@dataclass(slots=True)
 class PartitionState:
     silence: DeviceSilence
     series: dict[tuple[str, str], Series] = field(default_factory=dict)
@@ -224,6 +232,25 @@ class Engine:
                 del state.series[key]
             dropped += len(stale)
         return dropped
+
+    def patients(self, partition: Hashable) -> dict[str, PatientState]:
+        """The partition's state by patient (what a checkpoint writes)."""
+        state = self._partitions.get(partition)
+        if state is None:
+            return {}
+        devices = state.silence.by_patient()
+        found = {p: PatientState({}, d) for p, d in devices.items()}
+        for (patient_id, kind), series in state.series.items():
+            found.setdefault(patient_id, PatientState({}, {})).series[kind] = series
+        return found
+
+    def restore(self, partition: Hashable, patients: Mapping[str, PatientState]) -> None:
+        """Put back what `patients()` gave, before any upload of the partition is fed."""
+        state = self._partition(partition)
+        for patient_id, patient in patients.items():
+            for kind, series in patient.series.items():
+                state.series[(patient_id, kind)] = series
+            state.silence.restore(patient_id, patient.devices)
 
     def drop_partition(self, partition: Hashable) -> None:
         self._partitions.pop(partition, None)

@@ -18,6 +18,10 @@ REPLAYED = Counter(
     "vitals_processor_replayed_records_total",
     "Records fed silently to rebuild state after an assignment",
 )
+CHECKPOINTS = Counter(
+    "vitals_processor_checkpoints_total",
+    "Checkpoint rounds written to vitals.processor-state (one per partition)",
+)
 REPLAYING = Gauge("vitals_processor_replaying_partitions", "Partitions still replaying")
 SKIPPED = Counter(
     "vitals_processor_skipped_records_total", "Records not fed to the detectors", ["reason"]

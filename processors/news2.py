@@ -178,7 +178,7 @@ def tally(latest: Latest, at: int, staleness_ms: int) -> tuple[int, bool, int]:
     for index, found in enumerate(latest):
         if found is None or found[0] < oldest:
             continue
-        points = found[scored]
+        points = found[3] if scored == 3 else found[2]  # literal indexes: ints to mypy
         total += points
         red = red or points == 3
         used |= 1 << index
@@ -195,7 +195,7 @@ def score(latest: Latest, at: int, scale: int, staleness_ms: int) -> Score:
     ages: dict[str, int] = {}
     for index, (name, found) in enumerate(zip(PARAMETERS, latest, strict=True)):
         if found is not None and used >> index & 1:
-            points[name] = found[scored]
+            points[name] = found[3] if scored == 3 else found[2]
             ages[name] = at - found[0]
     return Score(total, red, points, ages, scale)
 
@@ -426,7 +426,11 @@ class News2Track:
         if scored is not None and self._record_due(t, scored, state.scored):
             self.log.add(t, scored)
             now = now or score(latest, t, rule.spo2_scale, rule.staleness_ms)
-            values = {p: e[1] for p, e in zip(PARAMETERS, latest, strict=True) if p in now.points}
+            values = {
+                p: e[1]
+                for p, e in zip(PARAMETERS, latest, strict=True)
+                if e is not None and p in now.points
+            }
             out.append(Scored(t, now, values))
         return News2State(latest, medium, high, scored)
 

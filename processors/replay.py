@@ -17,23 +17,27 @@ committed offset c:
   the horizon was not processed by this group and may still matter (an ongoing episode),
   while older history would page people for events long over, so it is skipped.
 
-Limits: an episode that began more than the horizon before a restart is replayed from its
-middle, so the restarted processor knows it by a later start, and its resolution carries
-that other id (reading the partition's open episodes back from vitals.detections on
-assignment would close the gap). Silence is wall-clock and not replayed (silence.py).
+With checkpoints (state_topic.py), a partition whose checkpoint can be trusted is restored
+instead: each patient's state is put back, the consumer seeks to the oldest record offset
+of the checkpoint, and each patient is fed only the records after its own record's offset
+(`Progress.feeds`), whatever their age. Records below max(c, the newest checkpoint offset)
+are silent: their detections were acknowledged before the checkpoint was written or the
+offset committed. Without a usable checkpoint the partition is replayed as above, where an
+episode older than the horizon comes back by a later start and another id.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
 from processors.engine import Engine
+from processors.state_topic import Restored, StateTopic
 from vitals import kafka
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,13 @@ class Progress:
     next_offset: int  # the next offset the processor expects
     last_timestamp: int | None = None  # timestamp of the last record read
     replayed: int = 0
+    # Restored from a checkpoint: per patient, the first offset its state has not seen;
+    # patients without one from `since_marker` on.
+    since: dict[str, int] = field(default_factory=dict)
+    since_marker: int = 0
+
+    def feeds(self, patient_id: str, offset: int) -> bool:
+        return offset >= self.since.get(patient_id, self.since_marker)
 
     @property
     def replaying(self) -> bool:
@@ -66,13 +77,38 @@ def plan(committed: int | None, replay_start: int, horizon_start: int) -> Progre
     return Progress(committed, horizon_start, False, min(replay_start, committed))
 
 
+def restored(committed: int | None, checkpoint: Restored) -> Progress:
+    """Seek to the checkpoint's oldest offset; every record after a patient's is fed."""
+    live_from = max(committed or 0, checkpoint.reflects)
+    return Progress(
+        live_from,
+        _NO_HORIZON,
+        False,
+        checkpoint.replay_from,
+        since=checkpoint.since,
+        since_marker=checkpoint.marker,
+    )
+
+
+_NO_HORIZON = -(2**63)  # a restored state needs every record after its offset
+
+
 class ReplayOnAssign(ConsumerRebalanceListener):
     """Keeps `progress` per assigned partition; the engine's state follows assignment."""
 
-    def __init__(self, engine: Engine, horizon_ms: int, clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        horizon_ms: int,
+        clock: Callable[[], int],
+        state: StateTopic | None = None,
+        save: Callable[[set[TopicPartition]], Awaitable[None]] | None = None,
+    ) -> None:
         self.engine = engine
         self.horizon_ms = horizon_ms
         self.clock = clock
+        self.state = state
+        self.save = save  # checkpoints partitions about to be revoked
         self.progress: dict[TopicPartition, Progress] = {}
         self.failure: Exception | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -81,10 +117,17 @@ class ReplayOnAssign(ConsumerRebalanceListener):
         self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Simplest correct choice: drop, and replay if the partition comes back.
+        # Checkpoint what is live, then drop: the next owner (maybe this one) restores.
+        if self.save is not None:
+            try:
+                await self.save(revoked)
+            except Exception:  # the last good checkpoint stays: only a longer replay
+                log.exception("checkpoint on revoke failed")
         for tp in revoked:
             self.progress.pop(tp, None)
             self.engine.drop_partition(tp)
+            if self.state is not None:
+                self.state.forget(tp.partition)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self._consumer
@@ -95,9 +138,15 @@ class ReplayOnAssign(ConsumerRebalanceListener):
             consumer.pause(*assigned)
             for tp in sorted(assigned):
                 committed = await consumer.committed(tp)
-                progress = plan(
-                    committed, await self._replay_start(tp, horizon_start), horizon_start
-                )
+                found = None if self.state is None else await self.state.load(tp.partition)
+                if found is not None:
+                    self.engine.drop_partition(tp)
+                    self.engine.restore(tp, found.patients)
+                    progress = restored(committed, found)
+                else:
+                    progress = plan(
+                        committed, await self._replay_start(tp, horizon_start), horizon_start
+                    )
                 try:
                     consumer.seek(tp, progress.next_offset)
                 except IllegalStateError:  # revoked again meanwhile
@@ -110,6 +159,7 @@ class ReplayOnAssign(ConsumerRebalanceListener):
                         "committed": committed,
                         "seek": progress.next_offset,
                         "live_from": progress.live_from,
+                        "restored": found is not None,
                     },
                 )
         except Exception as exc:  # aiokafka only logs listener errors: make them fatal

@@ -12,6 +12,8 @@ every field and where each default comes from.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -197,6 +199,9 @@ class Rules:
     cohorts: dict[str, PatientRules] = field(default_factory=dict)
     patients: dict[str, PatientRules] = field(default_factory=dict)
     source: str = "built-in"
+    # sha-256 of what the rules were made from (file text, overrides, silence, lateness):
+    # a checkpoint written under other rules is not restored (checkpoint.py).
+    fingerprint: bytes = bytes(32)
 
     def for_patient(self, patient_id: str) -> PatientRules:
         return self.patients.get(patient_id, self.defaults)
@@ -240,13 +245,14 @@ def rules_from_settings(settings: Settings) -> Rules:
         raise ConfigError("silence_after_s must be positive")
     if settings.silence_check_interval_s <= 0:
         raise ConfigError("silence_check_interval_s must be positive")
-    return parse_rules(
-        doc,
-        source=source,
-        env=_env_overrides(settings),
-        silence_after_ms=_ms("silence_after_s", settings.silence_after_s),
-        lateness_ms=_ms("allowed_lateness_s", settings.allowed_lateness_s),
+    env = _env_overrides(settings)
+    silence_ms = _ms("silence_after_s", settings.silence_after_s)
+    lateness_ms = _ms("allowed_lateness_s", settings.allowed_lateness_s)
+    rules = parse_rules(
+        doc, source=source, env=env, silence_after_ms=silence_ms, lateness_ms=lateness_ms
     )
+    made_from = json.dumps([text, env, silence_ms, lateness_ms], sort_keys=True, default=str)
+    return replace(rules, fingerprint=hashlib.sha256(made_from.encode()).digest())
 
 
 def parse_rules(

@@ -6,20 +6,27 @@ produced and acknowledged before the handler returns;
 only then does the consumer loop commit, and only for live partitions (replay.py). Bad
 messages go to vitals.deadletter with their origin. The loop's tick checks device silence
 on live partitions and forgets idle series.
+
+Checkpoints (state_topic.py) are written between batches, so a round only holds state
+whose detections are acknowledged: every `checkpoint_interval_s` from the tick, for the
+partitions being revoked (unless a batch of theirs is in flight: their last round stays
+good), and on SIGTERM before the group is left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from processors import metrics
 from processors.engine import Engine
-from processors.replay import ReplayOnAssign
+from processors.replay import Progress, ReplayOnAssign
 from processors.rules import rules_from_settings
+from processors.state_topic import StateTopic
 from vitals import contract
 from vitals.consumer import ConsumerLoop
 from vitals.errors import ContractError
@@ -50,7 +57,16 @@ class Processor:
         self.clock = clock
         self.rules = rules_from_settings(settings)  # ConfigError before touching Kafka
         self.engine = Engine(self.rules)
-        self.replay = ReplayOnAssign(self.engine, self.rules.horizon_ms, clock)
+        self.state = (
+            StateTopic(settings, self.rules.fingerprint)
+            if settings.checkpoint_interval_s > 0
+            else None
+        )
+        self.replay = ReplayOnAssign(
+            self.engine, self.rules.horizon_ms, clock, self.state, self.checkpoint
+        )
+        self._in_flight: set[TopicPartition] = set()  # partitions of the batch in handle()
+        self._last_round = time.monotonic()
         self.loop = ConsumerLoop(
             settings,
             stage=STAGE,
@@ -59,6 +75,7 @@ class Processor:
             listener=self.replay,
             tick=self.tick,
             tick_interval_s=settings.silence_check_interval_s,
+            on_stop=self.checkpoint_all,
         )
         self.replay.bind(self.loop.consumer)
         self._detections_topic = settings.topic(contract.DETECTIONS)
@@ -66,12 +83,41 @@ class Processor:
         self._exporter = metrics.CountsExporter()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.loop.run(self.handle, stop)
+        if self.state is None:
+            await self.loop.run(self.handle, stop)
+            return
+        try:
+            await self.loop.run(self.handle, stop)
+        finally:
+            await self.state.stop()
+
+    async def checkpoint(self, partitions: set[TopicPartition]) -> None:
+        """A round for each live partition among `partitions` with no batch in flight."""
+        if self.state is None:
+            return
+        for tp in sorted(partitions - self._in_flight):
+            progress = self.replay.progress.get(tp)
+            if progress is None or progress.replaying:
+                continue  # its last round (or none) stays the one to restore
+            patients = self.engine.patients(tp)
+            await self.state.write(self.loop.producer, tp.partition, progress.next_offset, patients)
+            metrics.CHECKPOINTS.inc()
+
+    async def checkpoint_all(self) -> None:
+        await self.checkpoint(set(self.replay.progress))
+        self._last_round = time.monotonic()
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
         """Feed a batch; publish its live detections and scores; return the offsets safe
         to commit."""
         self._check_replay()
+        self._in_flight = {TopicPartition(r.topic, r.partition) for r in records}
+        try:
+            return await self._handle(records)
+        finally:
+            self._in_flight = set()
+
+    async def _handle(self, records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
         # The partitions' progress at this batch: a rebalance during the awaits below
         # replaces it, and the batch's remaining records for that partition are left to
         # the new assignment's replay.
@@ -82,7 +128,7 @@ class Processor:
         touched: set[TopicPartition] = set()
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
-            progress = batch_progress.get(tp)
+            progress: Progress | None = batch_progress.get(tp)
             if progress is None or self.replay.progress.get(tp) is not progress:
                 continue
             if record.offset < progress.next_offset:  # fetched before a seek
@@ -106,9 +152,14 @@ class Processor:
                     else:
                         metrics.SKIPPED.labels("undecodable").inc()
                 else:
-                    found = self.engine.feed(tp, upload, now=now, scores=scores if live else None)
-                    if live:
-                        detections.extend(found)
+                    if progress.feeds(upload.patient_id, record.offset):
+                        found = self.engine.feed(
+                            tp, upload, now=now, scores=scores if live else None
+                        )
+                        if live:
+                            detections.extend(found)
+                    else:  # already in the patient's restored state
+                        metrics.SKIPPED.labels("checkpointed").inc()
             if not live and not progress.replaying:
                 log.info(
                     "partition live",
@@ -117,10 +168,10 @@ class Processor:
         await self._publish(detections, scores)
         self._export()
         return {
-            tp: progress.next_offset
+            tp: batch_progress[tp].next_offset
             for tp in touched
-            if self.replay.progress.get(tp) is (progress := batch_progress[tp])
-            and not progress.replaying
+            if self.replay.progress.get(tp) is batch_progress[tp]
+            and not batch_progress[tp].replaying
         }
 
     async def tick(self) -> None:
@@ -140,6 +191,9 @@ class Processor:
                 clocks[tp] = progress.last_timestamp
         await self._publish(self.engine.check_silence(clocks, now))
         self.engine.forget_idle(now)
+        interval = self.settings.checkpoint_interval_s
+        if interval > 0 and time.monotonic() - self._last_round >= interval:
+            await self.checkpoint_all()
         self._export()
 
     async def _publish(

@@ -5,9 +5,11 @@ checked by the loop's periodic tick, so it fires while nothing arrives. The epis
 at the device's last arrival and is "opened" at last arrival + silence_after (both taken
 from the data, so the alert id is deterministic); it resolves when the device uploads again.
 
-Silence is wall-clock based and ticks are not replayed: a processor that restarts while a
-device is silent opens that episode again, with the same deterministic alert id. The
-alerts sink dedupes on (alert_id, state), so subscribers see it once.
+Silence is wall-clock based and ticks are not replayed: the last arrivals and open
+episodes are part of each patient's checkpoint (checkpoint.py), so a device silent for
+12 hours is still silent after a restart and is not opened again. Without a checkpoint
+(full replay), a restart opens it again with the same deterministic alert id, and the
+alerts sink dedupes on (alert_id, state).
 """
 
 from __future__ import annotations
@@ -39,6 +41,20 @@ class DeviceSilence:
         if start is None:
             return None
         return self._detection(key, "resolved", start, max(at, start + self.after_ms), now)
+
+    def by_patient(self) -> dict[str, dict[str, tuple[int, int | None]]]:
+        """Per patient, per device: last arrival and the open episode's start (checkpoints)."""
+        found: dict[str, dict[str, tuple[int, int | None]]] = {}
+        for (patient_id, device_id), last in self._last.items():
+            start = self._open.get((patient_id, device_id))
+            found.setdefault(patient_id, {})[device_id] = (last, start)
+        return found
+
+    def restore(self, patient_id: str, devices: dict[str, tuple[int, int | None]]) -> None:
+        for device_id, (last, start) in devices.items():
+            self._last[(patient_id, device_id)] = last
+            if start is not None:
+                self._open[(patient_id, device_id)] = start
 
     def check(self, clock: int, now: int) -> list[Detection]:
         """Open an episode for every device silent for `after_ms` at `clock`.

@@ -73,10 +73,19 @@ class MetricTrack:
         self.flat, self.jump, self.trend = flat, jump, trend
         self.threshold_machines = tuple(sustained_breach(rule) for rule in thresholds)
         self._thresholds = tuple(zip(thresholds, self.threshold_machines, strict=True))
-        self.flat_machine = flat and EpisodeMachine(flat.condition, flat.suppress_ms)
-        self.jump_machine = jump and EpisodeMachine(jump.condition, jump.suppress_ms, jump.dip_ms)
-        self.trend_machine = trend and EpisodeMachine(
-            trend.condition, trend.suppress_ms, trend.dip_ms
+        # `is not None`, not `flat and ...`: a machine or None, never the rule itself.
+        self.flat_machine = (
+            EpisodeMachine(flat.condition, flat.suppress_ms) if flat is not None else None
+        )
+        self.jump_machine = (
+            EpisodeMachine(jump.condition, jump.suppress_ms, jump.dip_ms)
+            if jump is not None
+            else None
+        )
+        self.trend_machine = (
+            EpisodeMachine(trend.condition, trend.suppress_ms, trend.dip_ms)
+            if trend is not None
+            else None
         )
         self.machines = tuple(
             m

@@ -66,6 +66,7 @@ class ConsumerLoop:
         tick: Callable[[], Awaitable[None]] | None = None,
         tick_interval_s: float = 5.0,
         lag_interval_s: float = 5.0,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.stage = stage
@@ -78,6 +79,7 @@ class ConsumerLoop:
         self._tick_interval_s = tick_interval_s
         self._last_poll = 0.0
         self._lag_interval_s = lag_interval_s
+        self._on_stop = on_stop  # after the last batch, with the producer still up
         self._done: dict[TopicPartition, int] = {}  # committed here: next offset to read
         self._reported: set[TopicPartition] = set()  # partitions with a lag series
 
@@ -111,6 +113,8 @@ class ConsumerLoop:
                     lag = supervise(f"{self.stage}-lag", lambda: self._watch_lag(stop))
                     try:
                         await self._loop(handler, stop)
+                        if self._on_stop is not None:
+                            await self._on_stop()
                     finally:
                         lag.cancel()
                         self._forget_lag(set())

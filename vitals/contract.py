@@ -32,7 +32,9 @@ DETECTIONS = "vitals.detections"
 ALERTS = "vitals.alerts"
 DEADLETTER = "vitals.deadletter"
 NEWS2_SCORES = "vitals.news2"
-ALL_TOPICS = (READINGS, DETECTIONS, ALERTS, DEADLETTER, NEWS2_SCORES)
+# The processor's checkpoints (processors/checkpoint.py): compacted, internal.
+PROCESSOR_STATE = "vitals.processor-state"
+ALL_TOPICS = (READINGS, DETECTIONS, ALERTS, DEADLETTER, NEWS2_SCORES, PROCESSOR_STATE)
 
 # uuid5 namespace for deterministic ids (alert ids, upload ids from Idempotency-Key).
 NAMESPACE = uuid.UUID("6f1c2a3e-8d4b-5e7f-9a0b-1c2d3e4f5a6b")

@@ -221,15 +221,21 @@ RETENTION_MS = {
     contract.NEWS2_SCORES: 7 * DAY_MS,
     contract.ALERTS: 30 * DAY_MS,
     contract.DEADLETTER: 30 * DAY_MS,
+    contract.PROCESSOR_STATE: -1,  # compacted: the latest record of each key is kept
 }
+# Topics that keep the latest value per key rather than every message.
+COMPACTED = {contract.PROCESSOR_STATE}
 
 
 def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
     """The configs the pipeline sets on each of its topics (`topics create`), and checks
     on topics that exist. Every topic is keyed and appended to (`delete`, never
-    `compact`: each reading and each alert state is a message of its own)."""
+    `compact`: each reading and each alert state is a message of its own), except the
+    processor's checkpoints, where only each key's latest record matters. Nothing relies
+    on compaction having run (a broker without it only keeps more): the restore reads a
+    partition to its end and takes each key's latest record."""
     return {
-        "cleanup.policy": "delete",
+        "cleanup.policy": "compact" if topic in COMPACTED else "delete",
         "retention.ms": str(RETENTION_MS[topic]),
         # One upload is one message: the broker must take the largest upload we accept.
         "max.message.bytes": str(settings.max_decompressed_bytes * 2),

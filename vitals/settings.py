@@ -140,6 +140,9 @@ class ProcessorSettings(BaseModel):
     allowed_lateness_s: float = 3600.0  # older readings are stored; detections retrospective
     silence_after_s: float = 900.0  # device silence: no upload for this long (wall clock)
     silence_check_interval_s: float = 5.0
+    # The processor's state checkpoints (docs/state.md): seconds between rounds; 0 turns
+    # them off (replay-only on every assignment, the design before them).
+    checkpoint_interval_s: float = 60.0
     # The clinical rules file (processors/rules.py); empty: the built-in processors/rules.toml.
     rules_file: str = ""
     # Overrides of the rules file's defaults when set (None: the file's value).

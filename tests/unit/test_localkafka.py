@@ -134,6 +134,14 @@ def test_topic_configs_require_two_replicas_on_a_replicated_cluster() -> None:
     assert replicated["cleanup.policy"] == "delete"
 
 
+def test_the_processor_state_topic_is_compacted_and_the_others_are_not() -> None:
+    configs = {t: kafka.topic_configs(Settings(), t) for t in contract.ALL_TOPICS}
+    assert contract.PROCESSOR_STATE in contract.ALL_TOPICS
+    assert configs[contract.PROCESSOR_STATE]["cleanup.policy"] == "compact"
+    others = {t for t, c in configs.items() if c["cleanup.policy"] == "delete"}
+    assert others == set(contract.ALL_TOPICS) - {contract.PROCESSOR_STATE}
+
+
 def test_deployments_create_topics_with_the_same_command_and_enough_brokers() -> None:
     # Both make the topics with `vitals topics create`, so with kafka.topic_configs.
     compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())

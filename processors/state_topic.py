@@ -1,0 +1,147 @@
+"""The processor's checkpoints on vitals.processor-state: written in rounds, read on assignment.
+
+Partition p of the state topic holds the checkpoints of input partition p (as Quix Streams'
+and Kafka Streams' changelogs do), so a restore reads one partition. A round for input
+partition p at offset o writes every patient's record (offset o), then the marker, then
+tombstones for patients that were in the last round and no longer have state. Each patient
+record stands alone: it is that patient's state after every record of p below its offset,
+and patients are independent in the engine. So a round cut short by a crash or a rebalance
+leaves records of two rounds, each still true for its patient: the restore replays from the
+oldest offset and feeds each patient only the records after its own (`Restored.since`). A
+patient without a record had no state at the marker's offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from processors import checkpoint
+from processors.checkpoint import CheckpointError
+from processors.engine import PatientState
+from vitals import contract, kafka
+from vitals.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Restored:
+    """A partition's last checkpoint: the state, and from where each patient is fed."""
+
+    marker: int  # patients without a record had no state at this offset
+    since: dict[str, int] = field(default_factory=dict)  # per patient: its record's offset
+    patients: dict[str, PatientState] = field(default_factory=dict)
+
+    @property
+    def replay_from(self) -> int:
+        return min([self.marker, *self.since.values()])
+
+    @property
+    def reflects(self) -> int:
+        """Detections of every input record below this were acknowledged before any
+        record was written, so records below it are replayed silently."""
+        return max([self.marker, *self.since.values()])
+
+
+class StateTopic:
+    """Reads and writes one processor's checkpoints; `stop()` when done."""
+
+    def __init__(self, settings: Settings, fingerprint: bytes) -> None:
+        self.topic = settings.topic(contract.PROCESSOR_STATE)
+        self.fingerprint = fingerprint
+        self._reader: AIOKafkaConsumer = kafka.consumer(settings, None)
+        self._written: dict[int, set[str]] = {}  # per partition: patients of the last round
+        self._started = False
+
+    async def stop(self) -> None:
+        if self._started:
+            await self._reader.stop()
+            self._started = False
+
+    async def load(self, partition: int) -> Restored | None:
+        """The partition's checkpoint; None (said in one line, no patient id) when there
+        is none to trust, and the caller replays as without checkpoints."""
+        latest = await self._read(partition)
+        marker = latest.pop(checkpoint.key(partition), None)
+        if marker is None:
+            why = "incomplete checkpoint" if latest else "no checkpoint"
+            log.info(f"{why}: full replay", extra={"partition": partition})
+            return None
+        try:
+            restored = Restored(checkpoint.decode(marker, self.fingerprint).offset)
+            for raw, value in latest.items():
+                record = checkpoint.decode(value, self.fingerprint)
+                _, patient_id = checkpoint.split_key(raw)
+                restored.since[patient_id] = record.offset
+                restored.patients[patient_id] = record.state
+        except CheckpointError as exc:
+            log.warning(
+                "checkpoint unusable: full replay",
+                extra={"partition": partition, "reason": str(exc)},
+            )
+            return None
+        self._written[partition] = set(restored.since)
+        return restored
+
+    async def write(
+        self,
+        producer: AIOKafkaProducer,
+        partition: int,
+        offset: int,
+        patients: dict[str, PatientState],
+    ) -> None:
+        """One round: every patient, then the marker, then tombstones; each acknowledged
+        before the next step starts."""
+        sent = [
+            await producer.send(
+                self.topic,
+                checkpoint.encode(offset, self.fingerprint, state),
+                key=checkpoint.key(partition, patient_id),
+                partition=partition,
+            )
+            for patient_id, state in patients.items()
+        ]
+        await asyncio.gather(*sent)
+        marker = checkpoint.encode(offset, self.fingerprint)
+        await producer.send_and_wait(
+            self.topic, marker, key=checkpoint.key(partition), partition=partition
+        )
+        gone = self._written.get(partition, set()) - patients.keys()
+        await asyncio.gather(
+            *[
+                await producer.send(
+                    self.topic, None, key=checkpoint.key(partition, p), partition=partition
+                )
+                for p in gone
+            ]
+        )
+        self._written[partition] = set(patients)
+
+    def forget(self, partition: int) -> None:
+        self._written.pop(partition, None)
+
+    async def _read(self, partition: int) -> dict[bytes, bytes]:
+        """Each key's latest value in the partition (tombstones remove the key)."""
+        if not self._started:  # at the first assignment, as the group's consumer is started
+            await self._reader.start()
+            self._started = True
+        tp = TopicPartition(self.topic, partition)
+        self._reader.assign([tp])
+        await self._reader.seek_to_beginning(tp)
+        end = (await self._reader.end_offsets([tp]))[tp]
+        latest: dict[bytes, bytes] = {}
+        while await self._reader.position(tp) < end:
+            batch = await self._reader.getmany(tp, timeout_ms=1_000)
+            for record in batch.get(tp, []):
+                if record.key is None:
+                    continue
+                if record.value is None:
+                    latest.pop(record.key, None)
+                else:
+                    latest[record.key] = record.value
+        return latest
