@@ -107,6 +107,7 @@ CODE := vitals frontdoor ingest readapi processors sinks vitalsctl evaluation be
 lint: install
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
+	$(BIN)/mypy
 
 fmt: install
 	$(BIN)/ruff format $(CODE)
