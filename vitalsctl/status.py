@@ -110,7 +110,9 @@ async def _lag(settings: Settings) -> list[Check]:
             tps = [tp for t in topics for tp in await kafka.partitions(consumer, settings.topic(t))]
             ends = await consumer.end_offsets(tps)
             lag = sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
-            never = not committed
+            # Only this deployment's topics count: a group name may be shared by another
+            # topic prefix on the same cluster.
+            never = not any(tp in committed for tp in tps)
             detail = "never committed" if never else f"{lag:,} messages behind"
             checks.append(Check(f"lag {group}", not never and lag <= LAG_ATTENTION, detail, lag))
         return checks
