@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from processors import checkpoint
@@ -27,6 +28,10 @@ from vitals import contract, kafka
 from vitals.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# How long an assignment may spend reading one partition's checkpoint: three partitions
+# of them stay within the consumers' session (10 s).
+RESTORE_TIMEOUT_S = 3.0
 
 
 @dataclass(slots=True)
@@ -52,6 +57,7 @@ class StateTopic:
     """Reads and writes one processor's checkpoints; `stop()` when done."""
 
     def __init__(self, settings: Settings, fingerprint: bytes) -> None:
+        self.settings = settings
         self.topic = settings.topic(contract.PROCESSOR_STATE)
         self.fingerprint = fingerprint
         self._reader: AIOKafkaConsumer = kafka.consumer(settings, None)
@@ -66,7 +72,19 @@ class StateTopic:
     async def load(self, partition: int) -> Restored | None:
         """The partition's checkpoint; None (said in one line, no patient id) when there
         is none to trust, and the caller replays as without checkpoints."""
-        latest = await self._read(partition)
+        try:
+            # Read within the rebalance: a state partition whose leader is moving (a broker
+            # frozen or killed) must not hold the assignment past the group's timeouts,
+            # or the member is expelled and its commits are refused. Full replay instead.
+            async with asyncio.timeout(RESTORE_TIMEOUT_S):
+                latest = await self._read(partition)
+        except (TimeoutError, KafkaError) as exc:
+            log.warning(
+                "checkpoint unreadable: full replay",
+                extra={"partition": partition, "error": type(exc).__name__},
+            )
+            await self._renew_reader()  # a read cut short may leave it mid-request
+            return None
         marker = latest.pop(checkpoint.key(partition), None)
         if marker is None:
             why = "incomplete checkpoint" if latest else "no checkpoint"
@@ -121,6 +139,10 @@ class StateTopic:
             ]
         )
         self._written[partition] = set(patients)
+
+    async def _renew_reader(self) -> None:
+        await self.stop()
+        self._reader = kafka.consumer(self.settings, None)
 
     def forget(self, partition: int) -> None:
         self._written.pop(partition, None)
