@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import subprocess
 import time
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import data, procs
 from bench.infra import Infra
@@ -91,19 +91,19 @@ def _until_live(url: str, proc: subprocess.Popen[bytes], give_up_s: float) -> fl
         except httpx.HTTPError:
             time.sleep(0.2)
             continue
-        replaying = _sample(text, "vitals_processor_replaying_partitions")
-        read = _sample(text, "vitals_processor_replayed_records_total") + _sample(
-            text, 'vitals_processor_skipped_records_total{reason="beyond_horizon"}'
+        found = {
+            (s.name, s.labels.get("reason")): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        replaying = found.get(("vitals_processor_replaying_partitions", None), 0.0)
+        read = found.get(("vitals_processor_replayed_records_total", None), 0.0) + found.get(
+            ("vitals_processor_skipped_records_total", "beyond_horizon"), 0.0
         )
         if read > 0 and replaying == 0:
             return read
         time.sleep(0.1)
     raise InfrastructureError(f"the processor was not live after {give_up_s:.0f} s")
-
-
-def _sample(text: str, name: str) -> float:
-    found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 def run(on_kafka: Infra, on_tansu: Infra, reps: int) -> list[Row]:

@@ -31,7 +31,7 @@ import orjson
 from vitals import contract, kafka, logs
 from vitals.lifecycle import stop_on_signals
 from vitals.settings import LOCAL_GATEWAY_ID, LOCAL_GATEWAY_TOKEN, LOCAL_READER_TOKEN, Settings
-from vitalsctl import devrun, devscreen, localinfra, localkafka
+from vitalsctl import devrun, devscreen, localinfra, localkafka, stages
 
 LOCAL = Path.cwd() / ".local"
 DEMO_SETTINGS = {
@@ -185,14 +185,6 @@ def _child_env(settings: Settings) -> dict[str, str]:
 
 SUMMARY_EVERY_S = 10.0  # alerts print as they arrive; the rates every 10 s
 
-PROCESSES = {
-    "gateway": ["gateway"],
-    "api": ["api"],
-    "processor": ["process"],
-    "sink-timescale": ["sink", "timescale"],
-    "sink-alerts": ["sink", "alerts"],
-}
-
 
 async def _start_children(
     settings: Settings,
@@ -202,25 +194,26 @@ async def _start_children(
     admin_key_file: Path,
 ) -> dict[str, asyncio.subprocess.Process]:
     children: dict[str, asyncio.subprocess.Process] = {}
-    for name, command in PROCESSES.items():
-        children[name] = await _spawn(name, command, env, logs_dir)
+    for name in stages.STAGES:
+        if name != "simulator":
+            children[name] = await _spawn(name, [], env, logs_dir)
     localinfra.wait_for_port(settings.gateway_host, settings.gateway_port, 30)
     if not args.no_simulator:
-        simulate = ["simulate", "--patients", str(args.patients)]
-        simulate += ["--admin-key-file", str(admin_key_file)]
-        children["simulator"] = await _spawn("simulator", simulate, env, logs_dir)
+        options = ["--patients", str(args.patients), "--admin-key-file", str(admin_key_file)]
+        children["simulator"] = await _spawn("simulator", options, env, logs_dir)
     return children
 
 
 async def _spawn(
-    name: str, command: list[str], env: dict[str, str], logs_dir: Path
+    name: str, options: list[str], env: dict[str, str], logs_dir: Path
 ) -> asyncio.subprocess.Process:
+    """Stage `name` (vitalsctl/stages.py) with `options`, as an asyncio child process."""
     log = open(logs_dir / f"{name}.log", "ab")  # noqa: ASYNC230 - tiny, once per child
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "vitalsctl.cli",
-        *command,
+        *stages.argv(name),
+        *options,
         env=env,
         stdout=log,
         stderr=log,
@@ -229,8 +222,7 @@ async def _spawn(
 
 
 async def _stop_children(children: dict[str, asyncio.subprocess.Process]) -> None:
-    # Simulator and gateway first (no new input), then the consumers finish and commit.
-    for name in ("simulator", "gateway", "api", "processor", "sink-timescale", "sink-alerts"):
+    for name in stages.STOP_ORDER:
         proc = children.get(name)
         if proc is None:
             continue
@@ -315,7 +307,7 @@ class _Screen:
                 answer = await client.get(f"{url}/metrics")
                 answer.raise_for_status()
                 samples[door] = devscreen.parse(answer.text, time.monotonic())
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, ValueError) as exc:  # unreachable, or not Prometheus text
                 samples[door] = None
                 if door == "gateway":
                     why_not = type(exc).__name__

@@ -9,11 +9,9 @@ each print a line once, when they start and when they end.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-_SAMPLE = re.compile(r"^(\w+)(?:\{([^}]*)\})?\s+([0-9.eE+-]+|NaN)$", re.MULTILINE)
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
+from prometheus_client.parser import text_string_to_metric_families
 
 LEGEND = (
     "every 10 s: readings accepted and rejected per second at the gateway since the last "
@@ -44,9 +42,8 @@ class Sample:
 
 def parse(text: str, at: float) -> Sample:
     sample = Sample(at)
-    for name, labels_text, value in _SAMPLE.findall(text):
-        labels = dict(_LABEL.findall(labels_text or ""))
-        number = float(value)
+    samples = (s for family in text_string_to_metric_families(text) for s in family.samples)
+    for name, labels, number in ((s.name, s.labels, s.value) for s in samples):
         if name == "vitals_gateway_readings_accepted_total":
             sample.accepted += number
         elif name == "vitals_gateway_readings_rejected_total":

@@ -40,6 +40,18 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
     raise InfrastructureError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
 
 
+def rss_mb(pid: int | None) -> float:
+    """Resident memory of a process, from /proc (Linux); 0 when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, TypeError):
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
     """SIGTERM, then SIGKILL after `grace` seconds; returns the exit code."""
     if proc.poll() is None:

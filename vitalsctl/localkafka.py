@@ -17,6 +17,7 @@ what the fault suite does to it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitals.errors import InfrastructureError
-from vitalsctl.localinfra import free_port, stop_process, wait_for_port
+from vitalsctl.localinfra import free_port, rss_mb, stop_process, wait_for_port
 
 KAFKA_VERSION = "4.1.1"
 POM = Path(__file__).with_name("kafka-broker.pom.xml")
@@ -213,12 +214,7 @@ class BrokerNode:
             self.proc.send_signal(signal.SIGCONT)
 
     def rss_mb(self) -> float:
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return 0.0
-        found = re.search(r"VmRSS:\s+(\d+) kB", status)
-        return int(found.group(1)) / 1024 if found else 0.0
+        return rss_mb(self.pid)
 
 
 # --- a local broker (one or more nodes) ------------------------------------------------
@@ -233,6 +229,7 @@ class LocalBroker:
     nodes: list[BrokerNode]
     startup_s: float
     heap_mb: int | None
+    libs: Path | None = None  # Apache Kafka's jars (its admin tools run from them too)
 
     @property
     def bootstrap(self) -> str:
@@ -257,16 +254,14 @@ class LocalBroker:
         """The node id of the active controller (the KRaft quorum's leader), asked of the
         cluster with Kafka's own MetadataQuorumCommand."""
         alive = [node for node in self.nodes if node.alive]
-        if self.kind != "kafka" or not alive:
-            raise InfrastructureError("only a running Apache Kafka cluster has a quorum")
         java = _java()
-        assert java is not None
-        libs = Path(self.nodes[0].argv[self.nodes[0].argv.index("-cp") + 1]).parent
+        if self.libs is None or java is None or not alive:
+            raise InfrastructureError("only a running Apache Kafka cluster has a quorum")
         done = subprocess.run(
             [
                 java,
                 "-cp",
-                f"{libs}/*",
+                f"{self.libs}/*",
                 "org.apache.kafka.tools.MetadataQuorumCommand",
                 "--bootstrap-server",
                 f"127.0.0.1:{alive[0].port}",
@@ -391,7 +386,7 @@ def start_kafka(
         for node_id, (client, controller) in enumerate(ports, start=1)
     ]
     _format(jvm, folder, len(nodes))
-    broker = LocalBroker("kafka", KAFKA_VERSION, nodes, 0.0, heap_mb)
+    broker = LocalBroker("kafka", KAFKA_VERSION, nodes, 0.0, heap_mb, libs)
     try:
         for node in nodes:
             node.start()
@@ -447,8 +442,6 @@ def _format(jvm: list[str], folder: Path, size: int) -> None:
 def _cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what
     `kafka-storage random-uuid` prints)."""
-    import base64
-
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 

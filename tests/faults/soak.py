@@ -28,12 +28,13 @@ import orjson
 from tests.faults.checks import TopicReader, Verdict, lag, settle
 from tests.faults.infra import Broker, PrivatePostgres
 from tests.faults.load import LoadGenerator, LoadPlan
-from tests.faults.stages import BASELINE, Stages, environment, rss_mb
+from tests.faults.stages import BASELINE, Stages, environment
 from vitals import contract
 from vitals.db.migrate import migrate
 from vitals.kafka import create_topics
 from vitals.settings import Settings
 from vitalsctl import localinfra
+from vitalsctl.localinfra import rss_mb
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / ".local" / "soak"

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from vitalsctl import localinfra, stages
+from vitalsctl.localinfra import rss_mb
 from vitalsctl.stages import PIPELINE, kind_of
 
 BASELINE = PIPELINE  # one of each: the pipeline every scenario starts from
@@ -115,17 +116,6 @@ class Stages:
     def rss_mb(self, name: str) -> float:
         """Resident memory of a stage process, from /proc (Linux)."""
         return rss_mb(self.procs[name].pid)
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return 0.0
 
 
 def environment(

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from vitalsctl import devrun, devscreen
 
 GATEWAY_METRICS = """\
@@ -81,3 +83,9 @@ def test_the_run_file_counts_only_while_its_writer_lives(tmp_path) -> None:
     assert devrun.write(path, {"VITALS_DATABASE_URL": "postgresql://y/vitals_dev"})
     devrun.remove(path)
     assert not path.exists()
+
+
+def test_a_page_that_is_not_prometheus_text_is_an_error_not_figures() -> None:
+    # dev.py shows "n/a" for it, as for a gateway that does not answer.
+    with pytest.raises(ValueError):
+        devscreen.parse("<html>502 Bad Gateway</html>\n", 0.0)
