@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # PGlite with TimescaleDB (WASM) for the TimescaleDB engine check; pinned by its lockfile.
-ENGINE := tests/timescale/node_modules/.installed-stamp
+ENGINE := tests/support/timescale/node_modules/.installed-stamp
 
 .PHONY: install engine console-browser broker faults-report run test test-unit test-integration test-e2e test-faults soak test-containers lint fmt clean
 
@@ -18,9 +18,9 @@ install: $(STAMP)
 
 # Without npm this only says so: tests/integration/test_timescale_engine.py then fails and
 # tells what to install (it never skips).
-$(ENGINE): tests/timescale/package.json tests/timescale/package-lock.json
+$(ENGINE): tests/support/timescale/package.json tests/support/timescale/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \
-		npm ci --prefix tests/timescale --no-audit --no-fund && touch $@; \
+		npm ci --prefix tests/support/timescale --no-audit --no-fund && touch $@; \
 	else \
 		echo "npm not found: the TimescaleDB engine check will fail (it needs Node >= 18)"; \
 	fi
@@ -29,8 +29,8 @@ engine: $(ENGINE)
 
 # The console's browser test (tests/integration/test_console.py): Debian's Chromium and
 # playwright-core (pinned by its lockfile; it never downloads a browser of its own).
-CONSOLE := tests/console/node_modules/.installed-stamp
-$(CONSOLE): tests/console/package.json tests/console/package-lock.json
+CONSOLE := tests/support/console/node_modules/.installed-stamp
+$(CONSOLE): tests/support/console/package.json tests/support/console/package-lock.json
 	@if [ ! -x /usr/bin/chromium ]; then \
 		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
@@ -39,7 +39,7 @@ $(CONSOLE): tests/console/package.json tests/console/package-lock.json
 		fi; \
 	fi
 	@if command -v npm >/dev/null 2>&1; then \
-		npm ci --prefix tests/console --no-audit --no-fund && touch $@; \
+		npm ci --prefix tests/support/console --no-audit --no-fund && touch $@; \
 	else \
 		echo "npm not found: the console's browser test will fail (it needs Node >= 18)"; \
 	fi
@@ -59,7 +59,7 @@ broker: install
 # for tests/integration/test_fhir_validator.py (which also fetches them on first use).
 .PHONY: fhir-validator
 fhir-validator: install
-	$(BIN)/python -c 'from tests.fhir.validator import ensure_jars; print(ensure_jars())'
+	$(BIN)/python -c 'from tests.support.fhir.validator import ensure_jars; print(ensure_jars())'
 
 ## test: install what is needed and run every test (unit, integration, end-to-end, faults)
 test: install engine console-browser broker
@@ -114,4 +114,4 @@ fmt: install
 	$(BIN)/ruff check --fix $(CODE)
 
 clean:
-	rm -rf $(VENV) .local .pytest_cache tests/timescale/node_modules tests/console/node_modules
+	rm -rf $(VENV) .local .pytest_cache tests/support/timescale/node_modules tests/support/console/node_modules

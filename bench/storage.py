@@ -4,7 +4,7 @@ disk; and its size before and after compression where TimescaleDB runs.
 
 On a server with TimescaleDB (the bench database then holds a hypertable) everything is
 measured there. Without it, compression is measured on the TimescaleDB engine compiled to
-WASM that the storage tests use (tests/timescale/engine.mjs, PGlite), on fewer rows: it
+WASM that the storage tests use (tests/support/timescale/engine.mjs, PGlite), on fewer rows: it
 runs in memory, about 25k rows/s, so its throughput means nothing and is not reported.
 """
 
@@ -38,7 +38,7 @@ WASM_ROWS_MAX = 500_000  # the WASM engine holds its database in memory
 ROWS_PER_PATIENT = 4_000
 MAX_PATIENTS = 500
 MB = 1024 * 1024
-ENGINE_CLIENT = "tests/timescale/databases.py"
+ENGINE_CLIENT = "tests/support/timescale/databases.py"
 
 TIMESCALE_INSTALLED = "SELECT count(*) AS n FROM pg_extension WHERE extname = 'timescaledb'"
 HYPERTABLE_READINGS = """
@@ -55,7 +55,7 @@ FROM hypertable_detailed_size('readings')"""
 COMPRESS_ALL = """
 SELECT count(compress_chunk(c, if_not_compressed => TRUE)) AS n FROM show_chunks('readings') c"""
 # Stands in for the sink's COPY into its staging table on the WASM engine, which cannot
-# serve COPY (as in tests/timescale/checks.py); the upsert is the sink's own statement.
+# serve COPY (as in tests/support/timescale/checks.py); the upsert is the sink's own statement.
 FILL_STAGING = (
     f"INSERT INTO {sink_writer.STAGING} ({', '.join(COLUMNS)}) SELECT * FROM unnest("
     "$1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::float8[], $6::text[], "

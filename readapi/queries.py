@@ -2,7 +2,7 @@
 
 Each text runs unchanged on TimescaleDB and plain PostgreSQL (readings_1m and readings_1h
 have the same columns on both: vitals/db/migrations/0004), and the storage checks run
-them on every engine (tests/timescale/checks.py). Paging is a keyset on time with a tie
+them on every engine (tests/support/timescale/checks.py). Paging is a keyset on time with a tie
 breaker, never OFFSET: page n costs what page 1 costs, and rows stored while a client pages
 cannot shift a page boundary into a gap or a duplicate.
 """

@@ -57,7 +57,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     if USE_CONTAINERS:
-        from tests.containers import kafka_container
+        from tests.support.containers import kafka_container
 
         port = localinfra.free_port()
         with kafka_container(port) as kafka:

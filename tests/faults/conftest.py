@@ -21,7 +21,7 @@ from tests.conftest import test_broker_kind
 from tests.faults import report
 from tests.faults.checks import TopicReader, Verdict
 from tests.faults.infra import Broker, PrivatePostgres
-from tests.faults.stages import BASELINE, Stages, environment
+from tests.support.stages import BASELINE, Stages, environment
 from vitals import contract
 from vitals.db.migrate import migrate
 from vitals.kafka import create_topics

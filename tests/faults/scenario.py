@@ -10,7 +10,7 @@ from typing import TypeVar
 from tests.faults.checks import TopicReader, Verdict, settle
 from tests.faults.conftest import record
 from tests.faults.load import LoadGenerator, LoadPlan, Upload
-from tests.faults.stages import Stages
+from tests.support.stages import Stages
 from vitals.settings import Settings
 
 # The bound on recovery the suite states: a consumer restarted after kill -9 waits out its

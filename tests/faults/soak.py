@@ -28,7 +28,7 @@ import orjson
 from tests.faults.checks import TopicReader, Verdict, lag, settle
 from tests.faults.infra import Broker, PrivatePostgres
 from tests.faults.load import LoadGenerator, LoadPlan
-from tests.faults.stages import BASELINE, Stages, environment
+from tests.support.stages import BASELINE, Stages, environment
 from vitals import contract
 from vitals.db.migrate import migrate
 from vitals.kafka import create_topics

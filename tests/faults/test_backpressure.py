@@ -21,7 +21,7 @@ from tests.faults.checks import TopicReader, lag
 from tests.faults.conftest import SCENARIOS
 from tests.faults.load import Upload, _iso
 from tests.faults.scenario import after, run
-from tests.faults.stages import Stages
+from tests.support.stages import Stages
 from vitals import contract
 from vitals.settings import LOCAL_GATEWAY_TOKEN, Settings
 

@@ -19,7 +19,7 @@ from tests.faults.conftest import SCENARIOS
 from tests.faults.infra import Broker
 from tests.faults.load import LoadGenerator, LoadPlan
 from tests.faults.scenario import RECOVERY_BOUND_S, Injection, after, in_thread, run
-from tests.faults.stages import Stages
+from tests.support.stages import Stages
 from tests.faults.test_scenarios import assert_kept
 from vitals import contract
 from vitals.settings import Settings
@@ -37,7 +37,7 @@ SCENARIOS += [
 # Long enough that every fault and its healing fall inside the load: 20 uploads a patient
 # at one a second.
 LONG = LoadPlan(interval_s=1.0, minutes=20)
-PRODUCE_TIMEOUT_S = 2.0  # tests/faults/stages.py environment()
+PRODUCE_TIMEOUT_S = 2.0  # tests/support/stages.py environment()
 
 
 async def under_load(

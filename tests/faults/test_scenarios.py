@@ -21,8 +21,8 @@ from tests.faults.conftest import SCENARIOS
 from tests.faults.infra import Broker, PrivatePostgres
 from tests.faults.load import LoadPlan
 from tests.faults.scenario import after, in_thread, nothing, restart, run
-from tests.faults.stages import Stages
-from tests.polling import until
+from tests.support.stages import Stages
+from tests.support.polling import until
 from vitals import contract, kafka
 from vitals.settings import Settings
 

@@ -22,7 +22,7 @@ from tests.faults.conftest import SCENARIOS
 from tests.faults.infra import Broker
 from tests.faults.load import NO_ANSWER, LoadPlan
 from tests.faults.scenario import after, restart, run
-from tests.faults.stages import Stages
+from tests.support.stages import Stages
 from vitals import contract, kafka
 from vitals.settings import Settings
 

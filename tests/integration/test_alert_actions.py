@@ -20,7 +20,7 @@ from frontdoor import registry_store
 from sinks.alerts import store
 from tests.integration.test_read_access import bearer, owner, quick, uid  # noqa: F401
 from tests.integration.test_read_api import patient, running
-from tests.polling import until
+from tests.support.polling import until
 from vitals import contract
 
 pytestmark = pytest.mark.integration

@@ -1,5 +1,5 @@
 """The console in a real browser: Debian's Chromium, headless, driven by playwright-core
-(tests/console/drive.mjs, installed by `make test`) against the read API on loopback with
+(tests/support/console/drive.mjs, installed by `make test`) against the read API on loopback with
 data stored by the sinks' own statements. Screenshots go to .local/console/."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from frontdoor import registry_store
 from tests.integration.test_alert_actions import CLI, store_open
 from tests.integration.test_read_access import bearer, owner, quick, uid  # noqa: F401
 from tests.integration.test_read_api import patient, row, running, store_rows
-from tests.polling import until
+from tests.support.polling import until
 from vitals.settings import LOCAL_READER_TOKEN
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-DRIVER = ROOT / "tests" / "console"
+DRIVER = ROOT / "tests" / "support" / "console"
 SHOTS = ROOT / ".local" / "console"
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -32,7 +32,7 @@ def _driver_problem() -> str | None:
     if not CHROMIUM.exists():
         return "no /usr/bin/chromium: `make test` installs it (apt-get install chromium)"
     if shutil.which("node") is None or not (DRIVER / "node_modules" / "playwright-core").exists():
-        return "no playwright-core: `make test` runs npm ci in tests/console"
+        return "no playwright-core: `make test` runs npm ci in tests/support/console"
     return None
 
 

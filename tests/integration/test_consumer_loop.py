@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import REGISTRY
 
-from tests.polling import until
+from tests.support.polling import until
 from vitals import contract, kafka
 from vitals.consumer import ConsumerLoop
 from vitals.settings import Settings

@@ -33,7 +33,7 @@ from readapi.queries import NEWS2_LATEST
 from sinks.alerts import store as alerts_store
 from sinks.timescale.scores import upsert_scores
 from sinks.timescale.writer import ReadingsWriter
-from tests import cli
+from tests.support import cli
 from vitals.db.logins import LOGINS, ensure_logins, parse_passwords
 from vitals.db.migrate import migrate
 from vitals.errors import ConfigError, InfrastructureError

@@ -17,7 +17,7 @@ from sinks.alerts.escalation import Escalator
 from tests.integration.test_alert_actions import store_open
 from tests.integration.test_read_access import fresh_url  # noqa: F401
 from tests.integration.test_sink_alerts import _read_all, violations
-from tests.polling import until
+from tests.support.polling import until
 from vitals import contract
 from vitals.settings import Settings
 

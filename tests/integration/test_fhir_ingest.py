@@ -16,7 +16,7 @@ import httpx
 import orjson
 import pytest
 
-from tests import fhirdata as fd
+from tests.support import fhirdata as fd
 from tests.integration.test_gateway import produced
 from tests.integration.test_gateway_security import (  # noqa: F401 - fixtures
     Gateway,

@@ -15,7 +15,7 @@ import pytest
 from frontdoor import registry_store
 from tests.integration.test_read_access import CLI, bearer, quick, uid
 from tests.integration.test_read_api import AUTH, T0, iso, patient, row, running, store_rows
-from tests.polling import until
+from tests.support.polling import until
 from vitals import fhir
 
 pytestmark = pytest.mark.integration

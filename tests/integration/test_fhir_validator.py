@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests import fhirdata as fd
-from tests.fhir import validator
+from tests.support import fhirdata as fd
+from tests.support.fhir import validator
 from tests.integration.test_fhir_ingest import ours, post
 from tests.integration.test_gateway_security import (  # noqa: F401 - fixtures
     Gateway,

@@ -37,7 +37,7 @@ from readapi.app import create_app as api_app
 from readapi.server import build_server as api_server
 from tests.integration.test_gateway import assert_problem, eventually, is_ready, produced
 from tests.integration.test_gateway_security import secured
-from tests.serving import serving
+from tests.support.serving import serving
 from vitals.kafka import create_topics
 from vitals.logs import JsonFormatter
 from vitals.settings import LOCAL_READER_TOKEN, Settings

@@ -30,7 +30,7 @@ from frontdoor.errors import TooLarge
 from ingest.publisher import Publisher
 from ingest.server import build_server
 from tests.conftest import LOCAL, test_broker_kind
-from tests.serving import serving
+from tests.support.serving import serving
 from vitals import contract, kafka
 from vitals.kafka import create_topics
 from vitals.logs import JsonFormatter

@@ -29,7 +29,7 @@ from frontdoor.audit import AuditTrail
 from frontdoor.refresher import RegistryCache
 from ingest.app import create_app
 from ingest.server import build_server
-from tests import cli
+from tests.support import cli
 from tests.integration.test_gateway import (
     assert_problem,
     eventually,
@@ -38,7 +38,7 @@ from tests.integration.test_gateway import (
     metric_value,
     produced,
 )
-from tests.serving import serving
+from tests.support.serving import serving
 from vitals import contract
 from vitals.errors import ConfigError
 from vitals.logs import JsonFormatter

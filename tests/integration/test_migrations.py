@@ -118,7 +118,7 @@ def test_schema_has_the_tables_keys_and_the_indexes_of_its_server(fresh_url: str
     plain_only = {"readings_t_brin", "news2_scores_t_brin", "alerts_alert_state"}
     if timescale:
         # Hypertables: chunks are excluded by time, so no BRIN; and no unique index without
-        # the partitioning column (tests/timescale/checks.py checks the rest on the engine).
+        # the partitioning column (tests/support/timescale/checks.py checks the rest on the engine).
         assert not plain_only & set(indexes), sorted(indexes)
         return
     assert "USING brin (t)" in indexes["readings_t_brin"]

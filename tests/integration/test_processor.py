@@ -20,8 +20,8 @@ from prometheus_client import REGISTRY
 from evaluation.rhythm_validation import synthetic_af
 from processors import state_topic
 from processors.runner import Processor, run_processor
-from tests.faults.stages import Stages, environment
-from tests.polling import WAIT_S, until
+from tests.support.stages import Stages, environment
+from tests.support.polling import WAIT_S, until
 from vitals import contract, kafka
 from vitals.catalog import METRICS
 from vitals.contract import Detection, Reading, Upload

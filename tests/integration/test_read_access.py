@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from frontdoor import registry_store
-from tests import cli
+from tests.support import cli
 from tests.integration.test_read_api import (
     AUTH,
     T0,
@@ -30,7 +30,7 @@ from tests.integration.test_read_api import (
     store_alerts,
     store_rows,
 )
-from tests.polling import until
+from tests.support.polling import until
 from vitals.db.migrate import migrate
 from vitals.settings import Settings
 from vitalsctl import localinfra

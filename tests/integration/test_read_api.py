@@ -31,8 +31,8 @@ from sinks.alerts import store
 from sinks.timescale.rows import Row
 from sinks.timescale.scores import score_row, upsert_scores
 from sinks.timescale.writer import copy_then_upsert
-from tests import cli
-from tests.polling import until
+from tests.support import cli
+from tests.support.polling import until
 from vitals import contract
 from vitals.catalog import METRICS
 from vitals.settings import LOCAL_GATEWAY_TOKEN, LOCAL_READER_TOKEN, Settings

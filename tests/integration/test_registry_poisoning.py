@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from frontdoor import registry_store
 from frontdoor.refresher import RegistryCache
 from frontdoor.registry import Snapshot
-from tests import cli
+from tests.support import cli
 from tests.integration import test_gateway_security
 from tests.integration.test_gateway import assert_problem, eventually
 from tests.integration.test_gateway_security import (

@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 
 from sinks.alerts.runner import STAGE, run_sink
 from sinks.alerts.store import row_of
-from tests.polling import WAIT_S, until
+from tests.support.polling import WAIT_S, until
 from vitals import contract, kafka
 from vitals.db.pgtime import to_ms
 from vitals.errors import ContractError

@@ -26,7 +26,7 @@ from sinks.timescale.batching import BatchSizer
 from sinks.timescale.rows import rows_of
 from sinks.timescale.runner import STAGE, run_sink
 from sinks.timescale.writer import ReadingsWriter, copy_then_upsert
-from tests.polling import WAIT_S, until
+from tests.support.polling import WAIT_S, until
 from vitals import contract, kafka
 from vitals.db.pgtime import from_ms
 from vitals.errors import ConfigError, ContractError

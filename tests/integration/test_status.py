@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from ingest.server import build_server as gateway_server
-from tests.serving import serving
+from tests.support.serving import serving
 from vitals.settings import Settings
 from vitalsctl import localinfra
 

@@ -1,7 +1,7 @@
 """The storage on a real TimescaleDB engine, and the same reads on plain PostgreSQL.
 
 No TimescaleDB server runs on the development machines, so by default the TimescaleDB
-checks run on PGlite with TimescaleDB 2.23 compiled to WASM (tests/timescale/engine.mjs):
+checks run on PGlite with TimescaleDB 2.23 compiled to WASM (tests/support/timescale/engine.mjs):
 the migrations migrate.py would choose there, then the sinks' statements and the read
 queries. With VITALS_TEST_CONTAINERS=1 the same checks run on the timescale/timescaledb
 server that `pg_server` starts, migrated by migrate.py itself. Without Node (and without
@@ -20,8 +20,8 @@ import psycopg
 import pytest
 
 from tests.conftest import USE_CONTAINERS
-from tests.timescale import checks
-from tests.timescale.databases import Database, Pglite, Server, engine_problem
+from tests.support.timescale import checks
+from tests.support.timescale.databases import Database, Pglite, Server, engine_problem
 from vitals.db.migrate import (
     MIGRATIONS,
     TIMESCALE_AVAILABLE,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.containers import compose_kafka, kafka_environment
+from tests.support.containers import compose_kafka, kafka_environment
 
 
 def test_container_broker_keeps_every_compose_setting_but_the_network_facing_ones() -> None:

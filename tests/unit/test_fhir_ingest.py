@@ -12,7 +12,7 @@ import pytest
 from frontdoor.errors import Malformed, NothingValid, TooLarge, TransactionRefused
 from ingest.fhir.door import BundleDoor
 from ingest.validation import Batch
-from tests import fhirdata as fd
+from tests.support import fhirdata as fd
 from vitals.bounds import epoch_ms
 from vitals.fhir import LOINC, MDC
 

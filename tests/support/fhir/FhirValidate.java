@@ -2,9 +2,9 @@
 // line against the R4 core definitions and the profiles they claim (meta.profile), with
 // the definitions shipped in hapi-fhir-validation-resources-r4 and no terminology server.
 // Run as a single-file program: java -cp '.local/fhir-validator/<version>/libs/*'
-// tests/fhir/FhirValidate.java a.json b.json ... Prints one line per message:
+// tests/support/fhir/FhirValidate.java a.json b.json ... Prints one line per message:
 // path<TAB>severity<TAB>location<TAB>message, then path<TAB>DONE. Used by
-// tests/fhir/validator.py.
+// tests/support/fhir/validator.py.
 
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.context.support.DefaultProfileValidationSupport;

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 POM = ROOT / "vitalsctl" / "fhir-validator.pom.xml"
 RUNNER = Path(__file__).with_name("FhirValidate.java")
 HAPI_VERSION = "8.8.1"  # as in the pom (tests/unit/test_fhir_ingest.py keeps them equal)

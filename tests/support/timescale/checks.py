@@ -19,7 +19,7 @@ from readapi.params import EARLIEST
 from sinks.alerts import store
 from sinks.timescale import scores, writer
 from sinks.timescale.rows import COLUMNS, rows_of
-from tests.timescale.databases import Database, Row, values
+from tests.support.timescale.databases import Database, Row, values
 from vitals import contract
 from vitals.db.migrate import Migration
 from vitals.db.pgtime import to_ms

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-COMPOSE = Path(__file__).resolve().parent.parent / "deploy" / "compose.yaml"
+COMPOSE = Path(__file__).resolve().parents[2] / "deploy" / "compose.yaml"
 STARTED = r"Kafka Server started"
 
 

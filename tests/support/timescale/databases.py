@@ -62,7 +62,7 @@ def engine_problem() -> str | None:
         )
     if not PACKAGE.exists():
         return (
-            "the engine's npm package is missing: run `npm ci --prefix tests/timescale` "
+            "the engine's npm package is missing: run `npm ci --prefix tests/support/timescale` "
             "(make test does it when npm is installed)"
         )
     return None
