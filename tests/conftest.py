@@ -88,7 +88,12 @@ def pg_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def database_url(pg_server: str) -> Iterator[str]:
     """A database made for this test run, migrated, dropped afterwards."""
-    name = f"vitals_test_{uuid.uuid4().hex[:10]}"
+    yield from migrated_database(pg_server, "vitals_test")
+
+
+def migrated_database(pg_server: str, prefix: str) -> Iterator[str]:
+    """A new database on `pg_server` with every migration applied, dropped at the end."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     url = localinfra.create_database(pg_server, name, exist_ok=False)
     migrate(url)
     yield url

@@ -218,3 +218,8 @@ def _judge(
         v.problems.append(f"{v.alerts_duplicated} (alert_id, state) published more than once")
     if v.alerts_unexpected:
         v.problems.append(f"{v.alerts_unexpected} alerts for no injected event")
+
+
+def assert_kept(verdict: Verdict) -> None:
+    """Fails the scenario with every promise it broke."""
+    assert not verdict.problems, f"{verdict.scenario}: {verdict.problems}"

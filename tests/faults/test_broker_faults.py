@@ -14,13 +14,12 @@ import time
 
 import pytest
 
-from tests.faults.checks import TopicReader
+from tests.faults.checks import TopicReader, assert_kept
 from tests.faults.conftest import SCENARIOS
 from tests.faults.infra import Broker
 from tests.faults.load import LoadGenerator, LoadPlan
 from tests.faults.scenario import RECOVERY_BOUND_S, Injection, after, in_thread, run
 from tests.support.stages import Stages
-from tests.faults.test_scenarios import assert_kept
 from vitals import contract
 from vitals.settings import Settings
 

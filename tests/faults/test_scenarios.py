@@ -16,13 +16,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from tests.faults.checks import TopicReader
+from tests.faults.checks import TopicReader, assert_kept
 from tests.faults.conftest import SCENARIOS
 from tests.faults.infra import Broker, PrivatePostgres
 from tests.faults.load import LoadPlan
 from tests.faults.scenario import after, in_thread, nothing, restart, run
-from tests.support.stages import Stages
 from tests.support.polling import until
+from tests.support.stages import Stages
 from vitals import contract, kafka
 from vitals.settings import Settings
 
@@ -43,10 +43,6 @@ SCENARIOS += [
     "rebalance during open episodes",
     "every message delivered twice",
 ]
-
-
-def assert_kept(verdict) -> None:  # noqa: ANN001
-    assert not verdict.problems, f"{verdict.scenario}: {verdict.problems}"
 
 
 async def test_reference_run_without_fault(

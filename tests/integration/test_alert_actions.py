@@ -17,36 +17,14 @@ import httpx
 import pytest
 
 from frontdoor import registry_store
-from sinks.alerts import store
-from tests.integration.test_read_access import bearer, owner, quick, uid  # noqa: F401
-from tests.integration.test_read_api import patient, running
+from tests.support.ids import patient, uid
 from tests.support.polling import until
-from vitals import contract
+from tests.support.readapi import bearer, quick, running, store_open
 
 pytestmark = pytest.mark.integration
 
 CLI = ("cli", "pytest")
 HTML_NOTE = '<script>alert("x")</script><img src=x onerror=alert(1)> called daughter'
-
-
-async def store_open(conn: asyncpg.Connection, p: str, *, resolved: bool = False) -> str:
-    """An opened, published high alert of `p` that started a minute ago (resolved too)."""
-    start = contract.now_ms() - 60_000
-    common = dict(
-        alert_id=contract.alert_id(p, "spo2_low", start), patient_id=p, rule="spo2_low",
-        severity="high", episode_start=start, retrospective=False, metric="spo2",
-        device_id="w1", value=87.0,
-    )  # fmt: skip
-    detections = [contract.Detection(**common, state="opened", at=start, detected=start + 5)]
-    if resolved:
-        detections.append(
-            contract.Detection(**common, state="resolved", at=start + 30, detected=start + 35)
-        )
-    rows = [store.row_of(d) for d in detections]
-    await store.store(conn, rows)
-    now = await conn.fetchval("SELECT now()")
-    await store.mark_published(conn, store.keys_of(rows), now)
-    return common["alert_id"]
 
 
 @pytest.fixture
@@ -58,22 +36,22 @@ async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def ward(
     api: httpx.AsyncClient,
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> dict[str, Any]:
     """A team with one patient and its key (loaded by the API); another team's patient;
     an alert of each."""
     team, other = uid("ward"), uid("ward")
     mine, theirs = patient(), patient()
     for t, p in ((team, mine), (other, theirs)):
-        await registry_store.add_team(owner, t, actor=CLI)
-        await registry_store.assign_patients(owner, t, [p], assign=True, actor=CLI)
+        await registry_store.add_team(db, t, actor=CLI)
+        await registry_store.assign_patients(db, t, [p], assign=True, actor=CLI)
     _, key = await registry_store.issue_key(
-        owner, "reader", f"nurse-{team}", expires_at=None, actor=CLI, teams=[team]
+        db, "reader", f"nurse-{team}", expires_at=None, actor=CLI, teams=[team]
     )
     await _loaded(api, key, mine)
     return {
         "key": key, "principal": f"nurse-{team}", "mine": mine, "theirs": theirs,
-        "alert": await store_open(owner, mine), "their_alert": await store_open(owner, theirs),
+        "alert": await store_open(db, mine), "their_alert": await store_open(db, theirs),
     }  # fmt: skip
 
 
@@ -105,7 +83,7 @@ async def _audited(conn: asyncpg.Connection, p: str) -> list[tuple[str, str, int
 async def test_acknowledge_once_then_409_with_who_and_nothing_changed(
     api: httpx.AsyncClient,
     ward: dict[str, Any],
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
     path = f"/v1/alerts/{ward['alert']}/acknowledge"
 
@@ -118,16 +96,16 @@ async def test_acknowledge_once_then_409_with_who_and_nothing_changed(
     assert again.headers["content-type"] == "application/problem+json"
     assert again.json()["code"] == "already_acknowledged"
     assert ward["principal"] in again.json()["detail"]
-    assert await _lifecycle(owner, ward["alert"]) == [
+    assert await _lifecycle(db, ward["alert"]) == [
         {"state": "acknowledged", "level": 0, "actor": ward["principal"], "outcome": None,
          "note": None},
     ]  # fmt: skip
 
     async def recorded() -> bool:
-        return len(await _audited(owner, ward["mine"])) >= 3  # the read, ok, the conflict
+        return len(await _audited(db, ward["mine"])) >= 3  # the read, ok, the conflict
 
     await until(recorded, "the actions audited", 10)
-    audited = await _audited(owner, ward["mine"])
+    audited = await _audited(db, ward["mine"])
     assert ("alerts/acknowledged", "ok", 200) in audited
     assert ("alerts/acknowledged", "already_acknowledged", 409) in audited
 
@@ -135,9 +113,9 @@ async def test_acknowledge_once_then_409_with_who_and_nothing_changed(
 async def test_a_resolved_alert_cannot_be_acknowledged_but_takes_an_outcome(
     api: httpx.AsyncClient,
     ward: dict[str, Any],
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
-    resolved = await store_open(owner, ward["mine"], resolved=True)
+    resolved = await store_open(db, ward["mine"], resolved=True)
 
     refused = await api.post(f"/v1/alerts/{resolved}/acknowledge", headers=bearer(ward["key"]))
     concluded = await api.post(
@@ -147,13 +125,13 @@ async def test_a_resolved_alert_cannot_be_acknowledged_but_takes_an_outcome(
 
     assert refused.status_code == 409 and refused.json()["code"] == "alert_resolved"
     assert concluded.status_code == 201, concluded.text
-    assert [r["state"] for r in await _lifecycle(owner, resolved)] == ["outcome"]
+    assert [r["state"] for r in await _lifecycle(db, resolved)] == ["outcome"]
 
 
 async def test_another_teams_alert_and_an_unknown_one_are_the_same_404(
     api: httpx.AsyncClient,
     ward: dict[str, Any],
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
     answers = [
         await api.post(f"/v1/alerts/{alert}/{action}", headers=bearer(ward["key"]), json=body)
@@ -166,7 +144,7 @@ async def test_another_teams_alert_and_an_unknown_one_are_the_same_404(
         "no alert with this id in this reader's care teams"
     }
     assert ward["theirs"] not in "".join(a.text for a in answers)
-    assert await _lifecycle(owner, ward["their_alert"]) == []
+    assert await _lifecycle(db, ward["their_alert"]) == []
 
 
 @pytest.mark.parametrize(
@@ -187,7 +165,7 @@ async def test_another_teams_alert_and_an_unknown_one_are_the_same_404(
 async def test_bad_bodies_are_400_problems_and_change_nothing(
     api: httpx.AsyncClient,
     ward: dict[str, Any],
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
     action: str,
     body: Any,
     status: int,
@@ -200,7 +178,7 @@ async def test_bad_bodies_are_400_problems_and_change_nothing(
     )  # fmt: skip
 
     assert (answer.status_code, answer.json()["code"]) == (status, code)
-    assert await _lifecycle(owner, ward["alert"]) == []
+    assert await _lifecycle(db, ward["alert"]) == []
 
 
 async def test_a_bad_alert_id_and_a_missing_key(api: httpx.AsyncClient) -> None:
@@ -218,7 +196,7 @@ async def test_a_bad_alert_id_is_400(api: httpx.AsyncClient, ward: dict[str, Any
 async def test_an_outcome_with_markup_is_stored_verbatim_once_and_never_logged(
     api: httpx.AsyncClient,
     ward: dict[str, Any],
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = f"/v1/alerts/{ward['alert']}/outcome"
@@ -232,7 +210,7 @@ async def test_an_outcome_with_markup_is_stored_verbatim_once_and_never_logged(
     assert first.status_code == 201 and first.json()["outcome"] == "advised"
     assert "note" not in first.json()
     assert (second.status_code, second.json()["code"]) == (409, "outcome_already_recorded")
-    assert await _lifecycle(owner, ward["alert"]) == [
+    assert await _lifecycle(db, ward["alert"]) == [
         {"state": "outcome", "level": 0, "actor": ward["principal"], "outcome": "advised",
          "note": HTML_NOTE},
     ]  # fmt: skip
@@ -242,9 +220,9 @@ async def test_an_outcome_with_markup_is_stored_verbatim_once_and_never_logged(
 async def test_open_alerts_are_the_teams_own_with_acknowledgement_until_an_outcome(
     api: httpx.AsyncClient,
     ward: dict[str, Any],
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
-    await store_open(owner, ward["mine"], resolved=True)  # resolved: not open
+    await store_open(db, ward["mine"], resolved=True)  # resolved: not open
 
     async def listed() -> list[dict[str, Any]]:
         answer = await api.get("/v1/alerts", params={"state": "open"}, headers=bearer(ward["key"]))

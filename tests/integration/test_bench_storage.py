@@ -86,10 +86,9 @@ def test_export_measure_fails_with_the_log_when_the_command_fails(tmp_path: Path
 def test_compression_is_reported_missing_without_the_engine_client(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(storage, "ENGINE_CLIENT", "tests/support/timescale/no-such-client.py")
+    missing = "tests/support/timescale/no-such-client.py"
+    monkeypatch.setattr(storage, "ENGINE_CLIENT", missing)
     out = storage.Measured()
     asyncio.run(storage.compress_on_wasm(out, 100, 1_795_000_000_000))
     assert out.compressed is None
-    assert out.notes == [
-        "compression not measured: no tests/support/timescale/no-such-client.py (run from a checkout)"
-    ]
+    assert out.notes == [f"compression not measured: no {missing} (run from a checkout)"]

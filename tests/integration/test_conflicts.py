@@ -14,21 +14,22 @@ import httpx
 import orjson
 import pytest
 
-from tests.integration.test_gateway import JSON, limits, running
-from tests.integration.test_processor import (
-    STEP_MS,
-    TopicReader,
+from tests.support.gateway import JSON, limits, running
+from tests.support.inprocess import (
     all_committed,
-    detections,
     processor,
-    sample,
+    sink_committed,
     take_first_generation,
+    timescale_sink,
 )
-from tests.integration.test_sink_timescale import _all_committed, _sink
+from tests.support.metrics import sample
+from tests.support.topics import TopicReader, detections
 from vitals import contract
 from vitals.settings import Settings
 
 pytestmark = pytest.mark.integration
+
+STEP_MS = 10_000  # one sample every 10 s, as in test_processor.py
 
 DEVICE = "oxi-1"
 NORMAL, LOW = [97.0] * 14, [85.0] * 14  # 14 readings 10 s apart: 130 s below 90 % opens
@@ -85,7 +86,7 @@ async def test_a_conflicting_second_upload_keeps_the_first_value_everywhere(
 
     async with (
         running(limits(own)) as gateway,
-        _sink(own),
+        timescale_sink(own),
         processor(own),
         TopicReader(own, contract.DETECTIONS) as reader,
     ):
@@ -99,7 +100,7 @@ async def test_a_conflicting_second_upload_keeps_the_first_value_everywhere(
         await post(gateway, body(repeat, start, NORMAL))
         await post(gateway, body(repeat, start, NORMAL))
         await all_committed(own)
-        await _all_committed(own)
+        await sink_committed(own)
         found = detections(await reader.to_end())
 
     for answer in (calm_first, calm_second, desat_first, desat_second):
@@ -134,9 +135,9 @@ async def test_a_conflict_within_one_upload_is_rejected_at_the_door_and_never_st
     doc["readings"].append({**doc["readings"][0], "v": 85.0})  # item 0's key, another value
     doc["readings"].append(doc["readings"][1])  # item 1 again, same value
 
-    async with running(limits(own)) as gateway, _sink(own):
+    async with running(limits(own)) as gateway, timescale_sink(own):
         answer = await post(gateway, orjson.dumps(doc))
-        await _all_committed(own)
+        await sink_committed(own)
 
     assert answer["accepted"] == 3
     [rejection] = answer["rejected"]

@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 
 from frontdoor import registry_store
-from tests.integration.test_alert_actions import CLI, store_open
-from tests.integration.test_read_access import bearer, owner, quick, uid  # noqa: F401
-from tests.integration.test_read_api import patient, row, running, store_rows
+from tests.support.cli import CLI
+from tests.support.ids import patient, uid
 from tests.support.polling import until
+from tests.support.readapi import bearer, quick, row, running, store_open, store_rows
 from vitals.settings import LOCAL_READER_TOKEN
 
 pytestmark = pytest.mark.integration
@@ -38,16 +38,16 @@ def _driver_problem() -> str | None:
 
 async def test_sign_in_see_the_board_acknowledge_record_an_outcome_and_reconnect(
     database_url: str,
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
     if problem := _driver_problem():
         pytest.fail(problem)
     team = uid("ward")
     calm, desaturating, stranger = patient(), patient(), patient()
-    await registry_store.add_team(owner, team, actor=CLI)
-    await registry_store.assign_patients(owner, team, [calm, desaturating], assign=True, actor=CLI)
+    await registry_store.add_team(db, team, actor=CLI)
+    await registry_store.assign_patients(db, team, [calm, desaturating], assign=True, actor=CLI)
     _, key = await registry_store.issue_key(
-        owner, "reader", "nurse-console", expires_at=None, actor=CLI, teams=[team]
+        db, "reader", "nurse-console", expires_at=None, actor=CLI, teams=[team]
     )
     now = datetime.now(UTC)
     await store_rows(
@@ -56,8 +56,8 @@ async def test_sign_in_see_the_board_acknowledge_record_an_outcome_and_reconnect
          row(desaturating, "spo2", now - timedelta(seconds=20), 86.0),
          row(stranger, "spo2", now - timedelta(seconds=20), 80.0)],
     )  # fmt: skip
-    alert = await store_open(owner, desaturating)
-    await store_open(owner, stranger)
+    alert = await store_open(db, desaturating)
+    await store_open(db, stranger)
     SHOTS.mkdir(parents=True, exist_ok=True)
 
     async with running(quick(database_url, api_rate_limit_per_s=0)) as client:

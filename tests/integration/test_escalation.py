@@ -14,10 +14,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from sinks.alerts.escalation import Escalator
-from tests.integration.test_alert_actions import store_open
-from tests.integration.test_read_access import fresh_url  # noqa: F401
-from tests.integration.test_sink_alerts import _read_all, violations
+from tests.support.alert_schema import violations
 from tests.support.polling import until
+from tests.support.readapi import store_open
+from tests.support.topics import read_all
 from vitals import contract
 from vitals.settings import Settings
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def esc(settings: Settings, fresh_url: str) -> Settings:  # noqa: F811
+def esc(settings: Settings, fresh_url: str) -> Settings:
     """A database of the test's own: the escalator looks at every alert stored."""
     fast = {"escalation": "high:0.4,1.2", "escalation_check_interval_s": 0.1}
     return settings.model_copy(update={"database_url": fresh_url, **fast})
@@ -44,7 +44,7 @@ async def escalating(settings: Settings) -> AsyncIterator[Escalator]:
 
 
 async def _published(settings: Settings) -> list[dict]:
-    docs = [orjson.loads(r.value) for r in await _read_all(settings, contract.ALERTS)]
+    docs = [orjson.loads(r.value) for r in await read_all(settings, contract.ALERTS)]
     return [d for d in docs if d["schema"] == contract.ALERT_SCHEMA_V2]
 
 

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sinks.timescale.writer import copy_then_upsert
-from tests.integration.test_read_api import row
+from tests.support.readapi import row
 from vitals.errors import ConfigError
 from vitalsctl.export import command
 from vitalsctl.export.pseudonym import Pseudonymiser

@@ -4,60 +4,20 @@ The gateway runs with the registry enforced (as deployments run it); what was pr
 read back from the readings topic, so "nothing produced" means no message at all.
 """
 
-# The gateway security suite's fixtures (registry, fleet, gateway) are imported and used as
-# arguments: ruff reads those arguments as redefinitions.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
-from typing import Any
-
-import httpx
 import orjson
 import pytest
 
 from tests.support import fhirdata as fd
-from tests.integration.test_gateway import produced
-from tests.integration.test_gateway_security import (  # noqa: F401 - fixtures
-    Gateway,
-    db,
-    fleet,
-    gateway,
-    running,
-    secured,
-    uid,
-)
+from tests.support.fhirdata import FHIR, ours, outcome, post
+from tests.support.ids import uid
+from tests.support.secured_gateway import Gateway, running, secured
+from tests.support.topics import produced
 from vitals import contract
 from vitals.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-FHIR = "application/fhir+json"
-
-
-async def post(
-    gw: Gateway, key: str, document: Any, headers: dict[str, str] | None = None
-) -> httpx.Response:
-    content = document if isinstance(document, bytes) else fd.dumps(document)
-    return await gw.client.post(
-        "/fhir/r4",
-        content=content,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": FHIR, **(headers or {})},
-    )
-
-
-def outcome(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == FHIR
-    doc = response.json()
-    assert doc["resourceType"] == "OperationOutcome"
-    assert doc["issue"][0]["details"]["coding"][0]["code"] == code
-    assert doc["issue"][0]["severity"] == "error"
-    return doc
-
-
-def ours(fleet: dict[str, str], *entries: Any, kind: str = "transaction") -> dict[str, Any]:
-    return fd.bundle(*entries, kind=kind, patient=fleet["patient"], device=fleet["device"])
 
 
 async def test_a_phd_transaction_is_one_upload_and_a_retry_is_answered_again(

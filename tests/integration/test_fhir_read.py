@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from frontdoor import registry_store
-from tests.integration.test_read_access import CLI, bearer, quick, uid
-from tests.integration.test_read_api import AUTH, T0, iso, patient, row, running, store_rows
+from tests.support.cli import CLI
+from tests.support.ids import patient, uid
 from tests.support.polling import until
+from tests.support.readapi import AUTH, T0, bearer, iso, quick, row, running, store_rows
 from vitals import fhir
 
 pytestmark = pytest.mark.integration

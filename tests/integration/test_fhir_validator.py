@@ -4,10 +4,6 @@ and PostgreSQL) and from vitals/fhir.py's builder for every metric served as FHI
 example PHD Bundle of docs/fhir.md is validated too. Warnings are written to
 .local/fhir-validator/warnings.txt (docs/fhir.md lists them)."""
 
-# The gateway security suite's fixtures (registry, fleet, gateway) are imported and used as
-# arguments: ruff reads those arguments as redefinitions.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 from datetime import timedelta
@@ -17,15 +13,10 @@ import pytest
 
 from tests.support import fhirdata as fd
 from tests.support.fhir import validator
-from tests.integration.test_fhir_ingest import ours, post
-from tests.integration.test_gateway_security import (  # noqa: F401 - fixtures
-    Gateway,
-    db,
-    fleet,
-    gateway,
-)
-from tests.integration.test_read_access import quick
-from tests.integration.test_read_api import AUTH, T0, iso, patient, row, running, store_rows
+from tests.support.fhirdata import ours, post
+from tests.support.ids import patient
+from tests.support.readapi import AUTH, T0, iso, quick, row, running, store_rows
+from tests.support.secured_gateway import Gateway
 from vitals import fhir
 from vitals.catalog import METRICS
 

@@ -35,9 +35,11 @@ from ingest.app import create_app as gateway_app
 from ingest.server import build_server as gateway_server
 from readapi.app import create_app as api_app
 from readapi.server import build_server as api_server
-from tests.integration.test_gateway import assert_problem, eventually, is_ready, produced
-from tests.integration.test_gateway_security import secured
+from tests.support.gateway import assert_problem, is_ready
+from tests.support.polling import eventually
+from tests.support.secured_gateway import secured
 from tests.support.serving import serving
+from tests.support.topics import produced
 from vitals.kafka import create_topics
 from vitals.logs import JsonFormatter
 from vitals.settings import LOCAL_READER_TOKEN, Settings

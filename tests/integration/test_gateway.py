@@ -14,24 +14,35 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import ConsumerRecord
-from prometheus_client.parser import text_string_to_metric_families
 
 from frontdoor.errors import TooLarge
 from ingest.publisher import Publisher
-from ingest.server import build_server
 from tests.conftest import LOCAL, test_broker_kind
-from tests.support.serving import serving
-from vitals import contract, kafka
+from tests.support.gateway import (
+    AUTH,
+    DEVICE,
+    JSON,
+    PATIENT,
+    assert_problem,
+    is_ready,
+    limits,
+    post,
+    reading,
+    running,
+    upload,
+)
+from tests.support.metrics import metric_value
+from tests.support.polling import eventually
+from tests.support.topics import produced
+from vitals import contract
 from vitals.kafka import create_topics
 from vitals.logs import JsonFormatter
 from vitals.settings import LOCAL_GATEWAY_ID, LOCAL_GATEWAY_TOKEN, Settings
@@ -39,124 +50,11 @@ from vitalsctl import localinfra, localkafka
 
 pytestmark = pytest.mark.integration
 
-AUTH = {"Authorization": f"Bearer {LOCAL_GATEWAY_TOKEN}"}
-JSON = {**AUTH, "Content-Type": "application/json"}
-PATIENT, DEVICE = "p-00017", "watch-8842"
-
-
-def reading(
-    metric: str = "heart_rate",
-    t: str = "2026-01-01T10:00:00+08:00",
-    v: Any = 72,
-    unit: str = "/min",
-) -> dict[str, Any]:
-    return {"metric": metric, "t": t, "v": v, "unit": unit}
-
-
-def upload(*readings: Any, patient_id: str = PATIENT) -> bytes:
-    return orjson.dumps(
-        {"device_id": DEVICE, "patient_id": patient_id, "readings": list(readings) or [reading()]}
-    )
-
-
-def limits(settings: Settings, **update: Any) -> Settings:
-    """Small limits keep the too-large cases small; port 0 lets the OS pick one."""
-    return settings.model_copy(
-        update={
-            "gateway_port": 0,
-            "max_body_bytes": 16_384,
-            "max_decompressed_bytes": 65_536,
-            "max_readings_per_upload": 200,
-            "produce_timeout_s": 2.0,
-            "retry_after_s": 7,
-            **update,
-        }
-    )
-
-
-@asynccontextmanager
-async def running(
-    settings: Settings, *, wait_ready: bool = True
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The gateway on uvicorn in a task, and an HTTP client pointed at it."""
-    async with serving(build_server(settings)) as port:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            if wait_ready:
-                await eventually(lambda: is_ready(client), 10)
-            yield client
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float) -> None:
-    async with asyncio.timeout(within_s):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.05)
-
-
-async def is_ready(client: httpx.AsyncClient) -> bool:
-    try:
-        return (await client.get("/readyz")).status_code == 200
-    except httpx.TransportError:  # not listening yet
-        return False
-
 
 @pytest.fixture
 async def gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with running(limits(settings)) as client:
         yield client
-
-
-async def produced(settings: Settings) -> list[ConsumerRecord]:
-    """Every message on the readings topic. The gateway answered 202 only after the broker
-    acknowledged, so the end offsets already count everything it accepted."""
-    topic = settings.topic(contract.READINGS)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        # Offset look-ups queue behind the fetcher's long poll: keep that poll short.
-        fetch_max_wait_ms=50,
-    )
-    await consumer.start()
-    try:
-        partitions = await kafka.partitions(consumer, topic)
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        start = await consumer.beginning_offsets(partitions)
-        end = await consumer.end_offsets(partitions)
-        expected = sum(end[tp] - start[tp] for tp in partitions)
-        records: list[ConsumerRecord] = []
-        async with asyncio.timeout(10):
-            while len(records) < expected:
-                batches = await consumer.getmany(timeout_ms=200)
-                records.extend(r for part in batches.values() for r in part)
-        return records
-    finally:
-        await consumer.stop()
-
-
-async def post(
-    client: httpx.AsyncClient, content: Any, headers: dict[str, str] | None = None
-) -> httpx.Response:
-    return await client.post("/v1/readings", content=content, headers=headers or JSON)
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    doc = response.json()
-    assert (doc["status"], doc["code"], doc["type"]) == (status, code, f"urn:vitals:problem:{code}")
-    assert doc["title"] and doc["detail"]
-    return doc
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 # --- accepted uploads ----------------------------------------------------------------

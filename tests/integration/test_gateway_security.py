@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,8 +18,6 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-from fastapi import FastAPI
-from prometheus_client import REGISTRY
 
 from frontdoor import registry_store
 from frontdoor.audit import AuditTrail
@@ -30,15 +25,14 @@ from frontdoor.refresher import RegistryCache
 from ingest.app import create_app
 from ingest.server import build_server
 from tests.support import cli
-from tests.integration.test_gateway import (
-    assert_problem,
-    eventually,
-    is_ready,
-    limits,
-    metric_value,
-    produced,
-)
+from tests.support.cli import CLI
+from tests.support.gateway import assert_problem
+from tests.support.ids import uid
+from tests.support.metrics import metric_value, sample
+from tests.support.polling import eventually
+from tests.support.secured_gateway import T0, Gateway, bearer, body, issue, running, secured
 from tests.support.serving import serving
+from tests.support.topics import produced
 from vitals import contract
 from vitals.errors import ConfigError
 from vitals.logs import JsonFormatter
@@ -46,109 +40,6 @@ from vitals.settings import Settings
 from vitalsctl import simulate
 
 pytestmark = pytest.mark.integration
-
-CLI = ("cli", "pytest")
-T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def body(device: str, patient: str, *times: datetime, v: float = 72) -> bytes:
-    return orjson.dumps(
-        {
-            "device_id": device,
-            "patient_id": patient,
-            "readings": [
-                {"metric": "heart_rate", "t": t.isoformat(), "v": v, "unit": "/min"}
-                for t in (times or (T0,))
-            ],
-        }
-    )
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-
-
-@dataclass
-class Gateway:
-    client: httpx.AsyncClient
-    app: FastAPI
-    port: int
-
-    async def post(self, key: str, content: bytes) -> httpx.Response:
-        headers = bearer(key) if key else {"Content-Type": "application/json"}
-        return await self.client.post("/v1/readings", content=content, headers=headers)
-
-    async def reload(self) -> None:
-        registry: RegistryCache = self.app.state.registry
-        assert await registry.refresh(self.app.state.pool)
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Gateway]:
-    app = create_app(settings)
-    async with serving(build_server(settings, app)) as port:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            await eventually(lambda: is_ready(client), 10)
-            yield Gateway(client, app, port)
-
-
-def secured(settings: Settings, **update: Any) -> Settings:
-    """The registry on and enforced; no environment credentials."""
-    return limits(
-        settings,
-        **{
-            "gateway_registry": True,
-            "require_device_registry": True,
-            "gateway_credentials": "",
-            "registry_refresh_s": 60.0,  # tests reload explicitly, or shorten it
-            "audit_flush_s": 0.05,
-            **update,
-        },
-    )
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-async def issue(db: asyncpg.Connection, gateway_id: str, **kw: Any) -> str:
-    _, key = await registry_store.issue_key(
-        db, "gateway", gateway_id, expires_at=kw.get("expires_at"), actor=CLI
-    )
-    return key
-
-
-@pytest.fixture
-async def fleet(db: asyncpg.Connection) -> dict[str, str]:
-    """Two gateways with a key each, and a device of gateway A worn by one patient."""
-    names = {"gw_a": uid("gw-a"), "gw_b": uid("gw-b"), "device": uid("dev"), "patient": uid("p")}
-    await registry_store.register_device(
-        db,
-        names["device"],
-        names["patient"],
-        [names["gw_a"]],
-        since=T0 - timedelta(days=1),
-        actor=CLI,
-    )
-    names["key_a"] = await issue(db, names["gw_a"])
-    names["key_b"] = await issue(db, names["gw_b"])
-    return names
-
-
-@pytest.fixture
-async def gateway(settings: Settings, fleet: dict[str, str]) -> AsyncIterator[Gateway]:
-    """The gateway, started after the fleet exists so its first load has it."""
-    async with running(secured(settings)) as gw:
-        yield gw
 
 
 # --- gateway identity ----------------------------------------------------------------
@@ -775,12 +666,12 @@ async def test_audit_records_wait_out_a_database_outage_then_are_written(
         database_url.rsplit("/", 1)[0] + "/absent", min_size=0, max_size=1
     )
     trail = AuditTrail(down, queue_max=3, batch_max=2, flush_s=60)
-    dropped_before = _counter("vitals_gateway_audit_records_total", fate="dropped")
+    dropped_before = sample("vitals_gateway_audit_records_total", fate="dropped")
     for n in range(4):  # the fourth does not fit the queue
         trail.upload(gateway_id, outcome="accepted", status=202, upload_id=str(n), accepted=1)
     assert await trail.flush() == 0 and len(trail) == 3  # kept for the next flush
     await down.close()
-    assert _counter("vitals_gateway_audit_records_total", fate="dropped") == dropped_before + 1
+    assert sample("vitals_gateway_audit_records_total", fate="dropped") == dropped_before + 1
 
     up = await asyncpg.create_pool(database_url, min_size=0, max_size=1)
     try:
@@ -790,10 +681,6 @@ async def test_audit_records_wait_out_a_database_outage_then_are_written(
         await up.close()
     ids = await db.fetch("SELECT upload_id FROM audit_log WHERE actor = $1 ORDER BY id", gateway_id)
     assert [r["upload_id"] for r in ids] == ["0", "1", "2"]
-
-
-def _counter(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_every_upload_is_audited_with_counts_and_no_identity_or_value(

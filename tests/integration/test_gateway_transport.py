@@ -27,8 +27,9 @@ from cryptography.x509.oid import NameOID
 
 from ingest.server import build_server
 from readapi import server as api_server
-from tests.integration.test_gateway import JSON, limits, produced, upload
+from tests.support.gateway import JSON, limits, upload
 from tests.support.polling import until
+from tests.support.topics import produced
 from vitals.settings import LOCAL_READER_TOKEN, Settings
 
 pytestmark = pytest.mark.integration

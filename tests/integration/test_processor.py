@@ -6,25 +6,26 @@ import asyncio
 import math
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
-from prometheus_client import REGISTRY
 
 from evaluation.rhythm_validation import synthetic_af
 from processors import state_topic
-from processors.runner import Processor, run_processor
+from processors.runner import Processor
+from tests.support.inprocess import all_committed, processor, take_first_generation
+from tests.support.metrics import sample
+from tests.support.polling import WAIT_S
 from tests.support.stages import Stages, environment
-from tests.support.polling import WAIT_S, until
+from tests.support.topics import TopicReader, detections, wait_for_detection
 from vitals import contract, kafka
 from vitals.catalog import METRICS
-from vitals.contract import Detection, Reading, Upload
+from vitals.contract import Reading, Upload
 from vitals.settings import Settings
 from vitalsctl import localinfra
 
@@ -89,134 +90,6 @@ async def send(settings: Settings, *uploads: Upload, timestamp_ms: int | None = 
         [(u.patient_id.encode(), contract.encode_upload(u)) for u in uploads],
         timestamp_ms,
     )
-
-
-class TopicReader:
-    """Reads a whole topic from the beginning, without a group."""
-
-    def __init__(self, settings: Settings, name: str) -> None:
-        self.topic = settings.topic(name)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-        self.partitions = [TopicPartition(self.topic, p) for p in range(settings.topic_partitions)]
-        self.records: list[ConsumerRecord] = []
-
-    async def __aenter__(self) -> TopicReader:
-        await self.consumer.start()
-        self.consumer.assign(self.partitions)
-        await self.consumer.seek_to_beginning(*self.partitions)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.consumer.stop()
-
-    async def poll(self) -> list[ConsumerRecord]:
-        batches = await self.consumer.getmany(timeout_ms=100)
-        self.records += [r for part in batches.values() for r in part]
-        return self.records
-
-    async def to_end(self) -> list[ConsumerRecord]:
-        """Everything up to the current end offsets."""
-        ends = await self.consumer.end_offsets(self.partitions)
-
-        async def at_end() -> bool:
-            await self.poll()
-            positions = [await self.consumer.position(tp) for tp in ends]
-            return all(at >= end for at, end in zip(positions, ends.values(), strict=True))
-
-        await until(at_end, f"the end of {self.topic}")
-        return self.records
-
-
-def detections(records: Sequence[ConsumerRecord]) -> list[Detection]:
-    return [contract.decode_detection(r.value) for r in records]
-
-
-async def wait_for_detection(reader: TopicReader, rule: str, state: str) -> Detection:
-    async def seen() -> bool:
-        return any(d.rule == rule and d.state == state for d in detections(await reader.poll()))
-
-    await until(seen, f"{rule} {state}")
-    return next(d for d in detections(reader.records) if d.rule == rule and d.state == state)
-
-
-async def committed_offsets(settings: Settings) -> dict[int, int]:
-    topic = settings.topic(contract.READINGS)
-    # A member that never subscribes only reads the group's offsets.
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.processor_group,
-        enable_auto_commit=False,
-    )
-    await reader.start()
-    try:
-        found = {}
-        for p in range(settings.topic_partitions):
-            offset = await reader.committed(TopicPartition(topic, p))
-            if offset is not None:
-                found[p] = offset
-        return found
-    finally:
-        await reader.stop()
-
-
-async def all_committed(settings: Settings) -> None:
-    topic = settings.topic(contract.READINGS)
-    probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await probe.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
-        ends = {tp.partition: o for tp, o in (await probe.end_offsets(parts)).items() if o}
-    finally:
-        await probe.stop()
-
-    async def caught_up() -> bool:
-        return await committed_offsets(settings) == ends
-
-    await until(caught_up, "the processor to commit every offset")
-
-
-async def take_first_generation(settings: Settings) -> None:
-    """Join the group once with a short session, and go.
-
-    tansu numbers a group's first generation 0, and aiokafka sends LeaveGroup only for
-    generations above 0: the first member of a group never leaves it, and whoever joins
-    next waits for its session to expire. A throwaway member with a 1 s session takes
-    that generation so the processors under test come and go as they would on Kafka.
-    """
-    member = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.processor_group,
-        session_timeout_ms=1_000,
-        heartbeat_interval_ms=300,
-        enable_auto_commit=False,
-    )
-    await member.start()
-    try:
-        member.subscribe([settings.topic(contract.READINGS)])
-
-        async def assigned() -> bool:
-            await member.getmany(timeout_ms=100)
-            return bool(member.assignment())
-
-        await until(assigned, "the throwaway member's assignment")
-    finally:
-        await member.stop()
-
-
-@asynccontextmanager
-async def processor(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
-    """A processor running until the block ends, then stopped as SIGTERM would."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_processor(settings, stop))
-    try:
-        yield task
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, WAIT_S)
-
-
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def episode(patient: str, start: int, received: int | None = None) -> list[Upload]:

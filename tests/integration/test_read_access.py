@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
-from typing import Any
 
 import asyncpg
 import httpx
@@ -20,20 +17,20 @@ import pytest
 
 from frontdoor import registry_store
 from tests.support import cli
-from tests.integration.test_read_api import (
+from tests.support.ids import patient, uid
+from tests.support.polling import until
+from tests.support.readapi import (
     AUTH,
     T0,
+    bearer,
     iso,
-    patient,
+    quick,
     row,
     running,
     store_alerts,
     store_rows,
 )
-from tests.support.polling import until
-from vitals.db.migrate import migrate
 from vitals.settings import Settings
-from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
 
@@ -47,38 +44,6 @@ ROUTES = {
     "news2": {"at": iso(T0)},
     "news2/history": {},
 }
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def owner(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-def fresh_url(pg_server: str) -> Iterator[str]:
-    """A migrated database of its own, for tests that edit or drop the read audit."""
-    name = f"vitals_reads_{uuid.uuid4().hex[:8]}"
-    url = localinfra.create_database(pg_server, name, exist_ok=False)
-    migrate(url)
-    yield url
-    localinfra.drop_database(pg_server, name)
-
-
-def quick(database_url: str, **update: Any) -> Settings:
-    fast = {"api_port": 0, "registry_refresh_s": 0.2, "audit_flush_s": 0.05}
-    return Settings(database_url=database_url, **{**fast, **update})
 
 
 async def status_of(client: httpx.AsyncClient, key: str, p: str, route: str) -> tuple[int, str]:
@@ -97,19 +62,19 @@ async def readable(client: httpx.AsyncClient, key: str, p: str) -> bool:
 
 
 async def test_a_team_reader_reads_its_patients_and_gets_404_for_every_other_on_every_route(
-    database_url: str, owner: asyncpg.Connection
+    database_url: str, db: asyncpg.Connection
 ) -> None:
     ward, other_ward = uid("ward"), uid("ward")
     mine, theirs, unassigned = patient(), patient(), patient()
     for team in (ward, other_ward):
-        await registry_store.add_team(owner, team, actor=CLI)
-    await registry_store.assign_patients(owner, ward, [mine], assign=True, actor=CLI)
-    await registry_store.assign_patients(owner, other_ward, [theirs], assign=True, actor=CLI)
+        await registry_store.add_team(db, team, actor=CLI)
+    await registry_store.assign_patients(db, ward, [mine], assign=True, actor=CLI)
+    await registry_store.assign_patients(db, other_ward, [theirs], assign=True, actor=CLI)
     _, team_key = await registry_store.issue_key(
-        owner, "reader", "ward-console", expires_at=None, actor=CLI, teams=[ward]
+        db, "reader", "ward-console", expires_at=None, actor=CLI, teams=[ward]
     )
     _, research_key = await registry_store.issue_key(
-        owner, "reader", "research-export", expires_at=None, actor=CLI, all_patients=True
+        db, "reader", "research-export", expires_at=None, actor=CLI, all_patients=True
     )
     for p in (mine, theirs):
         await store_rows(database_url, [row(p, "spo2", T0 + M, 95.0)])
@@ -146,37 +111,44 @@ async def test_a_team_reader_reads_its_patients_and_gets_404_for_every_other_on_
         assert static.status_code == 200 and len(static.json()["items"]) == 2
 
         # Scope changes apply within a reload: theirs joins the ward, mine leaves it.
-        await registry_store.assign_patients(owner, ward, [theirs], assign=True, actor=CLI)
-        await registry_store.assign_patients(owner, ward, [mine], assign=False, actor=CLI)
-        await until(lambda: readable(client, team_key, theirs), "the assignment applied", 10)
+        await registry_store.assign_patients(db, ward, [theirs], assign=True, actor=CLI)
+        await registry_store.assign_patients(db, ward, [mine], assign=False, actor=CLI)
+
+        # Two transactions: a reload may fall between them, so wait for both to apply.
+        async def applied() -> bool:
+            return await readable(client, team_key, theirs) and not await readable(
+                client, team_key, mine
+            )
+
+        await until(applied, "the assignment and the removal applied", 10)
         assert await status_of(client, team_key, mine, "readings") == (404, "no_such_patient")
 
 
-async def test_reader_keys_need_a_scope_and_known_teams(owner: asyncpg.Connection) -> None:
+async def test_reader_keys_need_a_scope_and_known_teams(db: asyncpg.Connection) -> None:
     from frontdoor.errors import NotFound, RegistryConflict
 
     with pytest.raises(RegistryConflict, match="teams, or for all patients"):
-        await registry_store.issue_key(owner, "reader", "r", expires_at=None, actor=CLI)
+        await registry_store.issue_key(db, "reader", "r", expires_at=None, actor=CLI)
     with pytest.raises(RegistryConflict, match="teams, or for all patients"):
         await registry_store.issue_key(
-            owner, "reader", "r", expires_at=None, actor=CLI, teams=["t"], all_patients=True
+            db, "reader", "r", expires_at=None, actor=CLI, teams=["t"], all_patients=True
         )
     with pytest.raises(RegistryConflict, match="only reader keys"):
         await registry_store.issue_key(
-            owner, "gateway", "g", expires_at=None, actor=CLI, all_patients=True
+            db, "gateway", "g", expires_at=None, actor=CLI, all_patients=True
         )
-    before = await owner.fetchval("SELECT count(*) FROM api_keys")
+    before = await db.fetchval("SELECT count(*) FROM api_keys")
     with pytest.raises(NotFound, match="no care team"):
         await registry_store.issue_key(
-            owner, "reader", "r", expires_at=None, actor=CLI, teams=[uid("nowhere")]
+            db, "reader", "r", expires_at=None, actor=CLI, teams=[uid("nowhere")]
         )
-    assert await owner.fetchval("SELECT count(*) FROM api_keys") == before  # all or nothing
+    assert await db.fetchval("SELECT count(*) FROM api_keys") == before  # all or nothing
     with pytest.raises(NotFound, match="no care team"):
-        await registry_store.assign_patients(owner, uid("nowhere"), ["p-1"], assign=True, actor=CLI)
+        await registry_store.assign_patients(db, uid("nowhere"), ["p-1"], assign=True, actor=CLI)
     team = uid("ward")
-    await registry_store.add_team(owner, team, actor=CLI)
+    await registry_store.add_team(db, team, actor=CLI)
     with pytest.raises(RegistryConflict, match="exists already"):
-        await registry_store.add_team(owner, team, actor=CLI)
+        await registry_store.add_team(db, team, actor=CLI)
 
 
 def test_the_cli_manages_teams_and_issues_scoped_reader_keys(database_url: str) -> None:
@@ -210,20 +182,20 @@ def test_the_cli_manages_teams_and_issues_scoped_reader_keys(database_url: str) 
 
 
 async def test_team_changes_are_audited_without_patient_ids(
-    database_url: str, owner: asyncpg.Connection
+    database_url: str, db: asyncpg.Connection
 ) -> None:
     team, p = uid("ward"), patient()
-    await registry_store.add_team(owner, team, actor=CLI)
-    assert await registry_store.assign_patients(owner, team, [p], assign=True, actor=CLI) == 1
+    await registry_store.add_team(db, team, actor=CLI)
+    assert await registry_store.assign_patients(db, team, [p], assign=True, actor=CLI) == 1
     key_id, _ = await registry_store.issue_key(
-        owner, "reader", "research", expires_at=None, actor=CLI, all_patients=True
+        db, "reader", "research", expires_at=None, actor=CLI, all_patients=True
     )
-    rows = await owner.fetch(
+    rows = await db.fetch(
         "SELECT action, detail FROM audit_log WHERE detail->>'team_id' = $1 ORDER BY id", team
     )
     assert [r["action"] for r in rows] == ["team_added", "patients_assigned"]
     assert p not in repr([dict(r) for r in rows])
-    detail = await owner.fetchval(
+    detail = await db.fetchval(
         "SELECT detail::text FROM audit_log WHERE detail->>'key_id' = $1", key_id
     )
     assert '"all_patients": true' in detail  # an all-patients key is on record as such
@@ -235,13 +207,13 @@ async def test_team_changes_are_audited_without_patient_ids(
 async def test_every_read_is_audited_and_the_chain_verifies_until_a_row_is_edited(
     fresh_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    owner = await asyncpg.connect(fresh_url)
+    db = await asyncpg.connect(fresh_url)
     try:
         team, mine, theirs = uid("ward"), patient(), patient()
-        await registry_store.add_team(owner, team, actor=CLI)
-        await registry_store.assign_patients(owner, team, [mine], assign=True, actor=CLI)
+        await registry_store.add_team(db, team, actor=CLI)
+        await registry_store.assign_patients(db, team, [mine], assign=True, actor=CLI)
         key_id, key = await registry_store.issue_key(
-            owner, "reader", "ward-console", expires_at=None, actor=CLI, teams=[team]
+            db, "reader", "ward-console", expires_at=None, actor=CLI, teams=[team]
         )
         await store_rows(fresh_url, [row(mine, "spo2", T0 + i * M, 95.0) for i in range(3)])
         caplog.set_level(logging.DEBUG)
@@ -257,7 +229,7 @@ async def test_every_read_is_audited_and_the_chain_verifies_until_a_row_is_edite
             assert denied.status_code == 404
             await asyncio.sleep(0.3)  # a few flushes
         # Each patient's reads, as `vitals audit reads` answers "who read this patient".
-        seen = await owner.fetch(
+        seen = await db.fetch(
             "SELECT route, outcome, status, row_count, reader, reader_key_id FROM read_audit"
             " WHERE patient_id = $1 AND reader_key_id = $2 ORDER BY seq",
             mine,
@@ -268,7 +240,7 @@ async def test_every_read_is_audited_and_the_chain_verifies_until_a_row_is_edite
             ("readings", "unknown_metric", 400, 0),
         ]
         assert {r["reader"] for r in seen} == {"ward-console"}
-        (refused,) = await owner.fetch(
+        (refused,) = await db.fetch(
             "SELECT route, outcome, status FROM read_audit WHERE patient_id = $1", theirs
         )
         assert tuple(refused) == ("alerts", "no_such_patient", 404)
@@ -286,43 +258,43 @@ async def test_every_read_is_audited_and_the_chain_verifies_until_a_row_is_edite
         )
         assert reads.count('"reader":"ward-console"') == len(seen)
         assert f'"reader_key_id":"{key_id}"' in reads and theirs not in reads
-        total = await owner.fetchval("SELECT count(*) FROM read_audit")
+        total = await db.fetchval("SELECT count(*) FROM read_audit")
         assert vitals("audit", "verify").strip() == f"read audit intact: {total} rows"
 
-        # Append-only, even for the owner...
+        # Append-only, even for the db...
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
-            await owner.execute("UPDATE read_audit SET row_count = 0")
+            await db.execute("UPDATE read_audit SET row_count = 0")
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
-            await owner.execute("DELETE FROM read_audit")
+            await db.execute("DELETE FROM read_audit")
         # ...unless a superuser turns the guard off: then the chain shows the edit.
-        writer, seq = await owner.fetchrow(
+        writer, seq = await db.fetchrow(
             "SELECT writer, seq FROM read_audit WHERE patient_id = $1 AND row_count = 3", mine
         )
-        await owner.execute("ALTER TABLE read_audit DISABLE TRIGGER read_audit_append_only")
-        await owner.execute(
+        await db.execute("ALTER TABLE read_audit DISABLE TRIGGER read_audit_append_only")
+        await db.execute(
             "UPDATE read_audit SET row_count = 0 WHERE writer = $1 AND seq = $2", writer, seq
         )
         broken = vitals("audit", "verify", code=1)
         assert f"BROKEN at writer {writer} row {seq}: the row does not match its hash" in broken
         # A deleted row breaks the link at the row that went missing.
-        await owner.execute(
+        await db.execute(
             "UPDATE read_audit SET row_count = 3 WHERE writer = $1 AND seq = $2", writer, seq
         )
         assert "intact" in vitals("audit", "verify")
-        await owner.execute("DELETE FROM read_audit WHERE writer = $1 AND seq = $2", writer, seq)
+        await db.execute("DELETE FROM read_audit WHERE writer = $1 AND seq = $2", writer, seq)
         assert f"row {seq}: row {seq} missing" in vitals("audit", "verify", code=1)
     finally:
-        await owner.close()
+        await db.close()
 
 
 async def test_reads_are_refused_with_503_while_they_cannot_be_recorded(fresh_url: str) -> None:
     """The read audit's table is gone (its writes fail): reads are served until the queue
     of unwritten records is full, then refused, never served off the record."""
-    owner = await asyncpg.connect(fresh_url)
+    db = await asyncpg.connect(fresh_url)
     try:
-        await owner.execute("DROP TABLE read_audit")
+        await db.execute("DROP TABLE read_audit")
     finally:
-        await owner.close()
+        await db.close()
     async with running(quick(fresh_url, audit_queue_max=2)) as client:
         path = "/v1/patients/p-1/alerts"
         assert [(await client.get(path, headers=AUTH)).status_code for _ in range(2)] == [200, 200]
@@ -335,10 +307,10 @@ async def test_reads_are_refused_with_503_while_they_cannot_be_recorded(fresh_ur
 
 
 async def test_a_reader_over_its_rate_is_429_with_retry_after_and_others_are_not(
-    database_url: str, owner: asyncpg.Connection
+    database_url: str, db: asyncpg.Connection
 ) -> None:
     _, other = await registry_store.issue_key(
-        owner, "reader", "other", expires_at=None, actor=CLI, all_patients=True
+        db, "reader", "other", expires_at=None, actor=CLI, all_patients=True
     )
     settings = quick(database_url, api_rate_limit_per_s=0.5, api_rate_limit_burst=2)
     async with running(settings) as client:

@@ -11,7 +11,6 @@ import asyncio
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,63 +25,30 @@ from frontdoor.errors import NotFound
 from processors.engine import Engine
 from processors.rules import rules_from_settings
 from readapi.params import Cursor, encode_cursor
-from readapi.server import build_server
-from sinks.alerts import store
-from sinks.timescale.rows import Row
 from sinks.timescale.scores import score_row, upsert_scores
-from sinks.timescale.writer import copy_then_upsert
 from tests.support import cli
+from tests.support.ids import patient
 from tests.support.polling import until
+from tests.support.readapi import (
+    AUTH,
+    CURSOR_KEY,
+    T0,
+    D,
+    H,
+    M,
+    S,
+    iso,
+    row,
+    running,
+    store_alerts,
+    store_rows,
+)
 from vitals import contract
 from vitals.catalog import METRICS
-from vitals.settings import LOCAL_GATEWAY_TOKEN, LOCAL_READER_TOKEN, Settings
+from vitals.settings import LOCAL_GATEWAY_TOKEN, Settings
 from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
-
-AUTH = {"Authorization": f"Bearer {LOCAL_READER_TOKEN}"}
-CURSOR_KEY = "cursor-key-of-the-read-api-tests-0123456789"
-T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
-S, M, H, D = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
-UPLOAD = uuid.uuid4()
-
-
-def row(patient: str, metric: str, t: datetime, v: float, device: str = "w1") -> Row:
-    return (patient, metric, t, device, v, METRICS[metric].unit, UPLOAD, t + M)
-
-
-async def store_rows(database_url: str, rows: Sequence[Row]) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await copy_then_upsert(conn, rows)
-    finally:
-        await conn.close()
-
-
-def patient() -> str:
-    return f"p-{uuid.uuid4().hex[:8]}"
-
-
-def iso(t: datetime) -> str:
-    return t.isoformat().replace("+00:00", "Z")
-
-
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    server = build_server(settings)
-    serving = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                if serving.done():
-                    serving.result()
-                await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 15)
 
 
 @pytest.fixture(scope="module")
@@ -406,31 +372,6 @@ async def test_paging_has_no_gaps_or_duplicates(api: httpx.AsyncClient, database
 
 
 # --- alerts ------------------------------------------------------------------------------
-
-
-async def store_alerts(database_url: str, p: str, starts: Sequence[datetime]) -> None:
-    """An episode per start: opened then, resolved ten minutes later."""
-    detections = []
-    for start in starts:
-        ms = contract.now_ms() if start is None else int(start.timestamp() * 1000)
-        common = dict(
-            alert_id=contract.alert_id(p, "spo2_low", ms), patient_id=p, rule="spo2_low",
-            severity="high", episode_start=ms, retrospective=False, metric="spo2",
-            device_id="w1",
-        )  # fmt: skip
-        detections.append(
-            contract.Detection(**common, state="opened", at=ms, detected=ms + 5, value=88.0)
-        )
-        detections.append(
-            contract.Detection(
-                **common, state="resolved", at=ms + 600_000, detected=ms + 600_005, value=93.0
-            )
-        )
-    conn = await asyncpg.connect(database_url)
-    try:
-        await store.store(conn, [store.row_of(d) for d in detections])
-    finally:
-        await conn.close()
 
 
 async def test_alerts_newest_first_by_range_and_state_with_paging(

@@ -16,38 +16,25 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
-from prometheus_client import REGISTRY
 
 from frontdoor import registry_store
 from frontdoor.refresher import RegistryCache
 from frontdoor.registry import Snapshot
 from tests.support import cli
-from tests.integration import test_gateway_security
-from tests.integration.test_gateway import assert_problem, eventually
-from tests.integration.test_gateway_security import (
-    CLI,
-    T0,
-    Gateway,
-    bearer,
-    issue,
-    running,
-    secured,
-    uid,
-)
+from tests.support.cli import CLI
+from tests.support.gateway import assert_problem
+from tests.support.ids import uid
+from tests.support.metrics import sample
+from tests.support.polling import eventually
+from tests.support.secured_gateway import T0, Gateway, bearer, issue, running, secured
 from vitals.logs import JsonFormatter
 from vitals.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-db = test_gateway_security.db  # the fixture: a connection to the test database
-
 YEAR_ONE = "0001-01-01T00:00:00Z"
 SKIPPED = "vitals_registry_rows_skipped_total"
 FAILURES = "vitals_background_task_failures_total"
-
-
-def _counter(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def _committed(db: asyncpg.Connection, device: str) -> tuple[int, int]:
@@ -175,10 +162,10 @@ async def test_a_row_written_behind_the_apis_back_is_skipped_counted_and_the_res
             bad_key_id,
             value,
         )
-    skipped = _counter(SKIPPED, table=table)
+    skipped = sample(SKIPPED, table=table)
     try:
         snapshot = await registry_store.load(db)
-        assert _counter(SKIPPED, table=table) >= skipped + 1
+        assert sample(SKIPPED, table=table) >= skipped + 1
         principals = {c.key_id for c in snapshot.credentials.values()}
         assert good_key.split("_")[1] in principals
         assert snapshot.devices[good].bindings
@@ -233,7 +220,7 @@ async def test_a_refresher_that_raises_is_logged_counted_restarted_and_readiness
 ) -> None:
     caplog.set_level(logging.ERROR)
     quick = secured(settings, registry_refresh_s=0.1, registry_max_age_s=1.0)
-    failures = _counter(FAILURES, task="registry-refresh")
+    failures = sample(FAILURES, task="registry-refresh")
     async with running(quick) as gw:
         registry: RegistryCache = gw.app.state.registry
         real = registry.load
@@ -249,7 +236,7 @@ async def test_a_refresher_that_raises_is_logged_counted_restarted_and_readiness
 
         registry.load = flaky
         # Visible within one refresh: logged and counted...
-        await eventually(lambda: _is(_counter(FAILURES, task="registry-refresh") > failures), 2)
+        await eventually(lambda: _is(sample(FAILURES, task="registry-refresh") > failures), 2)
         logs = "\n".join(JsonFormatter().format(r) for r in caplog.records)
         assert "background task failed" in logs and "ZeroDivisionError" in logs
         assert "a bug in the loader" not in logs  # the message is left out, by rule

@@ -7,7 +7,8 @@ import asyncio
 import sys
 from collections import defaultdict
 
-from tests.integration.test_gateway import limits, produced, running
+from tests.support.gateway import limits, running
+from tests.support.topics import produced
 from vitals import contract
 from vitals.settings import Settings
 

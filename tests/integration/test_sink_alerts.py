@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord, RecordMetadata
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
 from prometheus_client import REGISTRY
 
 from sinks.alerts.runner import STAGE, run_sink
 from sinks.alerts.store import row_of
-from tests.support.polling import WAIT_S, until
-from vitals import contract, kafka
+from tests.support.alert_schema import violations
+from tests.support.inprocess import stage_task
+from tests.support.metrics import sample
+from tests.support.polling import until
+from tests.support.topics import committed, group_offsets, read_all
+from vitals import contract
 from vitals.db.pgtime import to_ms
 from vitals.errors import ContractError
 from vitals.settings import Settings
@@ -31,102 +33,9 @@ from vitalsctl import localinfra
 pytestmark = pytest.mark.integration
 
 T0 = 1_795_000_000_000  # 2026-11-18, ms
-SCHEMA = orjson.loads(
-    (Path(__file__).resolve().parents[2] / "docs" / "alert.schema.json").read_bytes()
-)
 
 
 # --- a validator for the subset of JSON Schema that alert.schema.json uses ---------------
-
-_TYPES: dict[str, type | tuple[type, ...]] = {
-    "string": str,
-    "integer": int,
-    "number": (int, float),
-    "boolean": bool,
-    "null": type(None),
-    "object": dict,
-}
-_KEYWORDS = {
-    "$schema",
-    "$id",
-    "title",
-    "description",
-    "type",
-    "additionalProperties",
-    "required",
-    "properties",
-    "const",
-    "enum",
-    "format",
-    "minLength",
-    "minimum",
-    "oneOf",
-    "$ref",
-    "$defs",
-}
-_RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
-
-
-def violations(doc: Any, schema: dict[str, Any] = SCHEMA, path: str = "$") -> list[str]:
-    """What in `doc` breaks `schema`; a keyword this validator does not know is one too."""
-    if unknown := set(schema) - _KEYWORDS:
-        return [f"{path}: the test's validator does not know {sorted(unknown)}"]
-    if "$ref" in schema:  # local references only: "#/$defs/name"
-        return violations(doc, SCHEMA["$defs"][schema["$ref"].rsplit("/", 1)[1]], path)
-    if "oneOf" in schema:
-        found = [violations(doc, branch, path) for branch in schema["oneOf"]]
-        if sum(not problems for problems in found) == 1:
-            return []
-        return [problem for problems in found for problem in problems] or [
-            f"{path}: matches more than one of oneOf"
-        ]
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(
-            isinstance(doc, _TYPES[t])
-            and not (t in {"number", "integer"} and isinstance(doc, bool))
-            for t in types
-        ):
-            return [f"{path}: {doc!r} is not of type {types}"]
-    problems = []
-    if "const" in schema and doc != schema["const"]:
-        problems.append(f"{path}: {doc!r} is not {schema['const']!r}")
-    if "enum" in schema and doc not in schema["enum"]:
-        problems.append(f"{path}: {doc!r} is not one of {schema['enum']}")
-    if "minimum" in schema and isinstance(doc, int | float) and doc < schema["minimum"]:
-        problems.append(f"{path}: {doc!r} is below {schema['minimum']}")
-    if isinstance(doc, str):
-        if len(doc) < schema.get("minLength", 0):
-            problems.append(f"{path}: too short")
-        if schema.get("format") == "uuid" and not _is_uuid(doc):
-            problems.append(f"{path}: {doc!r} is not a UUID")
-        if schema.get("format") == "date-time" and not _is_datetime(doc):
-            problems.append(f"{path}: {doc!r} is not an RFC 3339 date-time")
-    if isinstance(doc, dict):
-        properties = schema.get("properties", {})
-        problems += [
-            f"{path}: {name} missing" for name in schema.get("required", []) if name not in doc
-        ]
-        if schema.get("additionalProperties") is False:
-            problems += [f"{path}: {name} not allowed" for name in doc if name not in properties]
-        for name, sub in properties.items():
-            if name in doc:
-                problems += violations(doc[name], sub, f"{path}.{name}")
-    return problems
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        return str(uuid.UUID(text)) == text
-    except ValueError:
-        return False
-
-
-def _is_datetime(text: str) -> bool:
-    try:
-        return bool(_RFC3339.match(text)) and datetime.fromisoformat(text).tzinfo is not None
-    except ValueError:
-        return False
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -166,71 +75,23 @@ async def _produce(
         await producer.stop()
 
 
-async def _read_all(settings: Settings, name: str) -> list[ConsumerRecord]:
-    """Every record of a topic, up to its end offsets at the time of the call."""
-    topic = settings.topic(name)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        parts = await kafka.partitions(consumer, topic)
-        ends = await consumer.end_offsets(parts)
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        found: list[ConsumerRecord] = []
-        async with asyncio.timeout(WAIT_S):
-            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-                batches = await consumer.getmany(timeout_ms=200)
-                found += [r for part in batches.values() for r in part]
-        return sorted(found, key=lambda r: (r.partition, r.offset))
-    finally:
-        await consumer.stop()
-
-
 @asynccontextmanager
 async def _group_offsets(settings: Settings) -> AsyncIterator[Callable[[], Any]]:
     """committed() -> {partition: offset} of the alerts group on the detections topic."""
     topic = settings.topic(contract.DETECTIONS)
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.alerts_group,
-        enable_auto_commit=False,
-    )
-    await reader.start()
-
-    async def committed() -> dict[int, int]:
-        found = {}
-        for tp in await kafka.partitions(reader, topic):
-            offset = await reader.committed(tp)
-            if offset is not None and offset >= 0:
-                found[tp.partition] = offset
-        return found
-
-    try:
-        yield committed
-    finally:
-        await reader.stop()
+    async with group_offsets(settings, settings.alerts_group) as reader:
+        yield lambda: committed(reader, topic)
 
 
-@asynccontextmanager
-async def _sink(settings: Settings) -> AsyncIterator[None]:
-    stop = asyncio.Event()
+def _sink(settings: Settings) -> AbstractAsyncContextManager[asyncio.Task[None]]:
     # The session's database holds other tests' acknowledgements: their publication is
     # tested in test_escalation.py, on a database of its own.
-    task = asyncio.create_task(run_sink(settings, stop, escalate=False))
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, WAIT_S)
+    return stage_task(run_sink, settings, escalate=False)
 
 
 async def _sink_until_committed(settings: Settings) -> None:
     """Run a sink until its group committed every detection, then stop it."""
-    ends = {r.partition: r.offset + 1 for r in await _read_all(settings, contract.DETECTIONS)}
+    ends = {r.partition: r.offset + 1 for r in await read_all(settings, contract.DETECTIONS)}
     async with _group_offsets(settings) as committed, _sink(settings):
 
         async def caught_up() -> bool:
@@ -385,7 +246,7 @@ async def test_each_episode_state_is_stored_and_published_once_even_after_a_rest
 
     await _sink_until_committed(own)
 
-    published = await _read_all(own, contract.ALERTS)
+    published = await read_all(own, contract.ALERTS)
     documents = [orjson.loads(r.value) for r in published]
     assert sorted((d["alert_id"], d["state"]) for d in documents) == sorted(
         (x.alert_id, x.state) for x in (opened, resolved, late, silence)
@@ -416,7 +277,7 @@ async def test_each_episode_state_is_stored_and_published_once_even_after_a_rest
     }
     assert stored == {(d["alert_id"], d["state"]): d["published_at"] for d in documents}
 
-    letters = [orjson.loads(r.value) for r in await _read_all(own, contract.DEADLETTER)]
+    letters = [orjson.loads(r.value) for r in await read_all(own, contract.DEADLETTER)]
     parked = {}
     for letter in letters:
         origin = letter["origin"]
@@ -433,7 +294,7 @@ async def test_each_episode_state_is_stored_and_published_once_even_after_a_rest
     again = own.model_copy(update={"alerts_group": f"alerts-{uuid.uuid4().hex[:8]}"})
     await _sink_until_committed(again)
 
-    assert [r.value for r in await _read_all(own, contract.ALERTS)] == [r.value for r in published]
+    assert [r.value for r in await read_all(own, contract.ALERTS)] == [r.value for r in published]
     assert await _rows(own.database_url, ids) == rows
 
 
@@ -459,7 +320,7 @@ async def test_a_sink_stopped_during_a_database_outage_publishes_and_commits_not
         # Stopped while the database is still down: it left without committing.
         assert await committed() == {}
 
-    assert await _read_all(own, contract.ALERTS) == []
+    assert await read_all(own, contract.ALERTS) == []
     assert await _rows(own.database_url, [detection.alert_id]) == []
 
 
@@ -507,11 +368,7 @@ async def test_an_alert_acknowledged_but_never_marked_is_not_published_again(
 
 
 async def _alerts(settings: Settings) -> list[dict[str, Any]]:
-    return [orjson.loads(r.value) for r in await _read_all(settings, contract.ALERTS)]
-
-
-def _sample(name: str, labels: dict[str, str]) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+    return [orjson.loads(r.value) for r in await read_all(settings, contract.ALERTS)]
 
 
 async def test_published_alerts_are_counted_by_rule_and_severity_with_their_latency(
@@ -539,14 +396,12 @@ async def test_published_alerts_are_counted_by_rule_and_severity_with_their_late
     }
     keys = ("rule", "severity", "state", "retrospective")
     published = "vitals_alerts_published_total"
-    before = {k: _sample(published, dict(zip(keys, v, strict=True))) for k, v in counted.items()}
+    before = {k: sample(published, **dict(zip(keys, v, strict=True))) for k, v in counted.items()}
     event = {
-        s: _sample(f"vitals_alert_latency_seconds_{s}", {"since": "event"})
-        for s in ("count", "sum")
+        s: sample(f"vitals_alert_latency_seconds_{s}", since="event") for s in ("count", "sum")
     }
     decided = {
-        s: _sample(f"vitals_alert_latency_seconds_{s}", {"since": "detected"})
-        for s in ("count", "sum")
+        s: sample(f"vitals_alert_latency_seconds_{s}", since="detected") for s in ("count", "sum")
     }
     await _produce(own, [(patient.encode(), contract.encode_detection(d)) for d in (live, late)])
 
@@ -554,14 +409,12 @@ async def test_published_alerts_are_counted_by_rule_and_severity_with_their_late
     elapsed_s = (contract.now_ms() - now) / 1000
 
     for k, v in counted.items():
-        assert _sample(published, dict(zip(keys, v, strict=True))) == before[k] + 1, k
-    assert _sample("vitals_alert_latency_seconds_count", {"since": "event"}) == event["count"] + 1
-    event_s = _sample("vitals_alert_latency_seconds_sum", {"since": "event"}) - event["sum"]
+        assert sample(published, **dict(zip(keys, v, strict=True))) == before[k] + 1, k
+    assert sample("vitals_alert_latency_seconds_count", since="event") == event["count"] + 1
+    event_s = sample("vitals_alert_latency_seconds_sum", since="event") - event["sum"]
     assert 40 <= event_s <= 40 + elapsed_s
-    assert (
-        _sample("vitals_alert_latency_seconds_count", {"since": "detected"}) == decided["count"] + 2
-    )
-    decided_s = _sample("vitals_alert_latency_seconds_sum", {"since": "detected"}) - decided["sum"]
+    assert sample("vitals_alert_latency_seconds_count", since="detected") == decided["count"] + 2
+    decided_s = sample("vitals_alert_latency_seconds_sum", since="detected") - decided["sum"]
     assert 2 + 3 <= decided_s <= 2 + 3 + 2 * elapsed_s
 
 

@@ -9,8 +9,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,14 +19,16 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
-from prometheus_client import REGISTRY
 
 from sinks.timescale.batching import BatchSizer
 from sinks.timescale.rows import rows_of
-from sinks.timescale.runner import STAGE, run_sink
+from sinks.timescale.runner import STAGE
 from sinks.timescale.writer import ReadingsWriter, copy_then_upsert
+from tests.support.inprocess import sink_committed, timescale_sink
+from tests.support.metrics import sample
 from tests.support.polling import WAIT_S, until
-from vitals import contract, kafka
+from tests.support.topics import committed, group_offsets
+from vitals import contract
 from vitals.db.pgtime import from_ms
 from vitals.errors import ConfigError, ContractError
 from vitals.settings import Settings
@@ -76,62 +77,6 @@ async def _produce(settings: Settings, values: Sequence[bytes], key: bytes) -> l
         await producer.stop()
 
 
-async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await consumer.start()
-    try:
-        parts = await kafka.partitions(consumer, topic)
-        ends = await consumer.end_offsets(parts)
-        return {tp.partition: offset for tp, offset in ends.items() if offset}
-    finally:
-        await consumer.stop()
-
-
-@asynccontextmanager
-async def _group_offsets(settings: Settings, group: str) -> AsyncIterator[AIOKafkaConsumer]:
-    # A member that never subscribes only reads the group's offsets (OffsetFetch); tansu
-    # does not answer the admin client's variant of that request.
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        yield consumer
-    finally:
-        await consumer.stop()
-
-
-async def _committed(reader: AIOKafkaConsumer, topic: str) -> dict[int, int]:
-    committed = {}
-    for tp in await kafka.partitions(reader, topic):
-        offset = await reader.committed(tp)
-        if offset is not None and offset >= 0:
-            committed[tp.partition] = offset
-    return committed
-
-
-async def _all_committed(settings: Settings) -> None:
-    topic = settings.topic(contract.READINGS)
-    ends = await _end_offsets(settings, topic)
-    async with _group_offsets(settings, settings.sink_group) as reader:
-
-        async def caught_up() -> bool:
-            return await _committed(reader, topic) == ends
-
-        await until(caught_up, "the sink to commit every offset")
-
-
-@asynccontextmanager
-async def _sink(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_sink(settings, stop))
-    try:
-        yield task
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, WAIT_S)
-
-
 async def _stored(database_url: str, patient: str) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(database_url)
     try:
@@ -140,10 +85,6 @@ async def _stored(database_url: str, patient: str) -> list[asyncpg.Record]:
         )
     finally:
         await conn.close()
-
-
-def _sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture
@@ -324,18 +265,18 @@ async def test_every_reading_is_stored_exactly_once_despite_redelivered_uploads(
     other = _upload(patient, [T0, T0 + 1000], metric="spo2")
     values = [contract.encode_upload(u) for u in (upload, upload, retried, other)]
     await _produce(own, values, key=patient.encode())
-    new, duplicate = (_sample("vitals_sink_rows_total", result=r) for r in ("new", "duplicate"))
-    writes = _sample("vitals_sink_write_seconds_count")
+    new, duplicate = (sample("vitals_sink_rows_total", result=r) for r in ("new", "duplicate"))
+    writes = sample("vitals_sink_write_seconds_count")
 
-    async with _sink(own):
-        await _all_committed(own)
+    async with timescale_sink(own):
+        await sink_committed(own)
 
     stored = await _stored(own.database_url, patient)
     assert len(stored) == 25 + 2
     # The metrics tell the same: 27 new rows, the other 30 of the 57 sent already stored.
-    assert _sample("vitals_sink_rows_total", result="new") - new == 27
-    assert _sample("vitals_sink_rows_total", result="duplicate") - duplicate == 30
-    assert _sample("vitals_sink_write_seconds_count") > writes
+    assert sample("vitals_sink_rows_total", result="new") - new == 27
+    assert sample("vitals_sink_rows_total", result="duplicate") - duplicate == 30
+    assert sample("vitals_sink_write_seconds_count") > writes
     assert len({(r["metric"], r["t"], r["device_id"]) for r in stored}) == len(stored)
     # The first write of a key wins: readings 10-19 keep the first upload's id.
     by_time = {r["t"]: r for r in stored if r["metric"] == "heart_rate"}
@@ -359,8 +300,8 @@ async def test_bad_messages_are_parked_with_origin_and_error_and_the_rest_is_sto
     ]
     sent = await _produce(own, values, key=patient.encode())
 
-    async with _sink(own):
-        await _all_committed(own)
+    async with timescale_sink(own):
+        await sink_committed(own)
 
     stored = await _stored(own.database_url, patient)
     assert sorted(str(r["upload_id"]) for r in stored) == sorted(g.upload_id for g in goods)
@@ -456,12 +397,12 @@ async def test_database_outage_commits_nothing_reports_not_ready_and_loses_nothi
         update={"database_url": outlet.url(own.database_url), "probe_port": probe}
     )
     topic = own.topic(contract.READINGS)
-    consumed = _sample("vitals_consumed_records_total", stage=STAGE)
+    consumed = sample("vitals_consumed_records_total", stage=STAGE)
 
     async with (
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{probe}") as http,
-        _group_offsets(own, own.sink_group) as offsets,
-        _sink(sink_settings),
+        group_offsets(own, own.sink_group) as offsets,
+        timescale_sink(sink_settings),
     ):
 
         async def readyz(status: int) -> bool:
@@ -474,18 +415,18 @@ async def test_database_outage_commits_nothing_reports_not_ready_and_loses_nothi
         # Polled, failed, rewound and polled again: the batch is retried, not dropped.
         await until(
             lambda: (
-                _sample("vitals_consumed_records_total", stage=STAGE) >= consumed + 2 * len(uploads)
+                sample("vitals_consumed_records_total", stage=STAGE) >= consumed + 2 * len(uploads)
             ),
             "the batch to be retried",
         )
-        assert await _committed(offsets, topic) == {}
+        assert await committed(offsets, topic) == {}
         assert (await http.get("/readyz")).status_code == 503
         metrics = (await http.get("/metrics")).text
         assert f'vitals_sink_dependencies_up{{stage="{STAGE}"}} 0.0' in metrics
 
         await outlet.open()  # the database is back
         try:
-            await _all_committed(own)
+            await sink_committed(own)
             await until(lambda: readyz(200), "/readyz to answer 200 again")
         finally:
             await outlet.close()
@@ -525,7 +466,7 @@ async def test_the_command_migrates_on_start_serves_probes_and_stops_on_sigterm(
         )
     try:
         migrated = own.model_copy(update={"database_url": url})
-        await _all_committed(migrated)
+        await sink_committed(migrated)
         assert len(await _stored(url, patient)) == 2  # the table exists: it migrated
         async with httpx.AsyncClient() as http:
             assert (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
@@ -582,8 +523,8 @@ async def test_news2_scores_are_stored_once_replaced_by_recomputation_and_bad_on
         finally:
             await conn.close()
 
-    async with _sink(own):
-        await _all_committed(own)
+    async with timescale_sink(own):
+        await sink_committed(own)
         letters = await _dead_letters(own, 1)
         await until(
             lambda: _rows_are(stored, [(from_ms(T0), 5), (from_ms(T0 + 60_000), 4)]),

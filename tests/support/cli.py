@@ -21,3 +21,6 @@ def vitals(
     )
     assert done.returncode == code, done.stdout + done.stderr
     return done
+
+
+CLI = ("cli", "pytest")

@@ -1,14 +1,16 @@
 """PHD-style FHIR Bundles for the tests: what a personal health gateway posts (HL7 PHD IG:
 Patient and Device entries as conditional creates, Observations coded MDC then LOINC,
-UCUM quantities, blood pressure as a panel with components)."""
+UCUM quantities, blood pressure as a panel with components), and how they are posted."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
+import httpx
 import orjson
 
+from tests.support.secured_gateway import Gateway
 from vitals.fhir import LOINC, MDC, UCUM
 
 PATIENT_URL = "urn:uuid:5b7842fe-978d-4182-a41f-0d07a8617bc2"
@@ -106,3 +108,31 @@ def bundle(
 
 def dumps(document: Any) -> bytes:
     return orjson.dumps(document)
+
+
+FHIR = "application/fhir+json"
+
+
+async def post(
+    gw: Gateway, key: str, document: Any, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    content = document if isinstance(document, bytes) else dumps(document)
+    return await gw.client.post(
+        "/fhir/r4",
+        content=content,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": FHIR, **(headers or {})},
+    )
+
+
+def outcome(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == FHIR
+    doc = response.json()
+    assert doc["resourceType"] == "OperationOutcome"
+    assert doc["issue"][0]["details"]["coding"][0]["code"] == code
+    assert doc["issue"][0]["severity"] == "error"
+    return doc
+
+
+def ours(fleet: dict[str, str], *entries: Any, kind: str = "transaction") -> dict[str, Any]:
+    return bundle(*entries, kind=kind, patient=fleet["patient"], device=fleet["device"])

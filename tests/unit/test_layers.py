@@ -111,3 +111,24 @@ def test_vitals_help_imports_no_stage_and_no_evaluation() -> None:
         "numpy", "scipy",
     }  # fmt: skip
     assert not stages | tools, sorted(stages | tools)
+
+
+def test_tests_share_helpers_through_support_never_through_another_test_module() -> None:
+    """A test module is collected, not imported: helpers live in tests/support/, fixtures
+    in a conftest.py (README, Tests), so that moving or deleting a test breaks nothing."""
+    wrong = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        if "node_modules" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+                if (ROOT / node.module.replace(".", "/")).is_dir():  # modules of a package
+                    names += [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                if name.startswith("tests.") and name.split(".")[-1].startswith("test_"):
+                    wrong.append(f"{path.relative_to(ROOT)}: {name}")
+    assert wrong == []
