@@ -1,5 +1,7 @@
 """The read API's FHIR R4 facade: GET /fhir/r4/Observation (search), answered as a
-`searchset` Bundle of Observations built by vitals/fhir.py.
+`searchset` Bundle of Observations (vitals/fhir.py: a stored reading; fhir_observations.py:
+statistics per minute or hour, the blood pressure panel, a NEWS2 score). The parameters
+taken are those the CapabilityStatement advertises (fhir_capability.py).
 
 The same reader keys, care-team scoping, limits and read audit as the JSON routes
 (access.py), the same raw query and keyset paging with signed cursors (queries.py,
@@ -10,24 +12,44 @@ filter would return more than was asked for.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+import asyncpg
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from frontdoor.errors import GatewayError, Malformed
 from frontdoor.fhir import fhir_response, outcome_response
-from readapi import params, queries
+from readapi import fhir_observations, params, queries
+from readapi import news2 as news2_scores
 from readapi.access import Access
+from readapi.fhir_capability import OBSERVATION
+from readapi.fhir_observations import NEWS2_CODING
 from vitals import fhir
 from vitals.bounds import epoch_ms
+from vitals.catalog import METRICS
 
 router = APIRouter()
 
-SEARCH_PARAMETERS = ("patient", "subject", "code", "date", "_count", "_cursor")
 _MICRO = timedelta(microseconds=1)
+RESOLUTIONS = ("raw", "1m", "1h")
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """What one search reads: its query, each row's position for the cursor and its
+    Observation. `key` names the series in the cursor's scope."""
+
+    key: str
+    fetch: Callable[
+        ..., Awaitable[list[asyncpg.Record]]
+    ]  # (conn, patient, start, end, after, rows)
+    position: Callable[[asyncpg.Record], tuple[datetime, tuple[str, ...]]]
+    resource: Callable[[str, asyncpg.Record], dict[str, Any]]  # (patient, row)
 
 
 @router.get("/fhir/r4/Observation")
@@ -48,36 +70,31 @@ async def _search(request: Request) -> dict[str, Any]:
     # The scope check first, as on the JSON routes: outside the reader's care teams every
     # search is 404, whatever its other parameters.
     async with access.reading(key, "fhir/Observation", patient) as read:
-        unknown = sorted(set(lists) - set(SEARCH_PARAMETERS))
+        # The CapabilityStatement's own table: what it advertises is what is taken.
+        supported = OBSERVATION.param_names()
+        unknown = sorted(set(lists) - set(supported))
         if unknown:
             raise Malformed(
                 "unknown_parameter",
                 f"unsupported search parameter(s): {', '.join(unknown)}; "
-                f"supported: {', '.join(SEARCH_PARAMETERS)}",
+                f"supported: {', '.join(supported)}",
             )
-        metric = _metric(_one(lists, "code"))
+        series = _series(_one(lists, "code"), _one(lists, "resolution", required=False))
         start, end = _dates(lists.get("date", []))
         settings = request.app.state.settings
         count = params.limit(_one(lists, "_count", required=False), settings.api_page_max)
-        scope = f"fhir-observation:{patient}:{metric}:{start.isoformat()}:{end.isoformat()}"
+        scope = f"fhir-observation:{patient}:{series.key}:{start.isoformat()}:{end.isoformat()}"
         cursor_key: bytes = request.app.state.cursor_key
         cursor = params.decode_cursor(_one(lists, "_cursor", required=False), scope, cursor_key)
-        after = (cursor.at, cursor.tie[0]) if cursor else (params.EARLIEST, "")
+        after = (cursor.at, cursor.tie) if cursor else (params.EARLIEST, ("",))
         async with request.app.state.pool.acquire() as conn:
-            found = await queries.raw(conn, patient, metric, start, end, after, count + 1)
+            found = await series.fetch(conn, patient, start, end, after, count + 1)
         page, more = found[:count], len(found) > count
         read.rows = len(page)
     base = str(request.base_url).rstrip("/") + "/fhir/r4/"
     entries = []
     for row in page:
-        resource = fhir.observation(
-            patient_id=patient,
-            metric=metric,
-            t_ms=epoch_ms(row["t"]),
-            value=row["value"],
-            unit=row["unit"],
-            device_id=row["device_id"],
-        )
+        resource = series.resource(patient, row)
         entries.append(
             {
                 "fullUrl": base + "Observation/" + resource["id"],
@@ -88,9 +105,8 @@ async def _search(request: Request) -> dict[str, Any]:
     query = [(n, v) for n, v in request.query_params.multi_items() if n != "_cursor"]
     links = [{"relation": "self", "url": str(request.url)}]
     if more:
-        last = page[-1]
-        position = params.Cursor(scope, last["t"], (last["device_id"],))
-        token = params.encode_cursor(position, cursor_key)
+        at, tie = series.position(page[-1])
+        token = params.encode_cursor(params.Cursor(scope, at, tie), cursor_key)
         links.append(
             {
                 "relation": "next",
@@ -128,18 +144,95 @@ def _patient(lists: dict[str, list[str]]) -> str:
     return params.patient(ident if slash else value)
 
 
-def _metric(value: str | None) -> str:
-    """code=SYSTEM|CODE or CODE: one code of the table, of a metric served as FHIR."""
+def _series(value: str | None, resolution: str | None) -> Series:
+    """code=[SYSTEM|]CODE: a metric's code of the table (its readings, or with
+    resolution=1m|1h its statistics), the blood pressure panel, or NEWS2."""
     assert value is not None
     system, bar, code = value.rpartition("|")
-    known = [
-        c
-        for c in fhir.CODES
-        if c.code == (code if bar else value) and (not bar or c.system == system)
-    ]
-    if not known or known[0].metric not in fhir.readable_metrics():
+    if resolution is not None and resolution not in RESOLUTIONS:
+        raise Malformed("bad_resolution", f"resolution must be one of {', '.join(RESOLUTIONS)}")
+    known = {(c.system, c.code): c.metric for c in fhir.CODES}
+    known.update({pair: _PANEL for pair in fhir.BP_PANEL})
+    known[(NEWS2_CODING["system"], NEWS2_CODING["code"])] = _NEWS2
+    named = {m for (s, c), m in known.items() if c == code and (not bar or s == system)}
+    if len(named) != 1 or not named <= fhir.readable_metrics() | {_PANEL, _NEWS2}:
         raise Malformed("unknown_code", f"code {value[:60]!r} is not a code this server serves")
-    return known[0].metric
+    (metric,) = named
+    if metric in (_PANEL, _NEWS2):
+        if resolution not in (None, "raw"):
+            raise Malformed("bad_resolution", "resolution 1m and 1h are for the code of one metric")
+        return _PANEL_SERIES if metric == _PANEL else _NEWS2_SERIES
+    if resolution in (None, "raw"):
+        return _readings(metric)
+    return _statistics(metric, resolution)
+
+
+_PANEL, _NEWS2 = "bp_panel", "news2"
+
+
+def _readings(metric: str) -> Series:
+    async def fetch(conn: Any, patient: str, start: datetime, end: datetime,
+                    after: tuple[datetime, tuple[str, ...]], rows: int) -> list[Any]:  # fmt: skip
+        return await queries.raw(conn, patient, metric, start, end, (after[0], after[1][0]), rows)
+
+    def resource(patient: str, row: Any) -> dict[str, Any]:
+        return fhir.observation(
+            patient_id=patient, metric=metric, t_ms=epoch_ms(row["t"]), value=row["value"],
+            unit=row["unit"], device_id=row["device_id"],
+        )  # fmt: skip
+
+    return Series(metric, fetch, _at_device, resource)
+
+
+def _statistics(metric: str, resolution: str) -> Series:
+    unit = METRICS[metric].unit
+
+    async def fetch(conn: Any, patient: str, start: datetime, end: datetime,
+                    after: tuple[datetime, tuple[str, ...]], rows: int) -> list[Any]:  # fmt: skip
+        return await queries.buckets(conn, resolution, patient, metric, start, end, after[0], rows)
+
+    def resource(patient: str, row: Any) -> dict[str, Any]:
+        return fhir_observations.statistics(
+            patient_id=patient, metric=metric, resolution=resolution,
+            bucket_ms=epoch_ms(row["bucket"]), unit=unit, mean=row["avg_value"],
+            minimum=row["min_value"], maximum=row["max_value"], count=row["n"],
+        )  # fmt: skip
+
+    return Series(f"{metric}:{resolution}", fetch, lambda row: (row["bucket"], ()), resource)
+
+
+def _at_device(row: Any) -> tuple[datetime, tuple[str, ...]]:
+    return row["t"], (row["device_id"],)
+
+
+async def _panels(conn: Any, patient: str, start: datetime, end: datetime,
+                  after: tuple[datetime, tuple[str, ...]], rows: int) -> list[Any]:  # fmt: skip
+    return await queries.bp_panels(conn, patient, start, end, (after[0], after[1][0]), rows)
+
+
+def _panel(patient: str, row: Any) -> dict[str, Any]:
+    return fhir_observations.blood_pressure(
+        patient_id=patient, t_ms=epoch_ms(row["t"]), systolic=row["systolic"],
+        diastolic=row["diastolic"], unit=row["unit"], device_id=row["device_id"],
+    )  # fmt: skip
+
+
+async def _scores(conn: Any, patient: str, start: datetime, end: datetime,
+                  after: tuple[datetime, tuple[str, ...]], rows: int) -> list[Any]:  # fmt: skip
+    return await queries.news2_history(conn, patient, start, end, after[0], rows)
+
+
+def _score(patient: str, row: Any) -> dict[str, Any]:
+    shown = news2_scores.score(row)
+    return fhir_observations.news2(
+        patient_id=patient, t_ms=epoch_ms(row["t"]), computed_ms=epoch_ms(row["computed_at"]),
+        score=row["news2"], band=row["band"], spo2_scale=row["spo2_scale"],
+        missing=shown["missing"],
+    )  # fmt: skip
+
+
+_PANEL_SERIES = Series(_PANEL, _panels, _at_device, _panel)
+_NEWS2_SERIES = Series(_NEWS2, _scores, lambda row: (row["t"], ()), _score)
 
 
 def _dates(values: list[str]) -> tuple[datetime, datetime]:

@@ -29,7 +29,7 @@ OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-catego
 # Our refusal codes (docs/wire-format.md) as a code system, in OperationOutcome.issue.details.
 PROBLEM_SYSTEM = "urn:vitals:problem"
 VITALSIGNS = "http://hl7.org/fhir/StructureDefinition/vitalsigns"
-_PROFILE = "http://hl7.org/fhir/StructureDefinition/"
+PROFILE_BASE = "http://hl7.org/fhir/StructureDefinition/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +147,7 @@ def observation(
         profiles = [VITALSIGNS]
         own = PROFILES[metric]
         if own is not None:
-            profiles.append(_PROFILE + own)
+            profiles.append(PROFILE_BASE + own)
         resource["meta"] = {"profile": profiles}
     resource["status"] = "final"
     if category is not None:

@@ -14,14 +14,26 @@ import pytest
 
 from frontdoor import registry_store
 from tests.integration.test_read_access import CLI, bearer, quick, uid
-from tests.integration.test_read_api import AUTH, T0, iso, patient, row, running, store_rows
+from tests.integration.test_read_api import (
+    AUTH,
+    T0,
+    VITALS,
+    iso,
+    patient,
+    row,
+    running,
+    store_rows,
+    store_scores_computed_from,
+    vitals_upload,
+)
 from tests.polling import until
 from vitals import fhir
 
 pytestmark = pytest.mark.integration
 
 FHIR = "application/fhir+json"
-M = timedelta(minutes=1)
+S, M, H = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1)
+STATISTICS = "http://terminology.hl7.org/CodeSystem/observation-statistics"
 
 
 async def search(client: httpx.AsyncClient, headers: dict[str, str] | None = None, **q: Any
@@ -141,7 +153,13 @@ async def test_care_teams_scope_the_search_and_every_search_is_on_record(
             answer = (await search(client, bearer(key), patient=mine, code="2708-6")).json()
             assert len(answer["entry"]) == 1
             # A stranger's patient is 404 whatever the parameters (a 404 before any 400).
-            for query in ({"code": "2708-6"}, {"code": "nonsense", "_sort": "x"}):
+            for query in (
+                {"code": "2708-6"},
+                {"code": "nonsense", "_sort": "x"},
+                {"code": "2708-6", "resolution": "1h"},
+                {"code": "85354-9", "resolution": "bad"},
+                {"code": "1104051000000101"},
+            ):
                 stranger = await search(client, bearer(key), patient=theirs, **query)
                 outcome(stranger, 404, "no_such_patient")
                 assert theirs not in stranger.text
@@ -152,8 +170,168 @@ async def test_care_teams_scope_the_search_and_every_search_is_on_record(
                     " AND route = 'fhir/Observation'",
                     theirs,
                 )
-                return len(found) == 2 and {r["outcome"] for r in found} == {"no_such_patient"}
+                return len(found) == 5 and {r["outcome"] for r in found} == {"no_such_patient"}
 
             await until(recorded, "the refused searches recorded", 10)
     finally:
         await owner.close()
+
+
+def stats(observation: dict[str, Any]) -> dict[str, Any]:
+    """An aggregate's components by statistic code: value (count: the integer)."""
+    found = {}
+    for c in observation["component"]:
+        (coding,) = c["code"]["coding"]
+        assert coding["system"] == STATISTICS
+        found[coding["code"]] = c.get("valueInteger", c.get("valueQuantity", {}).get("value"))
+    return found
+
+
+async def test_statistics_per_minute_and_per_hour_are_observations_over_a_period(
+    database_url: str,
+) -> None:
+    p = patient()
+    await store_rows(
+        database_url,
+        [row(p, "heart_rate", T0, 60.0), row(p, "heart_rate", T0 + 20 * S, 70.0),
+         row(p, "heart_rate", T0 + 30 * S, 100.0, device="w2"),
+         row(p, "heart_rate", T0 + M, 90.0), row(p, "heart_rate", T0 + H, 40.0)],
+    )  # fmt: skip
+    window = {"date": [f"ge{iso(T0)}", f"lt{iso(T0 + 2 * H)}"]}
+    async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
+        minutes = await search(client, patient=p, code="8867-4", resolution="1m", **window)
+        assert minutes.status_code == 200, minutes.text
+        found = [e["resource"] for e in minutes.json()["entry"]]
+        assert [o["effectivePeriod"] for o in found] == [
+            {"start": "2026-03-01T08:00:00.000Z", "end": "2026-03-01T08:01:00.000Z"},
+            {"start": "2026-03-01T08:01:00.000Z", "end": "2026-03-01T08:02:00.000Z"},
+            {"start": "2026-03-01T09:00:00.000Z", "end": "2026-03-01T09:01:00.000Z"},
+        ]
+        assert [stats(o) for o in found] == [
+            {"average": 230 / 3, "minimum": 60.0, "maximum": 100.0, "count": 3},
+            {"average": 90.0, "minimum": 90.0, "maximum": 90.0, "count": 1},
+            {"average": 40.0, "minimum": 40.0, "maximum": 40.0, "count": 1},
+        ]
+        first = found[0]
+        assert first["code"]["coding"][0]["code"] == "8867-4" and "valueQuantity" not in first
+        assert first["component"][0]["valueQuantity"]["code"] == "/min"
+        assert "effectiveDateTime" not in first
+
+        # Hours, one per page: the cursor walks the buckets.
+        hours = await search(client, patient=p, code="8867-4", resolution="1h", _count=1, **window)
+        page = hours.json()
+        assert [stats(e["resource"]) for e in page["entry"]] == [
+            {"average": 80.0, "minimum": 60.0, "maximum": 100.0, "count": 4}
+        ]
+        (following,) = [link["url"] for link in page["link"] if link["relation"] == "next"]
+        path = urlsplit(following)
+        second = (await client.get(path.path, params=parse_qsl(path.query), headers=AUTH)).json()
+        assert [stats(e["resource"]) for e in second["entry"]] == [
+            {"average": 40.0, "minimum": 40.0, "maximum": 40.0, "count": 1}
+        ]
+        # Stable ids: the same bucket, the same id; another resolution, another id.
+        again = (await search(client, patient=p, code="8867-4", resolution="1h", **window)).json()
+        assert again["entry"][0]["resource"]["id"] == page["entry"][0]["resource"]["id"]
+        assert again["entry"][0]["resource"]["id"] != first["id"]
+        # The raw readings are still the default, and resolution=raw says so.
+        raw = (await search(client, patient=p, code="8867-4", resolution="raw", **window)).json()
+        assert len(raw["entry"]) == 5
+
+
+async def test_systolic_and_diastolic_taken_together_are_one_blood_pressure_panel(
+    database_url: str,
+) -> None:
+    p = patient()
+    await store_rows(
+        database_url,
+        [row(p, "systolic_bp", T0, 128.0), row(p, "diastolic_bp", T0, 84.0),
+         row(p, "systolic_bp", T0 + M, 131.0, device="cuff"),
+         row(p, "diastolic_bp", T0 + M, 86.0, device="cuff"),
+         row(p, "systolic_bp", T0 + 2 * M, 140.0)],  # alone: no panel
+    )  # fmt: skip
+    window = {"date": f"ge{iso(T0)}"}
+    async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
+        answer = await search(client, patient=p, code=f"{fhir.LOINC}|85354-9", **window)
+        assert answer.status_code == 200, answer.text
+        panels = [e["resource"] for e in answer.json()["entry"]]
+        assert len(panels) == 2
+        bp = panels[0]
+        assert bp["meta"]["profile"] == [
+            fhir.VITALSIGNS, "http://hl7.org/fhir/StructureDefinition/bp"
+        ]  # fmt: skip
+        assert bp["code"]["coding"] == [fhir.BP_PANEL_CODING] and "valueQuantity" not in bp
+        assert [
+            (c["code"]["coding"][0]["code"], c["valueQuantity"]["value"],
+             c["valueQuantity"]["code"])
+            for c in bp["component"]
+        ] == [("8480-6", 128.0, "mm[Hg]"), ("8462-4", 84.0, "mm[Hg]")]  # fmt: skip
+        assert panels[1]["device"] == {"reference": "Device/cuff"}
+        assert bp["effectiveDateTime"] == "2026-03-01T08:00:00.000Z"
+        # Under its device code too, the same panels; one per page with a cursor.
+        mdc = await search(client, patient=p, code="150020", _count=1, **window)
+        page = mdc.json()
+        assert page["entry"][0]["resource"]["id"] == bp["id"]
+        (following,) = [link["url"] for link in page["link"] if link["relation"] == "next"]
+        path = urlsplit(following)
+        second = (await client.get(path.path, params=parse_qsl(path.query), headers=AUTH)).json()
+        assert [e["resource"]["id"] for e in second["entry"]] == [panels[1]["id"]]
+        # Each reading is still served alone under its own code, the lone one too.
+        systolic = (await search(client, patient=p, code="8480-6", **window)).json()
+        assert [e["resource"]["valueQuantity"]["value"] for e in systolic["entry"]] == [
+            128.0, 131.0, 140.0,
+        ]  # fmt: skip
+
+
+async def test_news2_scores_are_observations_searchable_by_their_code(database_url: str) -> None:
+    p = patient()
+    pulses = [115.0, 40.0, 70.0]  # 7, 8 (red), 5
+    await store_scores_computed_from(
+        database_url,
+        [vitals_upload(p, T0 + i * M, **{**VITALS, "heart_rate": v}) for i, v in enumerate(pulses)],
+    )
+    async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
+        code = "http://snomed.info/sct|1104051000000101"
+        answer = await search(client, patient=p, code=code, date=f"ge{iso(T0)}")
+        assert answer.status_code == 200, answer.text
+        scores = [e["resource"] for e in answer.json()["entry"]]
+        assert [(o["effectiveDateTime"], o["valueQuantity"]["value"]) for o in scores] == [
+            ("2026-03-01T08:00:00.000Z", 7), ("2026-03-01T08:01:00.000Z", 8),
+            ("2026-03-01T08:02:00.000Z", 5),
+        ]  # fmt: skip
+        first = scores[0]
+        assert first["code"]["coding"][0]["code"] == "1104051000000101"
+        assert first["category"][0]["coding"][0]["code"] == "survey"
+        assert first["valueQuantity"]["code"] == "{ScoreOf}"
+        assert first["interpretation"][0]["text"] == "clinical risk band: high"
+        assert "SpO2 scale 1" in first["method"]["text"] and "note" not in first
+        # The code alone, a later range and one per page.
+        later = await search(client, patient=p, code="1104051000000101", _count=1,
+                             date=f"gt{iso(T0)}")  # fmt: skip
+        assert [e["resource"]["valueQuantity"]["value"] for e in later.json()["entry"]] == [8]
+
+
+async def test_refused_resolutions(database_url: str) -> None:
+    p = patient()
+    async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
+        for query in (
+            {"code": "8867-4", "resolution": "5m"},
+            {"code": "8867-4", "resolution": "auto"},  # the JSON API's; not here
+            {"code": "85354-9", "resolution": "1m"},
+            {"code": "1104051000000101", "resolution": "1h"},
+        ):
+            outcome(await search(client, patient=p, **query), 400, "bad_resolution")
+        outcome(
+            await search(client, patient=p, code="8867-4", resolution=["1m", "1h"]),
+            400,
+            "repeated_parameter",
+        )
+        # A cursor of the raw readings does not page the statistics.
+        await store_rows(database_url, [row(p, "heart_rate", T0 + i * M, 70.0) for i in range(2)])
+        raw = (await search(client, patient=p, code="8867-4", _count=1)).json()
+        (following,) = [link["url"] for link in raw["link"] if link["relation"] == "next"]
+        cursor = dict(parse_qsl(urlsplit(following).query))["_cursor"]
+        outcome(
+            await search(client, patient=p, code="8867-4", resolution="1m", _cursor=cursor),
+            400,
+            "bad_cursor",
+        )
