@@ -226,7 +226,7 @@ def _score(patient: str, row: Any) -> dict[str, Any]:
     shown = news2_scores.score(row)
     return fhir_observations.news2(
         patient_id=patient, t_ms=epoch_ms(row["t"]), computed_ms=epoch_ms(row["computed_at"]),
-        score=row["news2"], band=row["band"], spo2_scale=row["spo2_scale"],
+        score=row["news2"], band=row["band"], red=row["red"], spo2_scale=row["spo2_scale"],
         missing=shown["missing"],
     )  # fmt: skip
 

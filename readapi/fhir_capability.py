@@ -124,7 +124,7 @@ def capability_statement() -> dict[str, Any]:
                 "security": {
                     "cors": False,
                     "description": "Every interaction but metadata needs a reader key "
-                    "(`Authorization: Bearer <key>`, issued by `vitals keys issue "
+                    "(`Authorization: Bearer` and the key, issued by `vitals keys issue "
                     "--kind reader`); a key reads only the patients of its care teams: "
                     "any other patient is 404. Every read is in the read audit.",
                 },

@@ -109,8 +109,8 @@ def blood_pressure(
 
 
 def news2(
-    *, patient_id: str, t_ms: int, computed_ms: int, score: int, band: str, spo2_scale: int,
-    missing: list[str],
+    *, patient_id: str, t_ms: int, computed_ms: int, score: int, band: str, red: bool,
+    spo2_scale: int, missing: list[str],
 ) -> dict[str, Any]:  # fmt: skip
     """A stored NEWS2 score record (news2_scores) as a survey Observation."""
     resource: dict[str, Any] = {
@@ -125,17 +125,20 @@ def news2(
         # UK Core's unit for an early warning score.
         "valueQuantity": {
             "value": score,
-            "unit": "score",
+            "unit": "{ScoreOf}",
             "system": fhir.UCUM,
             "code": "{ScoreOf}",
-        },  # fmt: skip
-        "interpretation": [{"text": f"clinical risk band: {band}"}],
+        },
         "method": {
             "text": f"NEWS2 (Royal College of Physicians, 2017), SpO2 scale {spo2_scale}, "
             "computed by the vitals processor from the latest reading of each parameter "
             "(docs/scores.md)"
         },
     }
+    # The band and what was missing as notes: R4's interpretation codes (high, low,
+    # abnormal...) have no code for a NEWS2 clinical risk band.
+    notes = [f"clinical risk: {band}" + (" (a single parameter scored 3)" if red else "")]
     if missing:
-        resource["note"] = [{"text": f"partial: computed without {', '.join(missing)}"}]
+        notes.append(f"partial: computed without {', '.join(missing)}")
+    resource["note"] = [{"text": text} for text in notes]
     return resource

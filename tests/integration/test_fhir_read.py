@@ -302,8 +302,10 @@ async def test_news2_scores_are_observations_searchable_by_their_code(database_u
         assert first["code"]["coding"][0]["code"] == "1104051000000101"
         assert first["category"][0]["coding"][0]["code"] == "survey"
         assert first["valueQuantity"]["code"] == "{ScoreOf}"
-        assert first["interpretation"][0]["text"] == "clinical risk band: high"
-        assert "SpO2 scale 1" in first["method"]["text"] and "note" not in first
+        assert [n["text"] for n in first["note"]] == ["clinical risk: high"]
+        assert "SpO2 scale 1" in first["method"]["text"]
+        red = scores[1]["note"][0]["text"]
+        assert red == "clinical risk: high (a single parameter scored 3)"
         # The code alone, a later range and one per page.
         later = await search(client, patient=p, code="1104051000000101", _count=1,
                              date=f"gt{iso(T0)}")  # fmt: skip
