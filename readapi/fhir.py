@@ -22,7 +22,7 @@ import asyncpg
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from frontdoor.errors import GatewayError, Malformed
+from frontdoor.errors import GatewayError, Malformed, NotFound
 from frontdoor.fhir import fhir_response, outcome_response
 from readapi import fhir_observations, params, queries
 from readapi import news2 as news2_scores
@@ -36,6 +36,9 @@ from vitals.catalog import METRICS
 router = APIRouter()
 
 _MICRO = timedelta(microseconds=1)
+_MS = timedelta(milliseconds=1)
+# The rows of one patient and series within one millisecond: one per device.
+READ_ROWS_MAX = 100
 RESOLUTIONS = ("raw", "1m", "1h")
 
 
@@ -117,6 +120,59 @@ async def _search(request: Request) -> dict[str, Any]:
     if entries:  # FHIR JSON has no empty arrays
         bundle["entry"] = entries
     return bundle
+
+
+@router.get("/fhir/r4/Observation/{ident}")
+async def read_observation(request: Request, ident: str) -> Response:
+    try:
+        return fhir_response(await _read(request, ident))
+    except GatewayError as refusal:
+        return outcome_response(refusal)
+
+
+def _no_such_observation() -> NotFound:
+    return NotFound("no_such_observation", "no Observation with this id for this reader")
+
+
+async def _read(request: Request, ident: str) -> dict[str, Any]:
+    """The Observation whose id is `ident`: its id names the patient, series and time
+    (vitals/fhir.resource_key), so it is the search's own query over one millisecond."""
+    key = request.app.state.authenticator.reader_for(request.headers.get("authorization"))
+    found = fhir.resource_key(ident)
+    if found is None:
+        raise _no_such_observation()
+    access: Access = request.app.state.access
+    # Outside the reader's care teams the same 404 as an id that names nothing.
+    async with access.reading(
+        key, "fhir/Observation/read", found.patient_id, missing=_no_such_observation
+    ) as read:
+        series = _series_of(found.kind)
+        if series is None:
+            raise _no_such_observation()
+        at = params.EARLIEST + found.t_ms * _MS
+        async with request.app.state.pool.acquire() as conn:
+            rows = await series.fetch(conn, found.patient_id, at, at + _MS,
+                                      (params.EARLIEST, ("",)), READ_ROWS_MAX)  # fmt: skip
+        for row in rows:
+            resource = series.resource(found.patient_id, row)
+            if resource["id"] == ident:
+                read.rows = 1
+                return resource
+        raise _no_such_observation()
+
+
+def _series_of(kind: str) -> Series | None:
+    """The series whose Observations' ids carry `kind`."""
+    if kind == fhir_observations.PANEL_KIND:
+        return _PANEL_SERIES
+    if kind == fhir_observations.NEWS2_KIND:
+        return _NEWS2_SERIES
+    readable = fhir.readable_metrics()
+    slug, _, resolution = kind.rpartition("-")
+    if resolution in ("1m", "1h") and slug.replace("-", "_") in readable:
+        return _statistics(slug.replace("-", "_"), resolution)
+    metric = kind.replace("-", "_")
+    return _readings(metric) if metric in readable else None
 
 
 def _one(lists: dict[str, list[str]], name: str, *, required: bool = True) -> str | None:

@@ -53,7 +53,7 @@ class Supported:
 
 OBSERVATION = Supported(
     type="Observation",
-    interactions=("search-type",),
+    interactions=("read", "search-type"),
     params=(
         Param(
             "patient",
@@ -91,8 +91,10 @@ OBSERVATION = Supported(
         fhir.VITALSIGNS,
         *(fhir.PROFILE_BASE + p for p in ("heartrate", "oxygensat", "resprate", "bodytemp", "bp")),
     ),
-    documentation="Readings, per-minute and per-hour statistics and NEWS2 scores of one "
-    "patient within the reader's care teams; unknown parameters are refused.",
+    documentation="Readings, blood pressure panels, per-minute and per-hour statistics and "
+    "NEWS2 scores of one patient within the reader's care teams; unknown parameters are "
+    "refused. Read by id: every Observation the search returns, unless its patient's id "
+    "cannot be part of a FHIR id (docs/fhir.md).",
 )
 
 RESOURCES: tuple[Supported, ...] = (OBSERVATION,)

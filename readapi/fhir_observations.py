@@ -12,7 +12,6 @@ statistics over one period as `Parameters` (docs/fhir.md).
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from vitals import contract, fhir
@@ -28,13 +27,14 @@ NEWS2_CODING = {
     "display": "Royal College of Physicians National Early Warning Score 2 - total score",
 }
 BP_PROFILE = fhir.PROFILE_BASE + "bp"
+# The kinds in their ids (vitals/fhir.resource_id); a reading's is its metric's.
+PANEL_KIND, NEWS2_KIND = "bp", "news2"
 _BUCKET_MS = {"1m": 60_000, "1h": 3_600_000}
 _BUCKET_TEXT = {"1m": "per minute", "1h": "per hour"}
 
 
-def _id(*key: object) -> str:
-    """A stable id from the row's unique key (as vitals/fhir.observation_id)."""
-    return str(uuid.uuid5(contract.NAMESPACE, "|".join(str(k) for k in key)))
+def statistics_kind(metric: str, resolution: str) -> str:
+    return f"{metric.replace('_', '-')}-{resolution}"
 
 
 def _when(t_ms: int) -> str:
@@ -62,7 +62,7 @@ def statistics(
     codings = fhir.emitted_codings(metric)
     resource: dict[str, Any] = {
         "resourceType": "Observation",
-        "id": _id("stats", patient_id, metric, resolution, bucket_ms),
+        "id": fhir.resource_id(patient_id, statistics_kind(metric, resolution), bucket_ms),
         "status": "final",
     }
     category = fhir.CATEGORIES.get(metric)
@@ -93,7 +93,7 @@ def blood_pressure(
     profile requires them: one panel with two components."""
     return {
         "resourceType": "Observation",
-        "id": _id("bp", patient_id, t_ms, device_id),
+        "id": fhir.resource_id(patient_id, PANEL_KIND, t_ms, device_id),
         "meta": {"profile": [fhir.VITALSIGNS, BP_PROFILE]},
         "status": "final",
         "category": _category("vital-signs"),
@@ -115,7 +115,7 @@ def news2(
     """A stored NEWS2 score record (news2_scores) as a survey Observation."""
     resource: dict[str, Any] = {
         "resourceType": "Observation",
-        "id": _id("news2", patient_id, t_ms),
+        "id": fhir.resource_id(patient_id, NEWS2_KIND, t_ms),
         "status": "final",
         "category": _category("survey"),
         "code": {"coding": [NEWS2_CODING], "text": "NEWS2 total score"},

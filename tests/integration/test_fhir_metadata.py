@@ -55,7 +55,7 @@ async def test_metadata_is_a_capability_statement_of_the_search_table(database_u
     assert [r["type"] for r in rest["resource"]] == [r.type for r in RESOURCES]
     (observation,) = [r for r in rest["resource"] if r["type"] == "Observation"]
     assert [p["name"] for p in observation["searchParam"]] == list(OBSERVATION.param_names())
-    assert [i["code"] for i in observation["interaction"]] == ["search-type"]
+    assert [i["code"] for i in observation["interaction"]] == ["read", "search-type"]
     # Each parameter claimed to be FHIR's is FHIR's, under its R4 definition.
     r4 = r4_observation_parameters()
     for param in observation["searchParam"]:

@@ -4,6 +4,7 @@ paged by signed cursors, scoped by care teams and on record in the read audit.""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -164,13 +165,35 @@ async def test_care_teams_scope_the_search_and_every_search_is_on_record(
                 outcome(stranger, 404, "no_such_patient")
                 assert theirs not in stranger.text
 
+            # Read by id: the stranger's reading is no Observation at all; mine is read.
+            mine_read = await search(client, bearer(key), patient=mine, code="2708-6")
+            ident = mine_read.json()["entry"][0]["resource"]["id"]
+            assert (await client.get(f"/fhir/r4/Observation/{ident}", headers=bearer(key))
+                    ).status_code == 200  # fmt: skip
+            theirs_id = ident.replace(mine, theirs, 1)
+            stranger = await client.get(f"/fhir/r4/Observation/{theirs_id}", headers=bearer(key))
+            outcome(stranger, 404, "no_such_observation")
+            assert theirs not in stranger.text
+            assert (await client.get(f"/fhir/r4/Observation/{theirs_id}", headers=AUTH)
+                    ).status_code == 200  # it exists: the team key may not see it  # fmt: skip
+
             async def recorded() -> bool:
                 found = await owner.fetch(
                     "SELECT outcome, row_count FROM read_audit WHERE patient_id = $1"
                     " AND route = 'fhir/Observation'",
                     theirs,
                 )
-                return len(found) == 5 and {r["outcome"] for r in found} == {"no_such_patient"}
+                read = await owner.fetch(
+                    "SELECT outcome FROM read_audit WHERE patient_id = $1"
+                    " AND route = 'fhir/Observation/read'",
+                    theirs,
+                )
+                outcomes = [r["outcome"] for r in read]
+                return (
+                    len(found) == 5
+                    and {r["outcome"] for r in found} == {"no_such_patient"}
+                    and sorted(outcomes) == ["no_such_observation", "ok"]
+                )
 
             await until(recorded, "the refused searches recorded", 10)
     finally:
@@ -337,3 +360,59 @@ async def test_refused_resolutions(database_url: str) -> None:
             400,
             "bad_cursor",
         )
+
+
+async def test_every_observation_a_search_returns_is_read_by_its_id(database_url: str) -> None:
+    p = patient()
+    await store_rows(
+        database_url,
+        [row(p, "heart_rate", T0, 61.0), row(p, "heart_rate", T0, 62.0, device="w2"),
+         row(p, "systolic_bp", T0, 128.0), row(p, "diastolic_bp", T0, 84.0)],
+    )  # fmt: skip
+    await store_scores_computed_from(database_url, [vitals_upload(p, T0, **VITALS)])
+    window = {"date": f"ge{iso(T0)}"}
+    async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
+        found = []
+        for query in (
+            {"code": "8867-4"},
+            {"code": "8867-4", "resolution": "1m"},
+            {"code": "8867-4", "resolution": "1h"},
+            {"code": "85354-9"},
+            {"code": "1104051000000101"},
+        ):
+            answer = (await search(client, patient=p, **query, **window)).json()
+            found.extend(answer["entry"])
+        assert len(found) == 6  # two devices' readings at one time, 1m, 1h, panel, score
+        for entry in found:
+            path = urlsplit(entry["fullUrl"]).path
+            read = await client.get(path, headers=AUTH)
+            assert read.status_code == 200, read.text
+            assert read.headers["content-type"] == FHIR
+            assert read.json() == entry["resource"]
+        reading = found[0]["resource"]
+        assert reading["id"].startswith(f"{p}.heart-rate.")
+
+        # Refused: an id of nothing stored, of no series, not ours; and no key at all.
+        gone = reading["id"].rsplit(".", 2)[0] + ".0.abcdefabcdef"
+        for ident in (gone, f"{p}.heart-rate-5m.0", f"{p}.bp.1.2.3", "0b6f9ad4-not-ours"):
+            outcome(await client.get(f"/fhir/r4/Observation/{ident}", headers=AUTH),
+                    404, "no_such_observation")  # fmt: skip
+        outcome(
+            await client.get(f"/fhir/r4/Observation/{reading['id']}"), 401, "missing_credential"
+        )
+
+
+async def test_a_patient_id_a_fhir_id_cannot_hold_gets_a_stable_unreadable_id(
+    database_url: str,
+) -> None:
+    p = f"patient_{uuid.uuid4().hex[:6]}"  # "_" is not a FHIR id character
+    await store_rows(database_url, [row(p, "spo2", T0, 96.0)])
+    async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
+        first = (await search(client, patient=p, code="2708-6")).json()
+        again = (await search(client, patient=p, code="2708-6")).json()
+        ident = first["entry"][0]["resource"]["id"]
+        assert ident == again["entry"][0]["resource"]["id"]
+        assert str(uuid.UUID(ident)) == ident
+        assert first["entry"][0]["resource"]["subject"]["identifier"]["value"] == p
+        outcome(await client.get(f"/fhir/r4/Observation/{ident}", headers=AUTH),
+                404, "no_such_observation")  # fmt: skip
