@@ -1,7 +1,8 @@
-"""The read API's FHIR R4 facade: GET /fhir/r4/Observation (search), answered as a
-`searchset` Bundle of Observations (vitals/fhir.py: a stored reading; fhir_observations.py:
-statistics per minute or hour, the blood pressure panel, a NEWS2 score). The parameters
-taken are those the CapabilityStatement advertises (fhir_capability.py).
+"""The read API's FHIR R4 facade: GET /fhir/r4/Observation (search, a `searchset`
+Bundle), GET /fhir/r4/Observation/{id} (read) and GET /fhir/r4/Patient/{id}/$everything,
+over the series of fhir_series.py (readings, statistics per minute or hour, blood
+pressure panels, NEWS2 scores). The parameters taken are those the CapabilityStatement
+advertises (fhir_capability.py).
 
 The same reader keys, care-team scoping, limits and read audit as the JSON routes
 (access.py), the same raw query and keyset paging with signed cursors (queries.py,
@@ -12,26 +13,19 @@ filter would return more than was asked for.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-import asyncpg
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from frontdoor.errors import GatewayError, Malformed, NotFound
 from frontdoor.fhir import fhir_response, outcome_response
-from readapi import fhir_observations, params, queries
-from readapi import news2 as news2_scores
+from readapi import fhir_series, params
 from readapi.access import Access
-from readapi.fhir_capability import OBSERVATION
-from readapi.fhir_observations import NEWS2_CODING
+from readapi.fhir_capability import EVERYTHING, EVERYTHING_DAYS_MAX, OBSERVATION
 from vitals import fhir
-from vitals.bounds import epoch_ms
-from vitals.catalog import METRICS
 
 router = APIRouter()
 
@@ -39,20 +33,6 @@ _MICRO = timedelta(microseconds=1)
 _MS = timedelta(milliseconds=1)
 # The rows of one patient and series within one millisecond: one per device.
 READ_ROWS_MAX = 100
-RESOLUTIONS = ("raw", "1m", "1h")
-
-
-@dataclass(frozen=True, slots=True)
-class Series:
-    """What one search reads: its query, each row's position for the cursor and its
-    Observation. `key` names the series in the cursor's scope."""
-
-    key: str
-    fetch: Callable[
-        ..., Awaitable[list[asyncpg.Record]]
-    ]  # (conn, patient, start, end, after, rows)
-    position: Callable[[asyncpg.Record], tuple[datetime, tuple[str, ...]]]
-    resource: Callable[[str, asyncpg.Record], dict[str, Any]]  # (patient, row)
 
 
 @router.get("/fhir/r4/Observation")
@@ -65,57 +45,48 @@ async def search_observations(request: Request) -> Response:
 
 async def _search(request: Request) -> dict[str, Any]:
     key = request.app.state.authenticator.reader_for(request.headers.get("authorization"))
-    lists: dict[str, list[str]] = {}
-    for name, value in request.query_params.multi_items():
-        lists.setdefault(name, []).append(value)
+    lists = _lists(request)
     patient = _patient(lists)
     access: Access = request.app.state.access
     # The scope check first, as on the JSON routes: outside the reader's care teams every
     # search is 404, whatever its other parameters.
     async with access.reading(key, "fhir/Observation", patient) as read:
         # The CapabilityStatement's own table: what it advertises is what is taken.
-        supported = OBSERVATION.param_names()
-        unknown = sorted(set(lists) - set(supported))
-        if unknown:
-            raise Malformed(
-                "unknown_parameter",
-                f"unsupported search parameter(s): {', '.join(unknown)}; "
-                f"supported: {', '.join(supported)}",
-            )
-        series = _series(_one(lists, "code"), _one(lists, "resolution", required=False))
+        _only(lists, OBSERVATION.param_names())
+        series = fhir_series.for_code(
+            _one(lists, "code"), _one(lists, "resolution", required=False)
+        )
         start, end = _dates(lists.get("date", []))
-        settings = request.app.state.settings
-        count = params.limit(_one(lists, "_count", required=False), settings.api_page_max)
+        count = _count(request, lists)
         scope = f"fhir-observation:{patient}:{series.key}:{start.isoformat()}:{end.isoformat()}"
         cursor_key: bytes = request.app.state.cursor_key
         cursor = params.decode_cursor(_one(lists, "_cursor", required=False), scope, cursor_key)
-        after = (cursor.at, cursor.tie) if cursor else (params.EARLIEST, ("",))
+        after = (cursor.at, cursor.tie) if cursor else fhir_series.FIRST
         async with request.app.state.pool.acquire() as conn:
             found = await series.fetch(conn, patient, start, end, after, count + 1)
         page, more = found[:count], len(found) > count
         read.rows = len(page)
-    base = str(request.base_url).rstrip("/") + "/fhir/r4/"
-    entries = []
-    for row in page:
-        resource = series.resource(patient, row)
-        entries.append(
-            {
-                "fullUrl": base + "Observation/" + resource["id"],
-                "resource": resource,
-                "search": {"mode": "match"},
-            }
-        )
-    query = [(n, v) for n, v in request.query_params.multi_items() if n != "_cursor"]
-    links = [{"relation": "self", "url": str(request.url)}]
+    token = None
     if more:
         at, tie = series.position(page[-1])
         token = params.encode_cursor(params.Cursor(scope, at, tie), cursor_key)
-        links.append(
-            {
-                "relation": "next",
-                "url": base + "Observation?" + urlencode([*query, ("_cursor", token)]),
-            }
-        )
+    return _searchset(request, [series.resource(patient, row) for row in page], token)
+
+
+def _searchset(request: Request, resources: list[dict[str, Any]], token: str | None
+               ) -> dict[str, Any]:  # fmt: skip
+    """A searchset Bundle of Observations: `self`, and `next` (this request's parameters
+    with the cursor `token`) while more remain."""
+    base = str(request.base_url).rstrip("/") + "/fhir/r4/"
+    entries = [
+        {"fullUrl": base + "Observation/" + r["id"], "resource": r, "search": {"mode": "match"}}
+        for r in resources
+    ]
+    links = [{"relation": "self", "url": str(request.url)}]
+    if token is not None:
+        query = [(n, v) for n, v in request.query_params.multi_items() if n != "_cursor"]
+        following = request.url.replace(query=urlencode([*query, ("_cursor", token)]))
+        links.append({"relation": "next", "url": str(following)})
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "link": links}
     if entries:  # FHIR JSON has no empty arrays
         bundle["entry"] = entries
@@ -146,13 +117,13 @@ async def _read(request: Request, ident: str) -> dict[str, Any]:
     async with access.reading(
         key, "fhir/Observation/read", found.patient_id, missing=_no_such_observation
     ) as read:
-        series = _series_of(found.kind)
+        series = fhir_series.of_kind(found.kind)
         if series is None:
             raise _no_such_observation()
         at = params.EARLIEST + found.t_ms * _MS
         async with request.app.state.pool.acquire() as conn:
             rows = await series.fetch(conn, found.patient_id, at, at + _MS,
-                                      (params.EARLIEST, ("",)), READ_ROWS_MAX)  # fmt: skip
+                                      fhir_series.FIRST, READ_ROWS_MAX)  # fmt: skip
         for row in rows:
             resource = series.resource(found.patient_id, row)
             if resource["id"] == ident:
@@ -161,18 +132,79 @@ async def _read(request: Request, ident: str) -> dict[str, Any]:
         raise _no_such_observation()
 
 
-def _series_of(kind: str) -> Series | None:
-    """The series whose Observations' ids carry `kind`."""
-    if kind == fhir_observations.PANEL_KIND:
-        return _PANEL_SERIES
-    if kind == fhir_observations.NEWS2_KIND:
-        return _NEWS2_SERIES
-    readable = fhir.readable_metrics()
-    slug, _, resolution = kind.rpartition("-")
-    if resolution in ("1m", "1h") and slug.replace("-", "_") in readable:
-        return _statistics(slug.replace("-", "_"), resolution)
-    metric = kind.replace("-", "_")
-    return _readings(metric) if metric in readable else None
+@router.get("/fhir/r4/Patient/{patient_id}/$everything")
+async def patient_everything(request: Request, patient_id: str) -> Response:
+    try:
+        return fhir_response(await _everything(request, patient_id))
+    except GatewayError as refusal:
+        return outcome_response(refusal)
+
+
+async def _everything(request: Request, patient_id: str) -> dict[str, Any]:
+    """Every Observation the search serves for one patient over a bounded range: the
+    series one after another (each in time order), paged by one cursor whose tie names
+    the series it stopped in."""
+    key = request.app.state.authenticator.reader_for(request.headers.get("authorization"))
+    patient = params.patient(patient_id)
+    lists = _lists(request)
+    access: Access = request.app.state.access
+    async with access.reading(key, "fhir/Patient/$everything", patient) as read:
+        _only(lists, EVERYTHING.param_names())
+        start = params.moment("start", _one(lists, "start"))
+        end = params.moment("end", _one(lists, "end"))
+        params.window(start, end)
+        if end - start > timedelta(days=EVERYTHING_DAYS_MAX):
+            raise Malformed(
+                "bad_range", f"start and end must be at most {EVERYTHING_DAYS_MAX} days apart"
+            )
+        count = _count(request, lists)
+        scope = f"fhir-everything:{patient}:{start.isoformat()}:{end.isoformat()}"
+        cursor_key: bytes = request.app.state.cursor_key
+        cursor = params.decode_cursor(_one(lists, "_cursor", required=False), scope, cursor_key)
+        every = fhir_series.every()
+        index, after = 0, fhir_series.FIRST
+        if cursor is not None:
+            index, after = int(cursor.tie[0]), (cursor.at, (*cursor.tie[1:], "")[:1])
+        found: list[tuple[int, Any]] = []
+        async with request.app.state.pool.acquire() as conn:
+            while index < len(every) and len(found) <= count:
+                wanted = count + 1 - len(found)
+                rows = await every[index].fetch(conn, patient, start, end, after, wanted)
+                found += [(index, row) for row in rows]
+                if len(rows) == wanted:
+                    break
+                index, after = index + 1, fhir_series.FIRST
+        page, more = found[:count], len(found) > count
+        read.rows = len(page)
+    token = None
+    if more:
+        last_index, last = page[-1]
+        at, tie = every[last_index].position(last)
+        position = params.Cursor(scope, at, (str(last_index), *tie))
+        token = params.encode_cursor(position, cursor_key)
+    return _searchset(request, [every[i].resource(patient, row) for i, row in page], token)
+
+
+def _lists(request: Request) -> dict[str, list[str]]:
+    lists: dict[str, list[str]] = {}
+    for name, value in request.query_params.multi_items():
+        lists.setdefault(name, []).append(value)
+    return lists
+
+
+def _only(lists: dict[str, list[str]], supported: tuple[str, ...]) -> None:
+    """Refuses every parameter not in `supported` (the CapabilityStatement's table)."""
+    unknown = sorted(set(lists) - set(supported))
+    if unknown:
+        raise Malformed(
+            "unknown_parameter",
+            f"unsupported parameter(s): {', '.join(unknown)}; supported: {', '.join(supported)}",
+        )
+
+
+def _count(request: Request, lists: dict[str, list[str]]) -> int:
+    most: int = request.app.state.settings.api_page_max
+    return params.limit(_one(lists, "_count", required=False), most)
 
 
 def _one(lists: dict[str, list[str]], name: str, *, required: bool = True) -> str | None:
@@ -198,97 +230,6 @@ def _patient(lists: dict[str, list[str]]) -> str:
     if not slash and name == "subject":
         raise Malformed("bad_patient_id", "subject must be Patient/ID")
     return params.patient(ident if slash else value)
-
-
-def _series(value: str | None, resolution: str | None) -> Series:
-    """code=[SYSTEM|]CODE: a metric's code of the table (its readings, or with
-    resolution=1m|1h its statistics), the blood pressure panel, or NEWS2."""
-    assert value is not None
-    system, bar, code = value.rpartition("|")
-    if resolution is not None and resolution not in RESOLUTIONS:
-        raise Malformed("bad_resolution", f"resolution must be one of {', '.join(RESOLUTIONS)}")
-    known = {(c.system, c.code): c.metric for c in fhir.CODES}
-    known.update({pair: _PANEL for pair in fhir.BP_PANEL})
-    known[(NEWS2_CODING["system"], NEWS2_CODING["code"])] = _NEWS2
-    named = {m for (s, c), m in known.items() if c == code and (not bar or s == system)}
-    if len(named) != 1 or not named <= fhir.readable_metrics() | {_PANEL, _NEWS2}:
-        raise Malformed("unknown_code", f"code {value[:60]!r} is not a code this server serves")
-    (metric,) = named
-    if metric in (_PANEL, _NEWS2):
-        if resolution not in (None, "raw"):
-            raise Malformed("bad_resolution", "resolution 1m and 1h are for the code of one metric")
-        return _PANEL_SERIES if metric == _PANEL else _NEWS2_SERIES
-    if resolution in (None, "raw"):
-        return _readings(metric)
-    return _statistics(metric, resolution)
-
-
-_PANEL, _NEWS2 = "bp_panel", "news2"
-
-
-def _readings(metric: str) -> Series:
-    async def fetch(conn: Any, patient: str, start: datetime, end: datetime,
-                    after: tuple[datetime, tuple[str, ...]], rows: int) -> list[Any]:  # fmt: skip
-        return await queries.raw(conn, patient, metric, start, end, (after[0], after[1][0]), rows)
-
-    def resource(patient: str, row: Any) -> dict[str, Any]:
-        return fhir.observation(
-            patient_id=patient, metric=metric, t_ms=epoch_ms(row["t"]), value=row["value"],
-            unit=row["unit"], device_id=row["device_id"],
-        )  # fmt: skip
-
-    return Series(metric, fetch, _at_device, resource)
-
-
-def _statistics(metric: str, resolution: str) -> Series:
-    unit = METRICS[metric].unit
-
-    async def fetch(conn: Any, patient: str, start: datetime, end: datetime,
-                    after: tuple[datetime, tuple[str, ...]], rows: int) -> list[Any]:  # fmt: skip
-        return await queries.buckets(conn, resolution, patient, metric, start, end, after[0], rows)
-
-    def resource(patient: str, row: Any) -> dict[str, Any]:
-        return fhir_observations.statistics(
-            patient_id=patient, metric=metric, resolution=resolution,
-            bucket_ms=epoch_ms(row["bucket"]), unit=unit, mean=row["avg_value"],
-            minimum=row["min_value"], maximum=row["max_value"], count=row["n"],
-        )  # fmt: skip
-
-    return Series(f"{metric}:{resolution}", fetch, lambda row: (row["bucket"], ()), resource)
-
-
-def _at_device(row: Any) -> tuple[datetime, tuple[str, ...]]:
-    return row["t"], (row["device_id"],)
-
-
-async def _panels(conn: Any, patient: str, start: datetime, end: datetime,
-                  after: tuple[datetime, tuple[str, ...]], rows: int) -> list[Any]:  # fmt: skip
-    return await queries.bp_panels(conn, patient, start, end, (after[0], after[1][0]), rows)
-
-
-def _panel(patient: str, row: Any) -> dict[str, Any]:
-    return fhir_observations.blood_pressure(
-        patient_id=patient, t_ms=epoch_ms(row["t"]), systolic=row["systolic"],
-        diastolic=row["diastolic"], unit=row["unit"], device_id=row["device_id"],
-    )  # fmt: skip
-
-
-async def _scores(conn: Any, patient: str, start: datetime, end: datetime,
-                  after: tuple[datetime, tuple[str, ...]], rows: int) -> list[Any]:  # fmt: skip
-    return await queries.news2_history(conn, patient, start, end, after[0], rows)
-
-
-def _score(patient: str, row: Any) -> dict[str, Any]:
-    shown = news2_scores.score(row)
-    return fhir_observations.news2(
-        patient_id=patient, t_ms=epoch_ms(row["t"]), computed_ms=epoch_ms(row["computed_at"]),
-        score=row["news2"], band=row["band"], red=row["red"], spo2_scale=row["spo2_scale"],
-        missing=shown["missing"],
-    )  # fmt: skip
-
-
-_PANEL_SERIES = Series(_PANEL, _panels, _at_device, _panel)
-_NEWS2_SERIES = Series(_NEWS2, _scores, lambda row: (row["t"], ()), _score)
 
 
 def _dates(values: list[str]) -> tuple[datetime, datetime]:

@@ -38,14 +38,29 @@ class Param:
 
 
 @dataclass(frozen=True, slots=True)
+class Operation:
+    """One operation on a resource type and the parameters it takes."""
+
+    name: str  # without the $
+    definition: str  # the spec's OperationDefinition
+    params: tuple[Param, ...]
+    documentation: str
+
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+
+@dataclass(frozen=True, slots=True)
 class Supported:
-    """One resource type the facade serves: its interactions and search parameters."""
+    """One resource type the facade serves: its interactions, search parameters and
+    operations."""
 
     type: str
     interactions: tuple[str, ...]  # FHIR type-restful-interaction codes
-    params: tuple[Param, ...]
+    params: tuple[Param, ...] = ()
     profiles: tuple[str, ...] = ()
     documentation: str = ""
+    operations: tuple[Operation, ...] = ()
 
     def param_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.params)
@@ -97,7 +112,30 @@ OBSERVATION = Supported(
     "cannot be part of a FHIR id (docs/fhir.md).",
 )
 
-RESOURCES: tuple[Supported, ...] = (OBSERVATION,)
+# Bounded: one page per request, and a range of at most this many days.
+EVERYTHING_DAYS_MAX = 7
+EVERYTHING = Operation(
+    name="everything",
+    definition="http://hl7.org/fhir/OperationDefinition/Patient-everything",
+    params=(
+        Param("start", "date", "required, a full dateTime with an offset: from"),
+        Param(
+            "end",
+            "date",
+            f"required, the same: to (exclusive), at most {EVERYTHING_DAYS_MAX} days after start",
+        ),
+        Param("_count", "number", "page size, 1 to the server's page maximum"),
+        Param("_cursor", "string", "taken from a `next` link only (a signed cursor)"),
+    ),
+    documentation="GET only: every Observation the Observation search serves for the "
+    "patient within [start, end) (readings of each metric, blood pressure panels, NEWS2 "
+    "scores; no statistics), as a paged searchset. Not the Patient resource (not served); "
+    f"start and end are required and at most {EVERYTHING_DAYS_MAX} days apart; _since and "
+    "_type are refused.",
+)
+PATIENT = Supported(type="Patient", interactions=(), operations=(EVERYTHING,))
+
+RESOURCES: tuple[Supported, ...] = (OBSERVATION, PATIENT)
 
 
 @router.get("/fhir/r4/metadata")
@@ -142,9 +180,16 @@ def _resource(supported: Supported) -> dict[str, Any]:
         resource["supportedProfile"] = list(supported.profiles)
     if supported.documentation:
         resource["documentation"] = supported.documentation
-    resource["interaction"] = [{"code": code} for code in supported.interactions]
-    resource["versioning"] = "no-version"
-    resource["searchParam"] = [_param(p) for p in supported.params]
+    if supported.interactions:
+        resource["interaction"] = [{"code": code} for code in supported.interactions]
+        resource["versioning"] = "no-version"
+    if supported.params:
+        resource["searchParam"] = [_param(p) for p in supported.params]
+    if supported.operations:
+        resource["operation"] = [
+            {"name": o.name, "definition": o.definition, "documentation": o.documentation}
+            for o in supported.operations
+        ]
     return resource
 
 

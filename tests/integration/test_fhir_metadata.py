@@ -13,11 +13,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from readapi.fhir_capability import OBSERVATION, RESOURCES
+from readapi.fhir_capability import EVERYTHING, OBSERVATION, RESOURCES
 from tests.fhir import validator
 from tests.integration.test_fhir_read import FHIR, M, outcome, search
 from tests.integration.test_read_access import quick
-from tests.integration.test_read_api import T0, iso, patient, row, running, store_rows
+from tests.integration.test_read_api import AUTH, T0, iso, patient, row, running, store_rows
 from vitals import fhir
 
 pytestmark = pytest.mark.integration
@@ -56,6 +56,10 @@ async def test_metadata_is_a_capability_statement_of_the_search_table(database_u
     (observation,) = [r for r in rest["resource"] if r["type"] == "Observation"]
     assert [p["name"] for p in observation["searchParam"]] == list(OBSERVATION.param_names())
     assert [i["code"] for i in observation["interaction"]] == ["read", "search-type"]
+    (patient_type,) = [r for r in rest["resource"] if r["type"] == "Patient"]
+    assert [(o["name"], o["definition"]) for o in patient_type["operation"]] == [
+        ("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything")
+    ]
     # Each parameter claimed to be FHIR's is FHIR's, under its R4 definition.
     r4 = r4_observation_parameters()
     for param in observation["searchParam"]:
@@ -99,4 +103,25 @@ async def test_every_advertised_parameter_is_taken_and_every_other_refused(
             if name in advertised:
                 continue
             refused = await search(client, **needed, **{name: "x"})
+            outcome(refused, 400, "unknown_parameter")
+
+
+async def test_everything_takes_its_parameters_and_refuses_the_rest_of_r4s(
+    database_url: str,
+) -> None:
+    p = patient()
+    await store_rows(database_url, [row(p, "heart_rate", T0 + i * M, 70.0) for i in range(2)])
+    path = f"/fhir/r4/Patient/{p}/$everything"
+    bounds = {"start": iso(T0), "end": iso(T0 + 60 * M)}
+    async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
+        first = (await client.get(path, params={**bounds, "_count": 1}, headers=AUTH)).json()
+        (following,) = [link["url"] for link in first["link"] if link["relation"] == "next"]
+        cursor = dict(parse_qsl(urlsplit(following).query))["_cursor"]
+        taken = await client.get(path, params={**bounds, "_count": 1, "_cursor": cursor},
+                                 headers=AUTH)  # fmt: skip
+        assert taken.status_code == 200 and len(taken.json()["entry"]) == 1
+        assert sorted({"start", "end", "_count", "_cursor"}) == sorted(EVERYTHING.param_names())
+        # R4's Patient-everything parameters this server does not take, and a search's.
+        for name in ("_since", "_type", "code"):
+            refused = await client.get(path, params={**bounds, name: "x"}, headers=AUTH)
             outcome(refused, 400, "unknown_parameter")

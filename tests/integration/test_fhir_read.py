@@ -33,7 +33,7 @@ from vitals import fhir
 pytestmark = pytest.mark.integration
 
 FHIR = "application/fhir+json"
-S, M, H = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1)
+S, M, H, D = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
 STATISTICS = "http://terminology.hl7.org/CodeSystem/observation-statistics"
 
 
@@ -164,6 +164,13 @@ async def test_care_teams_scope_the_search_and_every_search_is_on_record(
                 stranger = await search(client, bearer(key), patient=theirs, **query)
                 outcome(stranger, 404, "no_such_patient")
                 assert theirs not in stranger.text
+
+            # $everything: mine answered, the stranger's 404 whatever the parameters.
+            window = {"start": iso(T0), "end": iso(T0 + H)}
+            assert (await everything(client, mine, bearer(key), **window)).status_code == 200
+            for query in (window, {"_type": "x"}):
+                outcome(await everything(client, theirs, bearer(key), **query), 404,
+                        "no_such_patient")  # fmt: skip
 
             # Read by id: the stranger's reading is no Observation at all; mine is read.
             mine_read = await search(client, bearer(key), patient=mine, code="2708-6")
@@ -416,3 +423,61 @@ async def test_a_patient_id_a_fhir_id_cannot_hold_gets_a_stable_unreadable_id(
         assert first["entry"][0]["resource"]["subject"]["identifier"]["value"] == p
         outcome(await client.get(f"/fhir/r4/Observation/{ident}", headers=AUTH),
                 404, "no_such_observation")  # fmt: skip
+
+
+async def everything(client: httpx.AsyncClient, p: str, headers: dict[str, str] | None = None,
+                     **q: Any) -> httpx.Response:  # fmt: skip
+    return await client.get(f"/fhir/r4/Patient/{p}/$everything", params=q, headers=headers or AUTH)
+
+
+async def test_everything_pages_every_observation_of_a_bounded_range(database_url: str) -> None:
+    p = patient()
+    await store_rows(
+        database_url,
+        [row(p, "heart_rate", T0 + i * M, 60.0 + i) for i in range(3)]
+        + [row(p, "spo2", T0, 97.0), row(p, "systolic_bp", T0, 128.0),
+           row(p, "diastolic_bp", T0, 84.0), row(p, "heart_rate", T0 + 8 * D, 99.0)],
+    )  # fmt: skip
+    await store_scores_computed_from(database_url, [vitals_upload(p, T0 + M, **VITALS)])
+    bounds = {"start": iso(T0), "end": iso(T0 + 7 * D)}
+    async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
+        whole = await everything(client, p, **bounds)
+        assert whole.status_code == 200, whole.text
+        assert whole.headers["content-type"] == FHIR
+        found = [e["resource"] for e in whole.json()["entry"]]
+        # Series after series (metrics by name, the panel, NEWS2), each in time order;
+        # the heart rate 8 days on is outside the range.
+        codes = [o["code"]["coding"][0]["code"] for o in found]
+        assert codes == ["8462-4", "8867-4", "8867-4", "8867-4", "2708-6", "8480-6",
+                         "85354-9", "1104051000000101"]  # fmt: skip
+        # Every one is the search's own Observation, read back by its id.
+        for o in found:
+            assert (await client.get(f"/fhir/r4/Observation/{o['id']}", headers=AUTH)).json() == o
+        # Two a page, the cursor carries over from one series to the next.
+        paged: list[dict[str, Any]] = []
+        answer = await everything(client, p, _count=2, **bounds)
+        while True:
+            page = answer.json()
+            assert len(page.get("entry", [])) <= 2
+            paged += [e["resource"] for e in page.get("entry", [])]
+            following = [link["url"] for link in page["link"] if link["relation"] == "next"]
+            if not following:
+                break
+            path = urlsplit(following[0])
+            answer = await client.get(path.path, params=parse_qsl(path.query), headers=AUTH)
+        assert paged == found
+
+
+async def test_refused_everything_requests(database_url: str) -> None:
+    p = patient()
+    bounds = {"start": iso(T0), "end": iso(T0 + D)}
+    async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
+        outcome(await everything(client, p, **bounds, _type="Observation"), 400,
+                "unknown_parameter")  # fmt: skip
+        outcome(await everything(client, p, start=iso(T0)), 400, "missing_parameter")
+        outcome(await everything(client, p, start="2026-03-01", end=iso(T0 + D)), 400, "bad_time")
+        outcome(await everything(client, p, start=iso(T0 + D), end=iso(T0)), 400, "bad_range")
+        outcome(await everything(client, p, start=iso(T0), end=iso(T0 + 8 * D)), 400, "bad_range")
+        outcome(await everything(client, p, **bounds, _cursor="forged.x"), 400, "bad_cursor")
+        outcome(await client.get(f"/fhir/r4/Patient/{p}/$everything", params=bounds), 401,
+                "missing_credential")  # fmt: skip

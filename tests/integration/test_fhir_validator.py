@@ -109,6 +109,16 @@ async def test_every_fhir_resource_the_product_emits_validates_without_errors(
         assert refused.status_code == 400
         emitted["search-refused"] = refused.json()
         emitted["capability-statement"] = (await client.get("/fhir/r4/metadata")).json()
+        whole = await client.get(
+            f"/fhir/r4/Patient/{p}/$everything",
+            params={"start": iso(T0), "end": iso(T0 + 60 * minute)}, headers=AUTH,
+        )  # fmt: skip
+        assert whole.status_code == 200 and len(whole.json()["entry"]) > 5
+        emitted["everything"] = whole.json()
+        first_id = whole.json()["entry"][0]["resource"]["id"]
+        read = await client.get(f"/fhir/r4/Observation/{first_id}", headers=AUTH)
+        assert read.status_code == 200
+        emitted["read"] = read.json()
 
     results = validator.validate(emitted)
     errors = {
