@@ -13,6 +13,7 @@ filter would return more than was asked for.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -35,12 +36,17 @@ _MS = timedelta(milliseconds=1)
 READ_ROWS_MAX = 100
 
 
-@router.get("/fhir/r4/Observation")
-async def search_observations(request: Request) -> Response:
+async def _answered(work: Awaitable[dict[str, Any]]) -> Response:
+    """The resource `work` builds, or its refusal as an OperationOutcome."""
     try:
-        return fhir_response(await _search(request))
+        return fhir_response(await work)
     except GatewayError as refusal:
         return outcome_response(refusal)
+
+
+@router.get("/fhir/r4/Observation")
+async def search_observations(request: Request) -> Response:
+    return await _answered(_search(request))
 
 
 async def _search(request: Request) -> dict[str, Any]:
@@ -95,10 +101,7 @@ def _searchset(request: Request, resources: list[dict[str, Any]], token: str | N
 
 @router.get("/fhir/r4/Observation/{ident}")
 async def read_observation(request: Request, ident: str) -> Response:
-    try:
-        return fhir_response(await _read(request, ident))
-    except GatewayError as refusal:
-        return outcome_response(refusal)
+    return await _answered(_read(request, ident))
 
 
 def _no_such_observation() -> NotFound:
@@ -134,10 +137,7 @@ async def _read(request: Request, ident: str) -> dict[str, Any]:
 
 @router.get("/fhir/r4/Patient/{patient_id}/$everything")
 async def patient_everything(request: Request, patient_id: str) -> Response:
-    try:
-        return fhir_response(await _everything(request, patient_id))
-    except GatewayError as refusal:
-        return outcome_response(refusal)
+    return await _answered(_everything(request, patient_id))
 
 
 async def _everything(request: Request, patient_id: str) -> dict[str, Any]:
