@@ -22,6 +22,18 @@ WHERE patient_id = $1 AND metric = $2 AND t >= $3 AND t < $4 AND (t, device_id) 
 ORDER BY t, device_id
 LIMIT $7"""
 
+# A systolic and a diastolic reading of one device at one time: the blood pressure panel
+# (the FHIR facade). $1 patient, [$2, $3) the range, after ($4 t, $5 device), $6 rows;
+# both sides are ranges of the primary key.
+BP_PANELS = """
+SELECT s.t, s.device_id, s.value AS systolic, d.value AS diastolic, s.unit FROM readings s
+JOIN readings d ON d.patient_id = s.patient_id AND d.metric = 'diastolic_bp' AND d.t = s.t
+                   AND d.device_id = s.device_id
+WHERE s.patient_id = $1 AND s.metric = 'systolic_bp' AND s.t >= $2 AND s.t < $3
+  AND (s.t, s.device_id) > ($4, $5)
+ORDER BY s.t, s.device_id
+LIMIT $6"""
+
 # Buckets whose start lies in [$3, $4), after $5; $6 rows.
 BUCKETS_1M = """
 SELECT bucket, min_value, max_value, avg_value, n FROM readings_1m
@@ -71,6 +83,17 @@ async def raw(
     rows: int,
 ) -> list[asyncpg.Record]:
     return await conn.fetch(RAW, patient_id, metric, start, end, *after, rows)
+
+
+async def bp_panels(
+    conn: asyncpg.Connection,
+    patient_id: str,
+    start: datetime,
+    end: datetime,
+    after: tuple[datetime, str],
+    rows: int,
+) -> list[asyncpg.Record]:
+    return await conn.fetch(BP_PANELS, patient_id, start, end, *after, rows)
 
 
 async def buckets(

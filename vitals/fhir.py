@@ -13,6 +13,7 @@ not yet verified is refused as unknown, never guessed.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-catego
 # Our refusal codes (docs/wire-format.md) as a code system, in OperationOutcome.issue.details.
 PROBLEM_SYSTEM = "urn:vitals:problem"
 VITALSIGNS = "http://hl7.org/fhir/StructureDefinition/vitalsigns"
-_PROFILE = "http://hl7.org/fhir/StructureDefinition/"
+PROFILE_BASE = "http://hl7.org/fhir/StructureDefinition/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,65 @@ def readable_metrics() -> frozenset[str]:
 
 def observation_id(patient_id: str, metric: str, t_ms: int, device_id: str) -> str:
     """A stored reading's Observation id: stable, derived from its unique key."""
-    return str(uuid.uuid5(contract.NAMESPACE, f"obs|{patient_id}|{metric}|{t_ms}|{device_id}"))
+    return resource_id(patient_id, metric.replace("_", "-"), t_ms, device_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceKey:
+    """What an id of resource_id names: the row to look up by its primary key (the
+    device as a hash: the rows of one patient, series and time are few)."""
+
+    patient_id: str
+    kind: str
+    t_ms: int
+    device_hash: str | None
+
+
+_PATIENT_IN_ID = re.compile(r"^[A-Za-z0-9\-]+$")
+_KIND = re.compile(r"^[a-z0-9\-]+$")
+
+
+def resource_id(patient_id: str, kind: str, t_ms: int, device_id: str | None = None) -> str:
+    """`<patient>.<kind>.<time, base 36 ms>[.<device hash>]`: readable back into the row's
+    key (GET /fhir/r4/Observation/{id} probes the primary key, no scan). A patient id a
+    FHIR id cannot hold (other characters, too long) gets a UUID v5 instead: stable, but
+    not readable by id (docs/fhir.md)."""
+    parts = [patient_id, kind, _base36(t_ms)]
+    if device_id is not None:
+        parts.append(_device_hash(device_id))
+    readable = ".".join(parts)
+    if _PATIENT_IN_ID.match(patient_id) and _FHIR_ID.match(readable):
+        return readable
+    return str(uuid.uuid5(contract.NAMESPACE, f"{kind}|{patient_id}|{t_ms}|{device_id}"))
+
+
+def resource_key(ident: str) -> ResourceKey | None:
+    """The key in an id of resource_id, or None when it is not one."""
+    parts = ident.split(".")
+    if len(parts) not in (3, 4) or not _FHIR_ID.match(ident):
+        return None
+    patient_id, kind, t_text, *device = parts
+    try:
+        t_ms = int(t_text, 36)
+    except ValueError:
+        return None
+    if not _PATIENT_IN_ID.match(patient_id) or not _KIND.match(kind) or t_ms < 0:
+        return None
+    return ResourceKey(patient_id, kind, t_ms, device[0] if device else None)
+
+
+def _device_hash(device_id: str) -> str:
+    return hashlib.sha256(device_id.encode()).hexdigest()[:12]
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while True:
+        number, digit = divmod(number, 36)
+        text = digits[digit] + text
+        if not number:
+            return text
 
 
 def reference(kind: str, ident: str) -> dict[str, Any]:
@@ -147,7 +206,7 @@ def observation(
         profiles = [VITALSIGNS]
         own = PROFILES[metric]
         if own is not None:
-            profiles.append(_PROFILE + own)
+            profiles.append(PROFILE_BASE + own)
         resource["meta"] = {"profile": profiles}
     resource["status"] = "final"
     if category is not None:

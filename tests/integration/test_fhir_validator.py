@@ -15,7 +15,18 @@ from tests.support import fhirdata as fd
 from tests.support.fhir import validator
 from tests.support.fhirdata import ours, post
 from tests.support.ids import patient
-from tests.support.readapi import AUTH, T0, iso, quick, row, running, store_rows
+from tests.support.readapi import (
+    AUTH,
+    T0,
+    VITALS,
+    iso,
+    quick,
+    row,
+    running,
+    store_rows,
+    store_scores_computed_from,
+    vitals_upload,
+)
 from tests.support.secured_gateway import Gateway
 from vitals import fhir
 from vitals.catalog import METRICS
@@ -54,15 +65,51 @@ async def test_every_fhir_resource_the_product_emits_validates_without_errors(
 
     p = patient()
     minute = timedelta(minutes=1)
-    await store_rows(database_url, [row(p, "heart_rate", T0 + i * minute, 70.0) for i in range(3)])
+    await store_rows(
+        database_url,
+        [row(p, "heart_rate", T0 + i * minute, 70.0 + i) for i in range(3)]
+        + [row(p, "systolic_bp", T0, 128.0), row(p, "diastolic_bp", T0, 84.0)]
+        + [row(p, "steps", T0, 120.0)],
+    )
+    await store_scores_computed_from(
+        database_url,
+        [vitals_upload(p, T0, **VITALS), vitals_upload(p, T0 + minute, heart_rate=40.0)],
+    )
+    searches = {
+        "searchset": {"code": "8867-4", "_count": 2},
+        "searchset-per-minute": {"code": "8867-4", "resolution": "1m"},
+        "searchset-per-hour": {"code": "8867-4", "resolution": "1h"},
+        "searchset-steps-per-hour": {"code": "55423-8", "resolution": "1h"},
+        "searchset-blood-pressure-panel": {"code": "85354-9"},
+        "searchset-news2": {"code": "http://snomed.info/sct|1104051000000101"},
+    }
     async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
-        found = await client.get(
-            "/fhir/r4/Observation",
-            params={"patient": p, "code": "8867-4", "date": f"ge{iso(T0)}", "_count": 2},
+        for name, query in searches.items():
+            found = await client.get(
+                "/fhir/r4/Observation",
+                params={"patient": p, "date": f"ge{iso(T0)}", **query},
+                headers=AUTH,
+            )
+            assert found.status_code == 200, found.text
+            assert found.json()["entry"], name
+            emitted[name] = found.json()
+        refused = await client.get(
+            "/fhir/r4/Observation", params={"patient": p, "code": "8867-4", "resolution": "5m"},
             headers=AUTH,
-        )
-        assert found.status_code == 200
-        emitted["searchset"] = found.json()
+        )  # fmt: skip
+        assert refused.status_code == 400
+        emitted["search-refused"] = refused.json()
+        emitted["capability-statement"] = (await client.get("/fhir/r4/metadata")).json()
+        whole = await client.get(
+            f"/fhir/r4/Patient/{p}/$everything",
+            params={"start": iso(T0), "end": iso(T0 + 60 * minute)}, headers=AUTH,
+        )  # fmt: skip
+        assert whole.status_code == 200 and len(whole.json()["entry"]) > 5
+        emitted["everything"] = whole.json()
+        first_id = whole.json()["entry"][0]["resource"]["id"]
+        read = await client.get(f"/fhir/r4/Observation/{first_id}", headers=AUTH)
+        assert read.status_code == 200
+        emitted["read"] = read.json()
 
     results = validator.validate(emitted)
     errors = {

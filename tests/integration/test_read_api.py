@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,7 @@ import pytest
 
 from frontdoor import registry_store
 from frontdoor.errors import NotFound
-from processors.engine import Engine
-from processors.rules import rules_from_settings
 from readapi.params import Cursor, encode_cursor
-from sinks.timescale.scores import score_row, upsert_scores
 from tests.support import cli
 from tests.support.ids import patient
 from tests.support.polling import until
@@ -33,6 +30,7 @@ from tests.support.readapi import (
     AUTH,
     CURSOR_KEY,
     T0,
+    VITALS,
     D,
     H,
     M,
@@ -42,9 +40,10 @@ from tests.support.readapi import (
     running,
     store_alerts,
     store_rows,
+    store_scores_computed_from,
+    vitals_upload,
 )
 from vitals import contract
-from vitals.catalog import METRICS
 from vitals.settings import LOCAL_GATEWAY_TOKEN, Settings
 from vitalsctl import localinfra
 
@@ -413,30 +412,6 @@ async def test_alerts_newest_first_by_range_and_state_with_paging(
 
 # RCP 2017: resp 22 -> 2, SpO2 95 (scale 1) -> 1, air -> 0, systolic 105 -> 1,
 # pulse 115 -> 2, alert -> 0, 38.5 °C -> 1: 7, high.
-VITALS = {
-    "resp_rate": 22.0, "spo2": 95.0, "supplemental_o2": 0.0, "systolic_bp": 105.0,
-    "heart_rate": 115.0, "consciousness": 0.0, "body_temp": 38.5,
-}  # fmt: skip
-
-
-async def store_scores_computed_from(database_url: str, uploads: Sequence[contract.Upload]) -> None:
-    """What the pipeline stores: the processor's engine scores the uploads, the timescale
-    sink's statement writes the score records."""
-    engine = Engine(rules_from_settings(Settings()))
-    records: list[contract.News2Score] = []
-    for u in uploads:
-        engine.feed("p0", u, now=u.received, scores=records)
-    conn = await asyncpg.connect(database_url)
-    try:
-        await upsert_scores(conn, [score_row(r) for r in records])
-    finally:
-        await conn.close()
-
-
-def vitals_upload(p: str, t: datetime, **values: float) -> contract.Upload:
-    ms = int(t.timestamp() * 1000)
-    readings = tuple(contract.Reading(m, ms, v, METRICS[m].unit) for m, v in values.items())
-    return contract.Upload(str(uuid.uuid4()), "gw", "w1", p, ms, readings)
 
 
 async def test_current_news2_is_the_latest_score_the_processor_computed(

@@ -12,9 +12,12 @@ from typing import Any
 import asyncpg
 import httpx
 
+from processors.engine import Engine
+from processors.rules import rules_from_settings
 from readapi.server import build_server
 from sinks.alerts import store
 from sinks.timescale.rows import Row
+from sinks.timescale.scores import score_row, upsert_scores
 from sinks.timescale.writer import copy_then_upsert
 from vitals import contract
 from vitals.catalog import METRICS
@@ -121,3 +124,29 @@ async def store_open(conn: asyncpg.Connection, p: str, *, resolved: bool = False
     now = await conn.fetchval("SELECT now()")
     await store.mark_published(conn, store.keys_of(rows), now)
     return common["alert_id"]
+
+
+VITALS = {
+    "resp_rate": 22.0, "spo2": 95.0, "supplemental_o2": 0.0, "systolic_bp": 105.0,
+    "heart_rate": 115.0, "consciousness": 0.0, "body_temp": 38.5,
+}  # fmt: skip
+
+
+async def store_scores_computed_from(database_url: str, uploads: Sequence[contract.Upload]) -> None:
+    """What the pipeline stores: the processor's engine scores the uploads, the timescale
+    sink's statement writes the score records."""
+    engine = Engine(rules_from_settings(Settings()))
+    records: list[contract.News2Score] = []
+    for u in uploads:
+        engine.feed("p0", u, now=u.received, scores=records)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await upsert_scores(conn, [score_row(r) for r in records])
+    finally:
+        await conn.close()
+
+
+def vitals_upload(p: str, t: datetime, **values: float) -> contract.Upload:
+    ms = int(t.timestamp() * 1000)
+    readings = tuple(contract.Reading(m, ms, v, METRICS[m].unit) for m, v in values.items())
+    return contract.Upload(str(uuid.uuid4()), "gw", "w1", p, ms, readings)

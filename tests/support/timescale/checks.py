@@ -67,7 +67,7 @@ async def apply(db: Database, migrations: Sequence[Migration]) -> list[str]:
     return [m.name for m in migrations]
 
 
-_UNITS = {"heart_rate": "/min", "spo2": "%"}
+_UNITS = {"heart_rate": "/min", "spo2": "%", "systolic_bp": "mm[Hg]", "diastolic_bp": "mm[Hg]"}
 
 
 def upload(
@@ -708,6 +708,18 @@ async def check_read_api_queries(db: Database) -> None:
         (b, "w0", 61.0, "/min"), (b, "w1", 60.0, "/min"), (b + 10 * MINUTE, "w1", 80.0, "/min"),
         (b + HOUR + 5 * MINUTE, "w1", 90.0, "/min"), (b + 2 * HOUR, "w1", 50.0, "/min"),
     ]  # fmt: skip
+
+    # The FHIR facade's blood pressure panel: a systolic with its diastolic (same time and
+    # device), paged after (t, device); a lone systolic is no panel.
+    await store_readings(db, upload("p-api", "systolic_bp", [(b, 120.0), (b + MINUTE, 130.0)]))
+    await store_readings(db, upload("p-api", "diastolic_bp", [(b, 80.0), (b + MINUTE, 85.0)]))
+    await store_readings(db, upload("p-api", "systolic_bp", [(b + 2 * MINUTE, 140.0)]))
+    panels = await db.fetch(queries.BP_PANELS, "p-api", b, b + HOUR, EARLIEST, "", 10)
+    assert values(panels, "t", "device_id", "systolic", "diastolic", "unit") == [
+        (b, "w1", 120.0, 80.0, "mm[Hg]"), (b + MINUTE, "w1", 130.0, 85.0, "mm[Hg]"),
+    ]  # fmt: skip
+    after_first = await db.fetch(queries.BP_PANELS, "p-api", b, b + HOUR, b, "w1", 10)
+    assert values(after_first, "t") == [(b + MINUTE,)]
 
     starts = [to_ms(b + i * MINUTE) for i in range(3)]
     detections = [
