@@ -1,6 +1,7 @@
 """The console in a real browser: Debian's Chromium, headless, driven by playwright-core
 (tests/console/drive.mjs, installed by `make test`) against the read API on loopback with
-data stored by the sinks' own statements. Screenshots go to .local/console/."""
+data stored by the sinks' own statements. Screenshots go to .local/console/. The live
+board (a network cut, a revoked key, the figures) is test_console_live.py's."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ SHOTS = ROOT / ".local" / "console"
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def _driver_problem() -> str | None:
+def driver_problem() -> str | None:
     if not CHROMIUM.exists():
         return "no /usr/bin/chromium: `make test` installs it (apt-get install chromium)"
     if shutil.which("node") is None or not (DRIVER / "node_modules" / "playwright-core").exists():
@@ -40,7 +41,7 @@ async def test_sign_in_see_the_board_acknowledge_record_an_outcome_and_reconnect
     database_url: str,
     owner: asyncpg.Connection,  # noqa: F811
 ) -> None:
-    if problem := _driver_problem():
+    if problem := driver_problem():
         pytest.fail(problem)
     team = uid("ward")
     calm, desaturating, stranger = patient(), patient(), patient()
@@ -89,8 +90,6 @@ async def test_sign_in_see_the_board_acknowledge_record_an_outcome_and_reconnect
     assert seen["pwned"] == 0  # the note was never parsed as HTML
     assert "spo2_low" not in seen["after_outcome_top_row"]  # closed by its outcome
     assert seen["refusal"] == 409
-    assert seen["lost_text"] == "Connection lost, reconnecting…"
-    assert seen["rows_after_reconnect"] == [calm, desaturating]
     assert seen["signed_out"] and seen["key_after_signout"] is None
     assert (SHOTS / "board.png").stat().st_size > 10_000
 
