@@ -242,7 +242,7 @@ async function connect() {
   source.addEventListener("news2", (event) => applyNews2(JSON.parse(event.data)));
   // The server ended the stream with its reason (a revoked key: the next ticket is refused
   // and the page signs out; a client that fell behind: a new snapshot).
-  source.addEventListener("closed", () => { lost(); });
+  source.addEventListener("closed", () => { source.onerror = null; lost(); });
   source.onerror = () => { lost(); };
 }
 

@@ -54,6 +54,13 @@ def alert_doc(p: str, *, state: str = "opened", detail: str = "") -> bytes:
     return orjson.dumps(contract.alert_document(detection, now))
 
 
+def news2_score(p: str) -> bytes:
+    return contract.encode_news2_score(contract.News2Score(
+        patient_id=p, t=5000, news2=7, band="high", red=True, partial=True, scale=1,
+        parameters={"spo2": contract.ScoredParameter(3, 86.0, 0)}, computed=5001,
+    ))  # fmt: skip
+
+
 @asynccontextmanager
 async def producing(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
@@ -125,9 +132,13 @@ async def test_a_stream_starts_with_the_board_then_sends_only_its_teams_changes(
                     if kind == "snapshot":
                         await publish(producer, settings, stranger)
                         await publish(producer, settings, mine)
+                        await producer.send_and_wait(
+                            settings.topic(contract.NEWS2_SCORES), news2_score(mine),
+                            key=mine.encode(),
+                        )  # fmt: skip
                     # After the alert, heartbeats keep coming while nothing changes.
                     kinds = [k for k, _ in seen]
-                    if "alert" in kinds and kinds[kinds.index("alert") :].count("") == 2:
+                    if {"alert", "news2"} <= set(kinds) and kinds[-2:] == ["", ""]:
                         break
         metrics = (await client.get("/metrics")).text
     assert seen[0][0] == "snapshot" and seen[0][1]["live"] is True
@@ -135,6 +146,10 @@ async def test_a_stream_starts_with_the_board_then_sends_only_its_teams_changes(
     alerts = [data for kind, data in seen if kind == "alert"]
     assert [a["patient_id"] for a in alerts] == [mine]
     assert alerts[0]["state"] == "opened" and alerts[0]["schema"] == contract.ALERT_SCHEMA
+    scores = [data for kind, data in seen if kind == "news2"]
+    assert scores == [
+        {"patient_id": mine, "t": contract.iso(5000), "score": 7, "band": "high", "partial": True}
+    ]
     assert "vitals_api_live_feed_up 1.0" in metrics
 
 
