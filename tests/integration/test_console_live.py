@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 from frontdoor import registry_store
 from readapi import params
 from readapi.live_routes import TICKET_SCOPE
+from readapi.server import build_server
 from sinks.alerts import store
 from tests.integration.test_alert_actions import CLI, store_open
 from tests.integration.test_console import DRIVER, ROOT, SHOTS, driver_problem
@@ -407,3 +408,36 @@ def figures(seen: dict[str, Any], published: dict[str, int]) -> None:
 def _rank(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile."""
     return round(sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)], 1)
+
+
+async def test_a_stopping_server_ends_its_streams_first(
+    settings: Settings,
+    owner: asyncpg.Connection,  # noqa: F811
+) -> None:
+    _, key = await team_key(owner, [patient()])
+    # A grace longer than the test's wait: the stream must end because it was told to.
+    server = build_server(live(settings, shutdown_grace_s=60))
+    serving = asyncio.create_task(server.serve())
+    try:
+        await until(lambda: server.started, "the read API started", 10)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            await until(
+                lambda: _status(client.post("/v1/console/ticket", headers=bearer(key)), 201),
+                "the key loaded",
+                10,
+            )
+            url = f"/v1/console/events?ticket={await ticket(client, key)}"
+            kinds = []
+            async with client.stream("GET", url) as answer, asyncio.timeout(20):
+                async for kind, data in sse(answer):
+                    kinds.append((kind, data))
+                    if kind == "snapshot":
+                        server.should_exit = True
+        async with asyncio.timeout(20):
+            await serving
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 70)
+    assert kinds[0][0] == "snapshot"
+    assert kinds[-1] == ("closed", {"reason": "server_stopping"})
