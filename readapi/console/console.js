@@ -7,6 +7,7 @@
 "use strict";
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 15000;
+const BLUR_REDRAW_MS = 300;
 const STALE_S = 900; // Nightscout's first stale-data warning: 15 minutes
 const SEVERITY = { high: 3, medium: 2, low: 1 };
 const OUTCOMES = ["contacted_no_action", "advised", "escalated_to_physician",
@@ -83,7 +84,9 @@ function alertBlock(alert) {
   note.setAttribute("aria-label", `Note for ${alert.rule}`);
   for (const field of [select, note]) {
     field.addEventListener("focus", () => { busy = true; });
-    field.addEventListener("blur", () => { busy = false; setTimeout(() => render(), 0); });
+    // The changes held back are drawn a moment after the form is left: a click on
+    // "Record outcome" (which blurs the note first) lands before its row is redrawn.
+    field.addEventListener("blur", () => { busy = false; setTimeout(render, BLUR_REDRAW_MS); });
   }
   const record = el("button", { type: "button", textContent: "Record outcome", onclick: () => {
     if (!select.value) { $("action-error").textContent = "Choose an outcome first."; return; }
