@@ -17,6 +17,7 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY
 
 from frontdoor import registry_store
 from readapi import params
@@ -25,11 +26,12 @@ from readapi.server import build_server
 from sinks.alerts import store
 from tests.integration.test_alert_actions import CLI, store_open
 from tests.integration.test_console import DRIVER, ROOT, SHOTS, driver_problem
-from tests.integration.test_read_access import bearer, owner, uid  # noqa: F401
+from tests.integration.test_read_access import bearer, fresh_url, owner, quick, uid  # noqa: F401
 from tests.integration.test_read_api import patient, row, running, store_rows
 from tests.polling import until
 from vitals import contract
-from vitals.settings import Settings
+from vitals.settings import LOCAL_READER_TOKEN, Settings
+from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
 
@@ -273,6 +275,74 @@ def _read_all(sock: socket.socket) -> bytes:
     finally:
         sock.close()
     return b"".join(chunks)
+
+
+async def test_without_a_broker_the_stream_says_so_and_a_reader_over_its_rows_is_closed(
+    database_url: str,
+    owner: asyncpg.Connection,  # noqa: F811
+) -> None:
+    mine = patient()
+    _, key = await team_key(owner, [mine])
+    await store_rows(database_url, [row(mine, "heart_rate", datetime.now(UTC), 70.0)])
+    nobody = f"127.0.0.1:{localinfra.free_port()}"  # no broker listens there
+    # A budget of one row a minute: the first snapshot (2 rows) overdraws it, the next is
+    # refused and ends the stream.
+    quiet = quick(database_url, kafka_bootstrap=nobody, api_rate_limit_per_s=0,
+                  api_rows_per_minute=1, api_live_snapshot_s=0.3)  # fmt: skip
+    failed = 'vitals_background_task_failures_total{task="live-feed"}'
+    # The counter is the process's: earlier tests' read APIs may have counted already.
+    before = REGISTRY.get_sample_value(
+        "vitals_background_task_failures_total", {"task": "live-feed"}
+    )
+    async with running(quiet) as client:
+        await until(
+            lambda: _metric_above(client, failed, before or 0.0),
+            "the live feed failing (supervised)",
+            20,
+        )
+        ready = await client.get("/readyz")
+        await until(lambda: _status(client.post("/v1/console/ticket", headers=bearer(key)), 201),
+                    "the key loaded", 10)  # fmt: skip
+        url = f"/v1/console/events?ticket={await ticket(client, key)}"
+        async with client.stream("GET", url) as answer, asyncio.timeout(20):
+            seen = [item async for item in sse(answer)]
+    assert (ready.status_code, ready.json()["live_feed"]) == (200, "not_reading")
+    assert seen[0][0] == "snapshot" and seen[0][1]["live"] is False
+    assert seen[-1] == ("closed", {"reason": "row_limit"})
+
+
+async def _metric_above(client: httpx.AsyncClient, name: str, floor: float) -> bool:
+    for line in (await client.get("/metrics")).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1]) > floor
+    return False
+
+
+async def test_changes_that_cannot_be_recorded_are_not_sent(
+    settings: Settings,
+    fresh_url: str,  # noqa: F811
+) -> None:
+    conn = await asyncpg.connect(fresh_url)
+    try:
+        await conn.execute("DROP TABLE read_audit")  # the audit's writes fail, its queue fills
+    finally:
+        await conn.close()
+    somebody = patient()
+    # The built-in all-patients reader: no registry needed in this database.
+    api = live(settings, database_url=fresh_url, audit_queue_max=3)
+    async with running(api) as client, producing(settings) as producer:
+        await feed_reading(client, LOCAL_READER_TOKEN)
+        url = f"/v1/console/events?ticket={await ticket(client, LOCAL_READER_TOKEN)}"
+        seen = []
+        async with client.stream("GET", url) as answer, asyncio.timeout(20):
+            async for kind, data in sse(answer):
+                seen.append((kind, data))
+                if kind == "snapshot":
+                    for _ in range(6):
+                        await publish(producer, settings, somebody)
+    sent = [data for kind, data in seen if kind == "alert"]
+    assert 0 < len(sent) <= 3  # each one a record in the queue; none sent off the record
+    assert seen[-1] == ("closed", {"reason": "audit_unavailable"})
 
 
 # --- in a real browser ------------------------------------------------------------------
