@@ -7,7 +7,7 @@ import asyncio
 import math
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -116,6 +116,21 @@ async def sse(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, An
             yield kind, orjson.loads(line[len("data: ") :])
 
 
+async def until_closed(
+    client: httpx.AsyncClient, key: str, on_snapshot: Callable[[], Awaitable[object]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every event of a new stream of `key` until the server ends it; `on_snapshot` runs
+    once the first snapshot is in."""
+    url = f"/v1/console/events?ticket={await ticket(client, key)}"
+    seen: list[tuple[str, dict[str, Any]]] = []
+    async with client.stream("GET", url) as answer, asyncio.timeout(20):
+        async for kind, data in sse(answer):
+            seen.append((kind, data))
+            if len(seen) == 1:
+                await on_snapshot()
+    return seen
+
+
 async def test_a_stream_starts_with_the_board_then_sends_only_its_teams_changes(
     settings: Settings,
     owner: asyncpg.Connection,  # noqa: F811
@@ -207,14 +222,9 @@ async def test_a_revoked_key_loses_its_open_stream(
     key_id, key = await team_key(owner, [patient()])
     async with running(live(settings)) as client:
         await feed_reading(client, key)
-        url = f"/v1/console/events?ticket={await ticket(client, key)}"
-        kinds = []
-        async with client.stream("GET", url) as answer, asyncio.timeout(10):
-            async for kind, data in sse(answer):
-                kinds.append((kind, data))
-                if kind == "snapshot":
-                    await registry_store.revoke_key(owner, key_id, actor=CLI)
-            # The loop ends: the server closed the stream.
+        kinds = await until_closed(
+            client, key, lambda: registry_store.revoke_key(owner, key_id, actor=CLI)
+        )
     assert kinds[0][0] == "snapshot"
     assert kinds[-1] == ("closed", {"reason": "revoked_credential"})
 
@@ -303,9 +313,7 @@ async def test_without_a_broker_the_stream_says_so_and_a_reader_over_its_rows_is
         ready = await client.get("/readyz")
         await until(lambda: _status(client.post("/v1/console/ticket", headers=bearer(key)), 201),
                     "the key loaded", 10)  # fmt: skip
-        url = f"/v1/console/events?ticket={await ticket(client, key)}"
-        async with client.stream("GET", url) as answer, asyncio.timeout(20):
-            seen = [item async for item in sse(answer)]
+        seen = await until_closed(client, key, lambda: asyncio.sleep(0))
     assert (ready.status_code, ready.json()["live_feed"]) == (200, "not_reading")
     assert seen[0][0] == "snapshot" and seen[0][1]["live"] is False
     assert seen[-1] == ("closed", {"reason": "row_limit"})
@@ -332,14 +340,12 @@ async def test_changes_that_cannot_be_recorded_are_not_sent(
     api = live(settings, database_url=fresh_url, audit_queue_max=3)
     async with running(api) as client, producing(settings) as producer:
         await feed_reading(client, LOCAL_READER_TOKEN)
-        url = f"/v1/console/events?ticket={await ticket(client, LOCAL_READER_TOKEN)}"
-        seen = []
-        async with client.stream("GET", url) as answer, asyncio.timeout(20):
-            async for kind, data in sse(answer):
-                seen.append((kind, data))
-                if kind == "snapshot":
-                    for _ in range(6):
-                        await publish(producer, settings, somebody)
+
+        async def six_alerts() -> None:
+            for _ in range(6):
+                await publish(producer, settings, somebody)
+
+        seen = await until_closed(client, LOCAL_READER_TOKEN, six_alerts)
     sent = [data for kind, data in seen if kind == "alert"]
     assert 0 < len(sent) <= 3  # each one a record in the queue; none sent off the record
     assert seen[-1] == ("closed", {"reason": "audit_unavailable"})
@@ -497,13 +503,11 @@ async def test_a_stopping_server_ends_its_streams_first(
                 "the key loaded",
                 10,
             )
-            url = f"/v1/console/events?ticket={await ticket(client, key)}"
-            kinds = []
-            async with client.stream("GET", url) as answer, asyncio.timeout(20):
-                async for kind, data in sse(answer):
-                    kinds.append((kind, data))
-                    if kind == "snapshot":
-                        server.should_exit = True
+
+            async def stop() -> None:
+                server.should_exit = True
+
+            kinds = await until_closed(client, key, stop)
         async with asyncio.timeout(20):
             await serving
     finally:
