@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -29,7 +30,18 @@ log = logging.getLogger("vitals.http")
 
 class FrontDoorServer(uvicorn.Server):
     """uvicorn without its own signal handlers (vitals.lifecycle owns SIGTERM and SIGINT),
-    whose tick (every 0.1 s) also enforces the connections' deadlines (protocol.py)."""
+    whose tick (every 0.1 s) also enforces the connections' deadlines (protocol.py).
+
+    `on_stopping`, if set, is called when the stop begins, before the answers in flight
+    are waited for: answers that never end by themselves (the read API's event streams)
+    are told to end there, instead of holding the stop for the whole grace period."""
+
+    on_stopping: Callable[[], None] | None = None
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.on_stopping is not None:
+            self.on_stopping()
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -99,6 +99,14 @@ class Access:
             if self._rows is not None and listing.rows:
                 self._rows.charge(reader.key_id, sum(listing.rows.values()))
 
+    def delivered(self, reader: Credential, route: str, patient_id: str) -> bool:
+        """A change of one patient's data sent on a stream, on record; False when the audit
+        cannot take the record (the stream is then closed: nothing is sent off the record)."""
+        if self._audit.full():
+            return False
+        self._audit.read(reader, route, patient_id, outcome="ok", status=200, rows=1)
+        return True
+
     def patients(self, reader: Credential) -> list[str] | None:
         """The patients of the reader's care teams, sorted; None for an all-patients key."""
         if reader.all_patients:

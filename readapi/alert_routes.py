@@ -55,8 +55,14 @@ async def open_items(
 async def patients_board(request: Request, key: Reader) -> Response:
     """The console's board (board.py): every patient of the reader, call-first order."""
     params.only(query_lists(request), ())
+    return json_response(await board_snapshot(request, key, "board"))
+
+
+async def board_snapshot(request: Request, key: Credential, route: str) -> dict[str, Any]:
+    """The board of `key`'s patients now, read through the access guard (limits, audit);
+    also the first event of every console stream (live_routes.py)."""
     now = datetime.now(UTC)
-    async with access_of(request).listing(key, "board") as listing:
+    async with access_of(request).listing(key, route) as listing:
         alerts = await open_items(request, listing.patients)
         async with pool_of(request).acquire() as conn:
             patients = listing.patients
@@ -65,7 +71,7 @@ async def patients_board(request: Request, key: Reader) -> Response:
             entries = await board.board(conn, patients[: board.BOARD_MAX], alerts, now)
         for entry in entries:
             listing.rows[entry["patient_id"]] = len(entry["vitals"]) + len(entry["alerts"]) + 1
-    return json_response({"at": now, "patients": entries})
+    return {"at": now, "patients": entries}
 
 
 @router.post("/v1/alerts/{alert_id}/acknowledge")

@@ -1,6 +1,6 @@
 """The read API application: create_app(settings); its lifespan owns a read-only pool, the
 reader keys' reloads (issued keys with their care teams from the database, plus
-VITALS_READER_CREDENTIALS) and the read audit's writer."""
+VITALS_READER_CREDENTIALS), the read audit's writer and the console's live feed."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from frontdoor.auth import Authenticator
 from frontdoor.metrics import RequestMetrics
 from frontdoor.ratelimit import TokenBuckets
 from frontdoor.refresher import RegistryCache
-from readapi import alert_routes, fhir, fhir_capability, routes
+from readapi import alert_routes, fhir, fhir_capability, live_routes, routes
 from readapi.access import Access
 from readapi.audit import ReadAudit
+from readapi.live import Feed
 from vitals.settings import Settings
 from vitals.supervise import supervise
 
@@ -85,6 +86,9 @@ def create_app(settings: Settings) -> FastAPI:
         tasks = [
             supervise("reader-keys-refresh", lambda: keys.run(pool, settings.registry_refresh_s)),
             supervise("read-audit-writer", audit.run),
+            # Restarted like the others when the broker is away; /readyz says whether it
+            # reads, and the streams' snapshots keep the board current meanwhile.
+            supervise("live-feed", app.state.feed.run),
         ]
         try:
             yield
@@ -109,6 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.keys = keys
+    app.state.feed = Feed(settings)
     # Without a configured key, one per process: cursors then work only on the replica
     # that issued them (fine for one local process; docs/read-api.md).
     configured = settings.api_cursor_key.get_secret_value().encode()
@@ -118,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(fhir.router)
     app.include_router(fhir_capability.router)
     app.include_router(alert_routes.router)
+    app.include_router(live_routes.router)
     # The console (issue 16): static files shipped in the package, no CDN; the page signs
     # in with a reader key and reads the API above like any other reader.
     app.mount("/console", StaticFiles(directory=CONSOLE, html=True), name="console")

@@ -184,7 +184,9 @@ async def healthz() -> Response:
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
     """Ready when the database answers a query within PING_TIMEOUT_S and the reader keys
-    have been loaded from it once (before that, every issued key would be refused)."""
+    have been loaded from it once (before that, every issued key would be refused).
+    `live_feed` says whether the console's live feed reads the broker; it is reported, not
+    required: every read, and the console's periodic snapshots, work without Kafka."""
     why = None
     try:
         async with pool_of(request).acquire(timeout=PING_TIMEOUT_S) as conn:
@@ -197,7 +199,8 @@ async def readyz(request: Request) -> Response:
     if why is not None:
         retry = str(request.app.state.settings.retry_after_s)
         return problem_response(503, "not_ready", "Not ready", why, {"Retry-After": retry})
-    return json_response({"ready": True})
+    live = "reading" if request.app.state.feed.up else "not_reading"
+    return json_response({"ready": True, "live_feed": live})
 
 
 @router.get("/metrics")

@@ -11,8 +11,9 @@ from vitals.settings import Settings
 
 
 def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Server:
-    return http_server(
-        app or create_app(settings),
+    app = app or create_app(settings)
+    server = http_server(
+        app,
         settings,
         host=settings.api_host,
         port=settings.api_port,
@@ -20,6 +21,9 @@ def build_server(settings: Settings, app: FastAPI | None = None) -> uvicorn.Serv
             settings.api_tls_certfile, settings.api_tls_keyfile, settings.api_tls_client_ca
         ),
     )
+    # The console's event streams end (`closed`, server_stopping) when the stop begins.
+    server.on_stopping = lambda: app.state.feed.close_all("server_stopping")
+    return server
 
 
 async def serve(settings: Settings) -> None:

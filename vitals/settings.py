@@ -114,6 +114,13 @@ class ReadApiSettings(BaseModel):
     api_tls_certfile: str = ""
     api_tls_keyfile: str = ""
     api_tls_client_ca: str = ""
+    # The console's live stream (docs/read-api.md#live): a stream's queue of changes (a
+    # client further behind is dropped), the quiet time before a heartbeat, the period of
+    # its board snapshots, how long a stream ticket may be used to open one.
+    api_live_queue_max: int = 1000
+    api_live_heartbeat_s: float = 15.0
+    api_live_snapshot_s: float = 30.0
+    api_live_ticket_s: float = 60.0
 
 
 class ExportSettings(BaseModel):
