@@ -5,7 +5,14 @@ Every field is read from an environment variable `VITALS_<FIELD>` (upper case).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vitals.bounds import identifier_problem
@@ -37,6 +44,33 @@ class DatabaseSettings(BaseModel):
     # `vitals db roles`: "process:password,..." for the processes' login roles
     # (vitals/db/logins.py); deployments put it in a secret.
     db_login_passwords: SecretStr = SecretStr("")
+
+
+# Raw history must outlast every job that reads it back: the per-hour aggregate's refresh
+# window (30 days, migration 0004) twice over, so that a refresh never recomputes a bucket
+# from dropped chunks (docs/storage.md, Retention). Compression (7 days) and the
+# processor's replay (allowed_lateness_s, hours) reach back less far.
+MIN_RETENTION_DAYS = 61
+
+
+class RetentionSettings(BaseModel):
+    """How long raw history is kept (docs/storage.md, Retention; vitals/db/retention.py).
+    Applied by `vitals db migrate`; alerts and their outcomes have no retention."""
+
+    # 8 years: NHS England's Records Management Code of Practice keeps adult health records
+    # 8 years after the last treatment; the research export needs the raw series.
+    readings_retention_days: int = 2922
+    scores_retention_days: int = 2922  # a score is kept as long as the readings behind it
+
+    @field_validator("readings_retention_days", "scores_retention_days")
+    @classmethod
+    def _retention_long_enough(cls, value: int, info: ValidationInfo) -> int:
+        if value < MIN_RETENTION_DAYS:
+            raise ValueError(
+                f"{info.field_name} = {value}: must be at least {MIN_RETENTION_DAYS} days "
+                "(twice the per-hour aggregate's 30-day refresh window; docs/storage.md)"
+            )
+        return value
 
 
 class GatewaySettings(BaseModel):
@@ -187,6 +221,7 @@ class Settings(
     ProcessSettings,
     ProbeSettings,
     SinkSettings,
+    RetentionSettings,
     ProcessorSettings,
     KafkaSecuritySettings,
     ExportSettings,
@@ -236,6 +271,8 @@ class Settings(
             self.gateway_credentials = ""
         if 0 < len(self.api_cursor_key.get_secret_value()) < 32:
             raise ValueError("api_cursor_key must be 32+ characters (or empty: one per process)")
+        if self.readings_retention_days * 86_400 <= self.allowed_lateness_s:
+            raise ValueError("readings_retention_days must outlast allowed_lateness_s")
         if set(self.credentials()) & set(self.readers()):
             raise ValueError("a reader token must not also be a gateway token")
         return self
@@ -283,7 +320,15 @@ READ_BY: dict[str, tuple[type[BaseModel], ...]] = {
     "gateway": (*_KAFKA, DatabaseSettings, GatewaySettings, FrontDoorSettings, ProcessSettings),
     "api": (DatabaseSettings, ReadApiSettings, FrontDoorSettings, ProcessSettings),
     "process": (*_KAFKA, ProcessorSettings, ProbeSettings, ProcessSettings),
-    "sink": (*_KAFKA, DatabaseSettings, SinkSettings, ProbeSettings, ProcessSettings),
+    "db": (DatabaseSettings, RetentionSettings),  # `vitals db migrate` and `vitals db prune`
+    "sink": (
+        *_KAFKA,
+        DatabaseSettings,
+        SinkSettings,
+        RetentionSettings,  # a sink migrates at start (migrate_on_start)
+        ProbeSettings,
+        ProcessSettings,
+    ),
 }
 
 

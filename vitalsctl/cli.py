@@ -36,7 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     _process(sink, "alerts", "sink", "vitals.detections -> vitals.alerts and alerts table")
 
     db = sub.add_parser("db", help="database").add_subparsers(dest="db", required=True)
-    db.add_parser("migrate", help="apply the SQL migrations")
+    for name, summary in (
+        ("migrate", "apply the SQL migrations and the retention settings"),
+        ("prune", "drop readings and scores past their retention now (cron, plain PostgreSQL)"),
+    ):
+        db.add_parser(
+            name,
+            help=summary,
+            epilog=settings_help("db"),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
     db.add_parser("roles", help="each process's login role, granted only its group role")
 
     topics = sub.add_parser("topics", help="Kafka topics").add_subparsers(
@@ -168,10 +177,18 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
             passwords = logins.parse_passwords(settings.db_login_passwords.get_secret_value())
             done = await asyncio.to_thread(logins.ensure_logins, settings.database_url, passwords)
             print(f"login roles set up: {', '.join(done)}")
+        case "db" if args.db == "prune":
+            from vitals.db.retention import prune
+
+            pruned = await asyncio.to_thread(prune, settings.database_url, settings)
+            for table, rows in pruned.items():
+                print(
+                    f"{table}: " + ("retention job run" if rows < 0 else f"{rows:,} rows deleted")
+                )
         case "db":
             from vitals.db.migrate import migrate
 
-            applied = await asyncio.to_thread(migrate, settings.database_url)
+            applied = await asyncio.to_thread(migrate, settings.database_url, retention=settings)
             print(f"migrations applied: {applied or 'none (up to date)'}")
         case "topics":
             from vitals.kafka import create_topics, topic_differences

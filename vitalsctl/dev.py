@@ -81,7 +81,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         await kafka.create_topics(settings)
         from vitals.db.migrate import migrate
 
-        applied = await asyncio.to_thread(migrate, database_url)
+        applied = await asyncio.to_thread(migrate, database_url, retention=settings)
         env = _child_env(settings)
         _say(f"broker   {bootstrap}: {broker.describe()}, {broker.resources()}")
         schema = f"{len(applied)} migrations applied" if applied else "schema up to date"
