@@ -210,6 +210,20 @@ class ProbeSettings(BaseModel):
     probe_port: int = 0
 
 
+class StatusSettings(BaseModel):
+    """`vitals status` (docs/operations.md#vitals-status)."""
+
+    # Where each consumer process serves /readyz, as "name=host:port,..." (each one's
+    # VITALS_PROBE_HOST and VITALS_PROBE_PORT); `vitals dev` sets it for its children.
+    status_probes: str = ""
+
+    @field_validator("status_probes")
+    @classmethod
+    def _probes_parse(cls, value: str) -> str:
+        parse_probes(value)
+        return value
+
+
 class ProcessSettings(BaseModel):
     """What every long-running process reads."""
 
@@ -219,6 +233,7 @@ class ProcessSettings(BaseModel):
 
 class Settings(
     ProcessSettings,
+    StatusSettings,
     ProbeSettings,
     SinkSettings,
     RetentionSettings,
@@ -292,6 +307,10 @@ class Settings(
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
+    def probes(self) -> dict[str, str]:
+        """consumer process name -> host:port of its probe server (`vitals status`)."""
+        return parse_probes(self.status_probes)
+
     def escalation_delays(self) -> dict[str, tuple[float, ...]]:
         """severity -> seconds after opening at which levels 1, 2, ... are reached."""
         return parse_escalation(self.escalation)
@@ -315,12 +334,29 @@ def parse_escalation(value: str) -> dict[str, tuple[float, ...]]:
     return delays
 
 
+def parse_probes(value: str) -> dict[str, str]:
+    """ "processor=10.0.0.5:9100,sink-alerts=h:9100" -> {"processor": "10.0.0.5:9100", ...}."""
+    probes: dict[str, str] = {}
+    for entry in filter(None, (p.strip() for p in value.split(","))):
+        name, _, address = entry.partition("=")
+        host, _, port = address.rpartition(":")
+        if not name.strip() or not host or not port.isdigit() or name.strip() in probes:
+            raise ValueError(f"status_probes: {entry!r} needs name=host:port, each name once")
+        probes[name.strip()] = address.strip()
+    return probes
+
+
 _KAFKA = (KafkaSettings, KafkaSecuritySettings)
 READ_BY: dict[str, tuple[type[BaseModel], ...]] = {
     "gateway": (*_KAFKA, DatabaseSettings, GatewaySettings, FrontDoorSettings, ProcessSettings),
     "api": (DatabaseSettings, ReadApiSettings, FrontDoorSettings, ProcessSettings),
     "process": (*_KAFKA, ProcessorSettings, ProbeSettings, ProcessSettings),
-    "db": (DatabaseSettings, RetentionSettings),  # `vitals db migrate` and `vitals db prune`
+    "db": (DatabaseSettings, RetentionSettings),
+    "status": (
+        *_KAFKA,
+        DatabaseSettings,
+        StatusSettings,
+    ),  # `vitals db migrate` and `vitals db prune`
     "sink": (
         *_KAFKA,
         DatabaseSettings,

@@ -74,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
 
     status.add_arguments(
         sub.add_parser(
-            "status", help="a running deployment in one screen; exit 1 when it needs a person"
+            "status",
+            help="a running deployment in one screen; exit 1 when it needs a person",
+            epilog=settings_help("status"),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
 
