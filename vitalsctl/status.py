@@ -204,6 +204,8 @@ async def _readiness(client: httpx.AsyncClient, name: str, url: str) -> Check:
 async def _database(settings: Settings, stale_after_s: float) -> list[Check]:
     import asyncpg
 
+    from vitals.db import retention
+
     conn = await asyncpg.connect(settings.database_url, timeout=CHECK_TIMEOUT_S)
     try:
         size = await conn.fetchval("SELECT pg_database_size(current_database())")
@@ -212,6 +214,8 @@ async def _database(settings: Settings, stale_after_s: float) -> list[Check]:
             "SELECT max(t) FROM readings WHERE t > now() - interval '1 day'"
         )
         alert = await conn.fetchval("SELECT max(published_at) FROM alerts")
+        timescale = await conn.fetchval(retention.HAS_JOBS)
+        policies = [dict(r) for r in await conn.fetch(retention.POLICIES)] if timescale else None
     finally:
         await conn.close()
     now = datetime.now(UTC)
@@ -224,4 +228,10 @@ async def _database(settings: Settings, stale_after_s: float) -> list[Check]:
         checks.append(Check("newest reading", fresh, f"taken {age:,.0f} s ago", age))
     last = "none yet" if alert is None else f"{(now - alert).total_seconds():,.0f} s ago"
     checks.append(Check("last alert published", True, last))
+    problems = None if policies is None else retention.policy_problems(policies, settings)
+    if problems is None:
+        checks.append(Check("retention", True, "plain PostgreSQL: `vitals db prune` daily"))
+    else:
+        kept = "; ".join(problems) or "as the settings say; alerts and outcomes kept"
+        checks.append(Check("retention", not problems, kept))
     return checks

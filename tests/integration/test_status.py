@@ -68,6 +68,11 @@ async def test_status_reports_each_part_and_fails_when_one_needs_a_person(
     assert checks["lag vitals-processor"]["detail"] == "never committed"
     assert checks["database size"]["ok"] and checks["database size"]["value"] > 0
     assert "newest reading" in checks and "last alert published" in checks
+    # As migrated with the default settings, on a plain or a TimescaleDB server.
+    assert checks["retention"]["ok"] and checks["retention"]["detail"] in (
+        "plain PostgreSQL: `vitals db prune` daily",
+        "as the settings say; alerts and outcomes kept",
+    )
     assert text.returncode == 1
     assert any(line.startswith("!! ready read API") for line in text.stdout.splitlines())
     assert any(line.startswith("ok broker and topics") for line in text.stdout.splitlines())

@@ -226,6 +226,25 @@ async def test_a_changed_retention_setting_replaces_the_policy_once(timescale: S
     assert await retention_jobs() == after
 
 
+async def test_status_names_a_retention_policy_on_signed_records_or_one_the_settings_changed(
+    timescale: Storage,
+) -> None:
+    """What `vitals status` reports from the engine's jobs (vitals/db/retention.py)."""
+    db = timescale.db
+    defaults = RetentionSettings()
+    assert retention.policy_problems(await db.fetch(retention.POLICIES), defaults) == []
+    longer = RetentionSettings(scores_retention_days=3653)
+    assert retention.policy_problems(await db.fetch(retention.POLICIES), longer) == [
+        "news2_scores keeps 2922 days, scores_retention_days says 3653 days: "
+        "run `vitals db migrate`"
+    ]
+    await db.script("SELECT add_retention_policy('alerts', drop_after => INTERVAL '3 years')")
+    assert retention.policy_problems(await db.fetch(retention.POLICIES), defaults) == [
+        "a retention policy on alerts would drop clinical records: "
+        "SELECT remove_retention_policy('alerts') (docs/storage.md, Retention)"
+    ]
+
+
 def test_the_retention_settings_refuse_too_short_or_negative_periods() -> None:
     for days in (0, -1, 60):
         with pytest.raises(ValueError, match="must be at least 61 days"):

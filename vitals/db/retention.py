@@ -16,6 +16,7 @@ Kubernetes CronJob, deletes the same rows; on TimescaleDB it runs the policies' 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import psycopg
 
@@ -53,6 +54,37 @@ END
 $$;"""
         )
     return "\n".join(blocks)
+
+
+# For `vitals status`: whether the server has TimescaleDB's jobs, and every retention policy.
+HAS_JOBS = "SELECT to_regclass('timescaledb_information.jobs') IS NOT NULL"
+POLICIES = """
+SELECT hypertable_name AS relation,
+       (extract(epoch FROM (config->>'drop_after')::interval) / 86400)::float8 AS days
+FROM timescaledb_information.jobs
+WHERE proc_name = 'policy_retention' AND hypertable_schema = current_schema()
+ORDER BY 1"""
+
+
+def policy_problems(policies: list[dict[str, Any]], retention: RetentionSettings) -> list[str]:
+    """What in `policies` (rows of POLICIES) needs a person: a policy on what a clinician
+    signed, or one that differs from the settings (`vitals db migrate` not run since)."""
+    problems = []
+    found = {p["relation"]: p["days"] for p in policies}
+    for relation in sorted(set(found) - set(TABLES)):
+        problems.append(
+            f"a retention policy on {relation} would drop clinical records: "
+            f"SELECT remove_retention_policy('{relation}') (docs/storage.md, Retention)"
+        )
+    for table, (_, setting) in TABLES.items():
+        days = int(getattr(retention, setting))
+        kept = found.get(table)
+        if kept != days:
+            problems.append(
+                f"{table} keeps {'forever' if kept is None else f'{kept:g} days'}, "
+                f"{setting} says {days} days: run `vitals db migrate`"
+            )
+    return problems
 
 
 def made_for_timescale(conn: psycopg.Connection) -> bool:
