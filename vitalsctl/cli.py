@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database").add_subparsers(dest="db", required=True)
     for name, summary in (
         ("migrate", "apply the SQL migrations and the retention settings"),
-        ("prune", "drop readings and scores past their retention now (cron, plain PostgreSQL)"),
+        ("prune", "delete readings and scores past their retention (daily, plain PostgreSQL)"),
     ):
         db.add_parser(
             name,
@@ -184,10 +184,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
             from vitals.db.retention import prune
 
             pruned = await asyncio.to_thread(prune, settings.database_url, settings)
-            for table, rows in pruned.items():
-                print(
-                    f"{table}: " + ("retention job run" if rows < 0 else f"{rows:,} rows deleted")
-                )
+            if pruned is None:
+                print("TimescaleDB: its retention policies drop old chunks daily; nothing to do")
+            for table, rows in (pruned or {}).items():
+                print(f"{table}: {rows:,} rows older than their retention deleted")
         case "db":
             from vitals.db.migrate import migrate
 

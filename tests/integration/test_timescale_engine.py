@@ -36,6 +36,7 @@ from vitals.db.migrate import (
     plan,
     timescale_available,
 )
+from vitals.errors import InfrastructureError
 from vitals.settings import RetentionSettings
 from vitalsctl import localinfra
 
@@ -187,15 +188,24 @@ async def test_retention_drops_old_raw_chunks_and_keeps_their_aggregates(
 async def test_retention_drops_old_readings_and_scores_and_spares_what_clinicians_signed(
     storage: Storage,
 ) -> None:
-    """On the WASM engine the policies' own jobs; on a server `vitals db prune` (plain
-    PostgreSQL: its DELETE; TimescaleDB: the same jobs, run now)."""
+    """TimescaleDB: the policies' own jobs; plain PostgreSQL: `vitals db prune`."""
 
     async def expire() -> None:
-        if storage.url:
-            await asyncio.to_thread(retention.prune, storage.url, RetentionSettings())
-        else:
+        if storage.db.timescale:
             await checks.run_job(storage.db, "readings", "policy_retention")
             await checks.run_job(storage.db, "news2_scores", "policy_retention")
+        else:  # the command as cron runs it
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "vitalsctl.cli", "db", "prune"],
+                env={**os.environ, "VITALS_DATABASE_URL": storage.url},
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert (done.returncode, done.stdout) == (
+                0,
+                "readings: 1 rows older than their retention deleted\n"
+                "news2_scores: 1 rows older than their retention deleted\n",
+            ), done.stderr
 
     await checks.check_retention_spares_what_clinicians_signed(storage.db, expire)
 
@@ -243,6 +253,11 @@ async def test_status_names_a_retention_policy_on_signed_records_or_one_the_sett
         "a retention policy on alerts would drop clinical records: "
         "SELECT remove_retention_policy('alerts') (docs/storage.md, Retention)"
     ]
+
+
+def test_prune_on_an_unreachable_database_says_so() -> None:
+    with pytest.raises(InfrastructureError, match="database unreachable for pruning"):
+        retention.prune("postgresql://nobody@127.0.0.1:1/none", RetentionSettings())
 
 
 def test_the_retention_settings_refuse_too_short_or_negative_periods() -> None:

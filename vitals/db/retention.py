@@ -10,7 +10,7 @@ TimescaleDB: `vitals db migrate` (and a sink migrating at start) sets each table
 retention policy to the setting after the migration files, replacing the policy only when
 it differs, so a second run changes nothing and a changed setting takes effect at the next
 migrate. Plain PostgreSQL has no scheduler: `vitals db prune`, run daily by cron or a
-Kubernetes CronJob, deletes the same rows; on TimescaleDB it runs the policies' jobs now.
+Kubernetes CronJob, deletes the same rows (on TimescaleDB it has nothing to do).
 """
 
 from __future__ import annotations
@@ -95,38 +95,26 @@ def made_for_timescale(conn: psycopg.Connection) -> bool:
     return row is not None
 
 
-def prune(database_url: str, retention: RetentionSettings) -> dict[str, int]:
-    """Drop what the settings no longer keep, now: table -> rows deleted (plain PostgreSQL),
-    or -1 per table when TimescaleDB's retention job ran (it drops chunks, not rows)."""
+def prune(database_url: str, retention: RetentionSettings) -> dict[str, int] | None:
+    """Delete what the settings no longer keep, now: table -> rows deleted (plain
+    PostgreSQL); None on a TimescaleDB database, whose retention policies drop whole chunks
+    once a day by themselves."""
     try:
         conn = psycopg.connect(database_url, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise InfrastructureError(f"database unreachable for pruning: {exc}") from exc
     done: dict[str, int] = {}
     with conn:
-        timescale = made_for_timescale(conn)
+        if made_for_timescale(conn):
+            return None
         for table, (column, setting) in TABLES.items():
             days = int(getattr(retention, setting))
-            if timescale:
-                job = conn.execute(
-                    """SELECT job_id FROM timescaledb_information.jobs
-                       WHERE proc_name = 'policy_retention' AND hypertable_name = %s
-                         AND hypertable_schema = current_schema()""",
-                    (table,),
-                ).fetchone()
-                if job is None:
-                    raise InfrastructureError(
-                        f"{table} has no retention policy: run `vitals db migrate` first"
-                    )
-                conn.execute(f"CALL run_job({int(job[0])})")
-                done[table] = -1
-            else:
-                # One statement per table: the BRIN index on the time column finds the rows;
-                # run daily, each run deletes about a day's worth.
-                cur = conn.execute(
-                    f"DELETE FROM {table} WHERE {column} < now() - make_interval(days => %s)",
-                    (days,),
-                )
-                done[table] = cur.rowcount
+            # One statement per table: the BRIN index on the time column finds the rows;
+            # run daily, each run deletes about a day's worth.
+            cur = conn.execute(
+                f"DELETE FROM {table} WHERE {column} < now() - make_interval(days => %s)",
+                (days,),
+            )
+            done[table] = cur.rowcount
             log.info("pruned", extra={"table": table, "rows": done[table], "days": days})
     return done
