@@ -37,7 +37,7 @@ from vitals.db.migrate import (
     timescale_available,
 )
 from vitals.errors import InfrastructureError
-from vitals.settings import RetentionSettings
+from vitals.settings import RetentionSettings, Settings
 from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
@@ -267,6 +267,9 @@ def test_the_retention_settings_refuse_too_short_or_negative_periods() -> None:
         with pytest.raises(ValueError, match="scores_retention_days"):
             RetentionSettings(scores_retention_days=days)
     assert RetentionSettings(readings_retention_days=61).readings_retention_days == 61
+    # Late readings are replayed and stored for allowed_lateness_s: the raw data must outlast it.
+    with pytest.raises(ValueError, match="readings_retention_days must outlast allowed_lateness_s"):
+        Settings(readings_retention_days=61, allowed_lateness_s=61 * 86_400)
 
 
 def test_vitals_db_migrate_refuses_a_nonsensical_retention_before_touching_the_database() -> None:
