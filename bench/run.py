@@ -30,6 +30,7 @@ from bench import (
 from bench.infra import Infra, infrastructure
 from bench.options import PEER_SCENARIOS
 from bench.report import Results
+from vitals import progress
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +106,22 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     logs = Path(".local") / "bench"
     shutil.rmtree(logs, ignore_errors=True)
-    with infrastructure(logs) as infra:
+    parts = [
+        p for p in ("gateway", "sink", "processor", "e2e", "storage", "export") if p in args.only
+    ]
+    # Parts done, their rate and the time left, on a terminal (vitals/progress.py).
+    with infrastructure(logs) as infra, progress.bar("bench", len(parts), "parts") as steps:
         if "gateway" in args.only:
             _say("gateway: project, bare FastAPI, 2 processes, load generator alone")
             results.rows += gateway.run(infra, reps, plan.load, results.notes)
             if not args.no_profile:
                 raw = gateway.profile(infra, plan.load, logs / "profile-gateway.raw")
                 _profiles(results, "gateway", profile.read(raw), out)
+            steps.update(1)
         if "sink" in args.only:
             _say("sink: the sink's writer vs raw COPY, and with a duplicate in every batch")
             results.rows += sink.run(infra, plan.sink_rows, 2_000, reps)
+            steps.update(1)
         if "processor" in args.only:
             _say("processor: vitals process vs Quix Streams, 1 and 2 instances")
             folded_path = None if args.no_profile else logs / "profile-processor.raw"
@@ -123,16 +130,20 @@ def run(args: argparse.Namespace) -> int:
             )
             if folded_path is not None:
                 _profiles(results, "processor", profile.read(folded_path), out)
+            steps.update(1)
         if "e2e" in args.only:
             _say("end to end: POST -> alert at a fixed offered load")
             results.rows += e2e.run(infra, plan.e2e, plan.e2e_reps)
             results.rows += hop.run(infra.settings("hop"), reps)
+            steps.update(1)
         if "storage" in args.only:
             _say(f"storage: {storage_rows:,} readings, sink's writer vs raw COPY; sizes")
             results.rows += storage.run(infra, storage_rows, reps, results.notes)
+            steps.update(1)
         if "export" in args.only:
             _say(f"export: peak memory of vitals export, {len(export_rows)} ranges")
             results.rows += export.run(infra, export_rows, results.notes)
+            steps.update(1)
         results.machine["broker"] = infra.broker
         _side_by_side(args, plan, reps, infra, logs, results)
     load_after = machine.load_average()

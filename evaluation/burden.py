@@ -29,11 +29,18 @@ import os
 import statistics
 import time
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
+
+from vitals import progress
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 from evaluation.population import (
     EVENT_KINDS,
@@ -221,12 +228,26 @@ def _chunk(indexes: list[int], opts: Options, rules: Rules) -> list[PatientResul
 
 def simulate(opts: Options, rules: Rules) -> list[PatientResult]:
     indexes = list(range(opts.patients))
-    if opts.jobs <= 1:
-        return _chunk(indexes, opts, rules)
-    chunks = [indexes[j :: opts.jobs] for j in range(opts.jobs)]
-    with ProcessPoolExecutor(max_workers=opts.jobs) as pool:
-        parts = list(pool.map(_chunk, chunks, [opts] * opts.jobs, [rules] * opts.jobs))
-    return sorted((r for part in parts for r in part), key=lambda r: r.patient)
+    # Chunks of a few patients, many per worker, so that progress moves as they finish;
+    # each chunk builds its engine once (cheap beside a patient's simulated day).
+    size = max(1, min(10, opts.patients // (max(1, opts.jobs) * 8)))
+    chunks = [indexes[j : j + size] for j in range(0, len(indexes), size)]
+    results: list[PatientResult] = []
+    with progress.bar("burden", opts.patients, "patients") as shown:
+        if opts.jobs <= 1:
+            parts: Iterable[list[PatientResult]] = (_chunk(c, opts, rules) for c in chunks)
+            results = [r for part in parts for r in _shown(part, shown)]
+        else:
+            with ProcessPoolExecutor(max_workers=opts.jobs) as pool:
+                n = len(chunks)
+                parts = pool.map(_chunk, chunks, [opts] * n, [rules] * n)
+                results = [r for part in parts for r in _shown(part, shown)]
+    return sorted(results, key=lambda r: r.patient)
+
+
+def _shown(part: list[PatientResult], shown: tqdm) -> list[PatientResult]:
+    shown.update(len(part))
+    return part
 
 
 # --- figures ---------------------------------------------------------------------------------

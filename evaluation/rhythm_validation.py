@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from processors.engine import Engine
 from processors.rhythm import RULE, RhythmRule, RhythmState, RhythmTrack
 from processors.rules import Rules
 from processors.windows import Sample
+from vitals import progress
 from vitals.contract import Reading, Upload
 from vitals.errors import ConfigError
 
@@ -195,16 +197,19 @@ def summary(results: Iterable[SeriesResult]) -> dict[str, object]:
 
 
 def run(rules: Rules, *, af_series: int, af_beats: int, seed: int, out: Path) -> int:
-    results = [
-        evaluate("NSR pyhrv SampleNNISeriesLong (real)", pyhrv_nsr(), False, rules),
-        evaluate("MIT-BIH 208 ectopy, scipy ecg.dat (real)", mitbih_208(), False, rules),
+    series = [
+        ("NSR pyhrv SampleNNISeriesLong (real)", pyhrv_nsr, False),
+        ("MIT-BIH 208 ectopy, scipy ecg.dat (real)", mitbih_208, False),
     ]
-    results += [
-        evaluate(
-            f"synthetic AF #{i} (Cohen 1983 model)", synthetic_af(seed + i, af_beats), True, rules
-        )
+    series += [
+        (f"synthetic AF #{i} (Cohen 1983 model)", partial(synthetic_af, seed + i, af_beats), True)
         for i in range(af_series)
     ]
+    results = []
+    with progress.bar("validate rhythm", len(series), "series") as shown:
+        for name, intervals, positive in series:  # each series loaded as its turn comes
+            results.append(evaluate(name, intervals(), positive, rules))
+            shown.update(1)
     figures = summary(results)
     print(f"{'series':48} {'beats':>6} {'windows':>7} {'irreg':>6} {'unread':>6} {'episodes':>8}")
     for r in results:

@@ -44,6 +44,7 @@ class Database:
 
     def __init__(self, settings: Settings, outage: Outage, *, migrate_first: bool) -> None:
         self._url = settings.database_url
+        self._retention = settings  # its retention settings, applied by the migration
         self._outage = outage
         self._migrate_first = migrate_first
         self._pool: asyncpg.Pool | None = None
@@ -98,6 +99,6 @@ class Database:
     async def _ensure_schema(self) -> None:
         if not self._migrate_first:
             return
-        applied = await asyncio.to_thread(migrate, self._url)
+        applied = await asyncio.to_thread(migrate, self._url, retention=self._retention)
         log.info("schema up to date", extra={"applied": applied})
         self._migrate_first = False

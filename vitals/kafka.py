@@ -107,17 +107,27 @@ async def idempotence(settings: Settings, timeout_s: float = 15.0) -> bool:
     client = AIOKafkaClient(
         bootstrap_servers=settings.kafka_bootstrap, **security_options(settings)
     )
-    await client.bootstrap()
+    last: int | None = None  # the last "not yet" answer, for the error
     try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            node = client.get_random_node()
-            answer = await client.send(node, InitProducerIdRequest(None, 60_000))
-            if answer.error_code not in _NOT_YET:
-                break
-            if asyncio.get_running_loop().time() > deadline:
-                raise for_code(answer.error_code)()
-            await asyncio.sleep(0.2)
+        # One bound over the whole question: a broker still loading its coordinators
+        # answers "not yet" again and again, and one that accepts connections but never
+        # answers Kafka would otherwise hold each request for aiokafka's 40 s.
+        async with asyncio.timeout(timeout_s):
+            await client.bootstrap()
+            while True:
+                node = client.get_random_node()
+                answer = await client.send(node, InitProducerIdRequest(None, 60_000))
+                if answer.error_code not in _NOT_YET:
+                    break
+                last = answer.error_code
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        why = "no answer" if last is None else f"still loading: {for_code(last).__name__}"
+        raise KafkaTimeoutError(
+            f"the cluster at {settings.kafka_bootstrap} neither granted nor refused a "
+            f"producer id within {timeout_s:g} s ({why}); kafka_idempotence=on or off "
+            "decides without asking"
+        ) from None
     finally:
         await client.close()
     granted = answer.error_code == 0
@@ -269,29 +279,30 @@ async def create_topics(settings: Settings) -> list[str]:
                 ]
             )
             log.info("topics created", extra={"topics": [settings.topic(t) for t in missing]})
-            await _until_led(admin, [settings.topic(t) for t in missing])
+            await until_led(admin, [settings.topic(t) for t in missing])
         return [settings.topic(t) for t in missing]
     finally:
         await admin.close()
 
 
-async def _until_led(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30) -> None:
+async def until_led(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30) -> None:
     """Wait until every partition of `names` has a leader. A real cluster answers
     CreateTopics once its controller has the topic; its brokers learn of it a moment
     later, and a client that asks in between finds no partitions to produce to."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        described = await admin.describe_topics(names)
-        if all(
-            t["error_code"] == 0
-            and t["partitions"]
-            and all(p["leader"] >= 0 for p in t["partitions"])
-            for t in described
-        ):
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise KafkaTimeoutError(f"topics without a leader after {timeout_s:g} s: {names}")
-        await asyncio.sleep(0.1)
+    try:
+        async with asyncio.timeout(timeout_s):  # also bounds a describe that never returns
+            while True:
+                described = await admin.describe_topics(names)
+                if all(
+                    t["error_code"] == 0
+                    and t["partitions"]
+                    and all(p["leader"] >= 0 for p in t["partitions"])
+                    for t in described
+                ):
+                    return
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise KafkaTimeoutError(f"topics without a leader after {timeout_s:g} s: {names}") from None
 
 
 async def topic_differences(settings: Settings) -> list[str]:

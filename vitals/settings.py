@@ -5,7 +5,14 @@ Every field is read from an environment variable `VITALS_<FIELD>` (upper case).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vitals.bounds import identifier_problem
@@ -37,6 +44,33 @@ class DatabaseSettings(BaseModel):
     # `vitals db roles`: "process:password,..." for the processes' login roles
     # (vitals/db/logins.py); deployments put it in a secret.
     db_login_passwords: SecretStr = SecretStr("")
+
+
+# Raw history must outlast every job that reads it back: the per-hour aggregate's refresh
+# window (30 days, migration 0004) twice over, so that a refresh never recomputes a bucket
+# from dropped chunks (docs/storage.md, Retention). Compression (7 days) and the
+# processor's replay (allowed_lateness_s, hours) reach back less far.
+MIN_RETENTION_DAYS = 61
+
+
+class RetentionSettings(BaseModel):
+    """How long raw history is kept (docs/storage.md, Retention; vitals/db/retention.py).
+    Applied by `vitals db migrate`; alerts and their outcomes have no retention."""
+
+    # 8 years: NHS England's Records Management Code of Practice keeps adult health records
+    # 8 years after the last treatment; the research export needs the raw series.
+    readings_retention_days: int = 2922
+    scores_retention_days: int = 2922  # a score is kept as long as the readings behind it
+
+    @field_validator("readings_retention_days", "scores_retention_days")
+    @classmethod
+    def _retention_long_enough(cls, value: int, info: ValidationInfo) -> int:
+        if value < MIN_RETENTION_DAYS:
+            raise ValueError(
+                f"{info.field_name} = {value}: must be at least {MIN_RETENTION_DAYS} days "
+                "(twice the per-hour aggregate's 30-day refresh window; docs/storage.md)"
+            )
+        return value
 
 
 class GatewaySettings(BaseModel):
@@ -183,6 +217,20 @@ class ProbeSettings(BaseModel):
     probe_port: int = 0
 
 
+class StatusSettings(BaseModel):
+    """`vitals status` (docs/operations.md#vitals-status)."""
+
+    # Where each consumer process serves /readyz, as "name=host:port,..." (each one's
+    # VITALS_PROBE_HOST and VITALS_PROBE_PORT); `vitals dev` sets it for its children.
+    status_probes: str = ""
+
+    @field_validator("status_probes")
+    @classmethod
+    def _probes_parse(cls, value: str) -> str:
+        parse_probes(value)
+        return value
+
+
 class ProcessSettings(BaseModel):
     """What every long-running process reads."""
 
@@ -192,8 +240,10 @@ class ProcessSettings(BaseModel):
 
 class Settings(
     ProcessSettings,
+    StatusSettings,
     ProbeSettings,
     SinkSettings,
+    RetentionSettings,
     ProcessorSettings,
     KafkaSecuritySettings,
     ExportSettings,
@@ -243,6 +293,8 @@ class Settings(
             self.gateway_credentials = ""
         if 0 < len(self.api_cursor_key.get_secret_value()) < 32:
             raise ValueError("api_cursor_key must be 32+ characters (or empty: one per process)")
+        if self.readings_retention_days * 86_400 <= self.allowed_lateness_s:
+            raise ValueError("readings_retention_days must outlast allowed_lateness_s")
         if set(self.credentials()) & set(self.readers()):
             raise ValueError("a reader token must not also be a gateway token")
         return self
@@ -261,6 +313,10 @@ class Settings(
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
+
+    def probes(self) -> dict[str, str]:
+        """consumer process name -> host:port of its probe server (`vitals status`)."""
+        return parse_probes(self.status_probes)
 
     def escalation_delays(self) -> dict[str, tuple[float, ...]]:
         """severity -> seconds after opening at which levels 1, 2, ... are reached."""
@@ -285,12 +341,37 @@ def parse_escalation(value: str) -> dict[str, tuple[float, ...]]:
     return delays
 
 
+def parse_probes(value: str) -> dict[str, str]:
+    """ "processor=10.0.0.5:9100,sink-alerts=h:9100" -> {"processor": "10.0.0.5:9100", ...}."""
+    probes: dict[str, str] = {}
+    for entry in filter(None, (p.strip() for p in value.split(","))):
+        name, _, address = entry.partition("=")
+        host, _, port = address.rpartition(":")
+        if not name.strip() or not host or not port.isdigit() or name.strip() in probes:
+            raise ValueError(f"status_probes: {entry!r} needs name=host:port, each name once")
+        probes[name.strip()] = address.strip()
+    return probes
+
+
 _KAFKA = (KafkaSettings, KafkaSecuritySettings)
 READ_BY: dict[str, tuple[type[BaseModel], ...]] = {
     "gateway": (*_KAFKA, DatabaseSettings, GatewaySettings, FrontDoorSettings, ProcessSettings),
     "api": (DatabaseSettings, ReadApiSettings, FrontDoorSettings, ProcessSettings),
     "process": (*_KAFKA, ProcessorSettings, ProbeSettings, ProcessSettings),
-    "sink": (*_KAFKA, DatabaseSettings, SinkSettings, ProbeSettings, ProcessSettings),
+    "db": (DatabaseSettings, RetentionSettings),
+    "status": (
+        *_KAFKA,
+        DatabaseSettings,
+        StatusSettings,
+    ),  # `vitals db migrate` and `vitals db prune`
+    "sink": (
+        *_KAFKA,
+        DatabaseSettings,
+        SinkSettings,
+        RetentionSettings,  # a sink migrates at start (migrate_on_start)
+        ProbeSettings,
+        ProcessSettings,
+    ),
 }
 
 

@@ -36,7 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     _process(sink, "alerts", "sink", "vitals.detections -> vitals.alerts and alerts table")
 
     db = sub.add_parser("db", help="database").add_subparsers(dest="db", required=True)
-    db.add_parser("migrate", help="apply the SQL migrations")
+    for name, summary in (
+        ("migrate", "apply the SQL migrations and the retention settings"),
+        ("prune", "delete readings and scores past their retention (daily, plain PostgreSQL)"),
+    ):
+        db.add_parser(
+            name,
+            help=summary,
+            epilog=settings_help("db"),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
     db.add_parser("roles", help="each process's login role, granted only its group role")
 
     topics = sub.add_parser("topics", help="Kafka topics").add_subparsers(
@@ -65,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
 
     status.add_arguments(
         sub.add_parser(
-            "status", help="a running deployment in one screen; exit 1 when it needs a person"
+            "status",
+            help="a running deployment in one screen; exit 1 when it needs a person",
+            epilog=settings_help("status"),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
 
@@ -168,10 +180,18 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
             passwords = logins.parse_passwords(settings.db_login_passwords.get_secret_value())
             done = await asyncio.to_thread(logins.ensure_logins, settings.database_url, passwords)
             print(f"login roles set up: {', '.join(done)}")
+        case "db" if args.db == "prune":
+            from vitals.db.retention import prune
+
+            pruned = await asyncio.to_thread(prune, settings.database_url, settings)
+            if pruned is None:
+                print("TimescaleDB: its retention policies drop old chunks daily; nothing to do")
+            for table, rows in (pruned or {}).items():
+                print(f"{table}: {rows:,} rows older than their retention deleted")
         case "db":
             from vitals.db.migrate import migrate
 
-            applied = await asyncio.to_thread(migrate, settings.database_url)
+            applied = await asyncio.to_thread(migrate, settings.database_url, retention=settings)
             print(f"migrations applied: {applied or 'none (up to date)'}")
         case "topics":
             from vitals.kafka import create_topics, topic_differences

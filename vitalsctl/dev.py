@@ -75,13 +75,19 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         broker = stack.enter_context(localkafka.local_broker(kind, LOCAL / "broker", LOCAL))
         bootstrap = broker.bootstrap
         database_url = _database(stack)
+        # Each consumer's probe server on a free port, named for `vitals status` run beside.
+        probes = ",".join(f"{n}=127.0.0.1:{localinfra.free_port()}" for n in stages.CONSUMERS)
         settings = settings.model_copy(
-            update={"kafka_bootstrap": bootstrap, "database_url": database_url}
+            update={
+                "kafka_bootstrap": bootstrap,
+                "database_url": database_url,
+                "status_probes": probes,
+            }
         )
         await kafka.create_topics(settings)
         from vitals.db.migrate import migrate
 
-        applied = await asyncio.to_thread(migrate, database_url)
+        applied = await asyncio.to_thread(migrate, database_url, retention=settings)
         env = _child_env(settings)
         _say(f"broker   {bootstrap}: {broker.describe()}, {broker.resources()}")
         schema = f"{len(applied)} migrations applied" if applied else "schema up to date"
@@ -126,6 +132,7 @@ def _say_run_file(stack: contextlib.ExitStack, settings: Settings) -> None:
         "VITALS_GATEWAY_PORT": str(settings.gateway_port),
         "VITALS_API_HOST": settings.api_host,
         "VITALS_API_PORT": str(settings.api_port),
+        "VITALS_STATUS_PROBES": settings.status_probes,
     }
     path = devrun.run_file(LOCAL)
     if devrun.write(path, values):
@@ -194,9 +201,15 @@ async def _start_children(
     admin_key_file: Path,
 ) -> dict[str, asyncio.subprocess.Process]:
     children: dict[str, asyncio.subprocess.Process] = {}
+    probes = settings.probes()
     for name in stages.STAGES:
         if name != "simulator":
-            children[name] = await _spawn(name, [], env, logs_dir)
+            own = (
+                {**env, "VITALS_PROBE_PORT": probes[name].rpartition(":")[2]}
+                if name in probes
+                else env
+            )
+            children[name] = await _spawn(name, [], own, logs_dir)
     localinfra.wait_for_port(settings.gateway_host, settings.gateway_port, 30)
     if not args.no_simulator:
         options = ["--patients", str(args.patients), "--admin-key-file", str(admin_key_file)]

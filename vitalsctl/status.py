@@ -1,10 +1,10 @@
 """`vitals status`: a running deployment in one screen, from its settings.
 
-Broker reachable and topics as configured, each consumer group's lag, the front doors'
-readiness and the gateway's registry age, the last alert published, dead letters in the
-last hour, the database's size and its newest reading. Each check is bounded in time;
-the exit code is 1 when any needs a person, so a cron job or a script can act on it
-(`--json` for scripts).
+Broker reachable and topics as configured, each consumer group's lag, the readiness of the
+front doors and of each consumer process (VITALS_STATUS_PROBES), the registry age, the
+last alert published, dead letters in the last hour, the database's size and its newest
+reading. Each check is bounded in time; the exit code is 1 when any needs a person, so a
+cron job or a script can act on it (`--json` for scripts).
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from vitals.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 CHECK_TIMEOUT_S = 10.0
 LAG_ATTENTION = 10_000  # docs/operations.md: lag above 10k that keeps growing
@@ -64,6 +68,7 @@ async def gather(settings: Settings, stale_after_s: float) -> list[Check]:
     ):
         results += await _bounded(name, probe(settings))
     results += await _bounded("front doors", _front_doors(settings))
+    results += await _bounded("consumers", _consumers(settings))
     results += await _bounded("database", _database(settings, stale_after_s))
     return results
 
@@ -157,14 +162,8 @@ async def _front_doors(settings: Settings) -> list[Check]:
     checks = []
     async with httpx.AsyncClient(timeout=3) as client:
         for door, url in doors.items():
-            try:
-                answer = await client.get(f"{url}/readyz")
-                ready = answer.status_code == 200
-                why = "ready" if ready else answer.json().get("detail", answer.status_code)
-            except (httpx.HTTPError, ValueError) as exc:
-                ready, why = False, f"no answer ({type(exc).__name__})"
-            checks.append(Check(f"ready {door}", ready, f"{url}/readyz: {why}"))
-            if not ready:
+            checks.append(ready := await _readiness(client, door, url))
+            if not ready.ok:
                 continue
             metrics = devscreen.parse((await client.get(f"{url}/metrics")).text, 0.0)
             bound = settings.registry_age_bound_s()
@@ -174,8 +173,38 @@ async def _front_doors(settings: Settings) -> list[Check]:
     return checks
 
 
+async def _consumers(settings: Settings) -> list[Check]:
+    import httpx
+
+    probes = settings.probes()
+    if not probes:
+        why = "not configured: VITALS_STATUS_PROBES=processor=host:port,... (their probe ports)"
+        return [Check("ready consumers", True, why)]
+    async with httpx.AsyncClient(timeout=3) as client:
+        return [
+            await _readiness(client, name, f"http://{address}") for name, address in probes.items()
+        ]
+
+
+async def _readiness(client: httpx.AsyncClient, name: str, url: str) -> Check:
+    """A process's /readyz: 200 is ready; a 503 says why when it can; no answer is down."""
+    import httpx
+
+    try:
+        answer = await client.get(f"{url}/readyz")
+        ready = answer.status_code == 200
+        why = (
+            "ready" if ready else answer.json().get("detail") or f"not ready ({answer.status_code})"
+        )
+    except (httpx.HTTPError, ValueError) as exc:
+        ready, why = False, f"no answer ({type(exc).__name__})"
+    return Check(f"ready {name}", ready, f"{url}/readyz: {why}")
+
+
 async def _database(settings: Settings, stale_after_s: float) -> list[Check]:
     import asyncpg
+
+    from vitals.db import retention
 
     conn = await asyncpg.connect(settings.database_url, timeout=CHECK_TIMEOUT_S)
     try:
@@ -185,6 +214,8 @@ async def _database(settings: Settings, stale_after_s: float) -> list[Check]:
             "SELECT max(t) FROM readings WHERE t > now() - interval '1 day'"
         )
         alert = await conn.fetchval("SELECT max(published_at) FROM alerts")
+        timescale = await conn.fetchval(retention.HAS_JOBS)
+        policies = [dict(r) for r in await conn.fetch(retention.POLICIES)] if timescale else None
     finally:
         await conn.close()
     now = datetime.now(UTC)
@@ -197,4 +228,10 @@ async def _database(settings: Settings, stale_after_s: float) -> list[Check]:
         checks.append(Check("newest reading", fresh, f"taken {age:,.0f} s ago", age))
     last = "none yet" if alert is None else f"{(now - alert).total_seconds():,.0f} s ago"
     checks.append(Check("last alert published", True, last))
+    problems = None if policies is None else retention.policy_problems(policies, settings)
+    if problems is None:
+        checks.append(Check("retention", True, "plain PostgreSQL: `vitals db prune` daily"))
+    else:
+        kept = "; ".join(problems) or "as the settings say; alerts and outcomes kept"
+        checks.append(Check("retention", not problems, kept))
     return checks

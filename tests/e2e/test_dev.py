@@ -4,6 +4,7 @@ stops the run with a non-zero exit instead of a demo that quietly shows less."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -106,6 +107,8 @@ def test_dev_shows_alerts_for_injected_events_and_ctrl_c_stops_everything(
             return False
         # An operator's command beside the run reaches its database with no setting.
         beside.append(vitals_beside("devices", "list"))
+        # `vitals status` beside it finds every consumer's probe port in the run file.
+        beside.append(vitals_beside("status", "--json"))
         return True
 
     with dev_env(pg_server) as env:
@@ -113,6 +116,9 @@ def test_dev_shows_alerts_for_injected_events_and_ctrl_c_stops_everything(
     assert met, f"alerts seen: {sorted(alerted(out))}, rows {rows_stored(out)}\n{out}"
     assert code == 0, out
     assert beside[0].returncode == 0 and "watch-00000" in beside[0].stdout, beside[0]
+    checks = {c["name"]: c for c in json.loads(beside[1].stdout)["checks"]}
+    for consumer in ("processor", "sink-timescale", "sink-alerts"):
+        assert checks[f"ready {consumer}"]["ok"], checks
     assert not (ROOT / ".local" / "dev.env").exists()  # removed with the run
     # The screen: human lines only, where to look next, figures that say what they are.
     assert not re.search(r"^\{", out, re.MULTILINE), out

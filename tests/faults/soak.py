@@ -29,7 +29,7 @@ from tests.faults.checks import TopicReader, Verdict, lag, settle
 from tests.faults.infra import Broker, PrivatePostgres
 from tests.faults.load import LoadGenerator, LoadPlan
 from tests.support.stages import BASELINE, Stages, environment
-from vitals import contract
+from vitals import contract, progress
 from vitals.db.migrate import migrate
 from vitals.kafka import create_topics
 from vitals.settings import Settings
@@ -106,9 +106,12 @@ async def soak(args: argparse.Namespace) -> int:
         pids["postgres"] = _postmaster_pid(pg)
         samples: list[dict] = []
         started = time.monotonic()
+        # Uploads answered of those planned, on a terminal (vitals/progress.py).
+        shown = progress.bar("soak", uploads_each * args.patients, "uploads")
         while not load.done():
             await asyncio.wait({load}, timeout=args.sample)
             statuses = generator.ledger.statuses()
+            shown.update(sum(statuses.values()) - shown.n)
             sample = {
                 "t_s": round(time.monotonic() - started, 1),
                 **{f"rss_mb.{n}": round(rss_mb(pid), 1) for n, pid in pids.items()},
@@ -119,6 +122,7 @@ async def soak(args: argparse.Namespace) -> int:
             }
             samples.append(sample)
             print("  ".join(f"{k}={v}" for k, v in sample.items()), flush=True)
+        shown.close()
         ledger = await load
         verdict = Verdict("soak", f"{args.patients} patients, {rate:g} uploads/s", "none")
         await settle(verdict, ledger, settings, alerts, since=time.monotonic(), bound_s=120)

@@ -20,6 +20,7 @@ import pytest
 
 from sinks.timescale.writer import copy_then_upsert
 from tests.support.readapi import row
+from tests.support.terminal import on_pty
 from vitals.errors import ConfigError
 from vitalsctl.export import command
 from vitalsctl.export.pseudonym import Pseudonymiser
@@ -171,6 +172,23 @@ def test_the_command_exports_a_cohort_file(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "exported 20 readings of 2 of 2 patients" in done.stderr
+    assert "\r" not in done.stderr and "100%" not in done.stderr  # no bar off a terminal
     assert cohort[0] not in done.stderr + done.stdout
     with out.open(newline="") as f:
         assert len(list(csv.DictReader(f))) == 20
+
+
+def test_the_command_shows_rows_done_rate_and_time_left_on_a_terminal(
+    database_url: str, cohort: list[str], tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITALS_")}
+    env["VITALS_EXPORT_PSEUDONYM_KEY"] = KEY_A
+    code, screen = on_pty(
+        sys.executable, "-m", "vitalsctl.cli", "--database-url", database_url, "export",
+        "--patients", f"{cohort[0]},{cohort[1]}", "--from", "2026-04-01T00:00:00Z",
+        "--to", "2026-04-01T00:05:00Z", "--out", str(tmp_path / "out.csv"),
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, screen
+    # The total counted first (on a terminal only), so the bar knows the time left.
+    assert "export: 100%" in screen and "20/20" in screen and "rows/s]" in screen, screen

@@ -10,6 +10,10 @@ containers) these tests fail with what to install; they never skip.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +26,7 @@ import pytest
 from tests.conftest import USE_CONTAINERS
 from tests.support.timescale import checks
 from tests.support.timescale.databases import Database, Pglite, Server, engine_problem
+from vitals.db import retention
 from vitals.db.migrate import (
     MIGRATIONS,
     TIMESCALE_AVAILABLE,
@@ -31,6 +36,8 @@ from vitals.db.migrate import (
     plan,
     timescale_available,
 )
+from vitals.errors import InfrastructureError
+from vitals.settings import RetentionSettings, Settings
 from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
@@ -44,6 +51,7 @@ BEFORE_IDEMPOTENCE = {"0001_readings", "0001_readings.plain", "0002_alerts"}
 class Storage:
     db: Database
     applied: list[str]  # migration names, in the order applied
+    url: str = ""  # the server database's URL; empty on the WASM engine
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +82,10 @@ async def timescale(
     # What migrate.py asks the server before choosing the companions.
     assert len(await db.fetch(TIMESCALE_AVAILABLE)) == 1
     await db.script("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    yield Storage(db, await checks.apply(db, plan(discover(), timescale=True)))
+    applied = await checks.apply(db, plan(discover(), timescale=True))
+    # What migrate.py does after the files: the retention policies as the settings say.
+    await db.script(retention.policy_sql(RetentionSettings()))
+    yield Storage(db, applied)
 
 
 @pytest.fixture
@@ -109,7 +120,7 @@ async def _server_storage(server: str) -> AsyncIterator[Storage]:
     try:
         applied = migrate(url)
         async with Server.connected(url, timescale=server_has_timescale(url)) as db:
-            yield Storage(db, applied)
+            yield Storage(db, applied, url)
     finally:
         localinfra.drop_database(server, name)
 
@@ -172,6 +183,104 @@ async def test_retention_drops_old_raw_chunks_and_keeps_their_aggregates(
     timescale: Storage,
 ) -> None:
     await checks.check_retention_keeps_rollups(timescale.db)
+
+
+async def test_retention_drops_old_readings_and_scores_and_spares_what_clinicians_signed(
+    storage: Storage,
+) -> None:
+    """TimescaleDB: the policies' own jobs; plain PostgreSQL: `vitals db prune`."""
+
+    async def expire() -> None:
+        if storage.db.timescale:
+            await checks.run_job(storage.db, "readings", "policy_retention")
+            await checks.run_job(storage.db, "news2_scores", "policy_retention")
+        else:  # the command as cron runs it
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "vitalsctl.cli", "db", "prune"],
+                env={**os.environ, "VITALS_DATABASE_URL": storage.url},
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert (done.returncode, done.stdout) == (
+                0,
+                "readings: 1 rows older than their retention deleted\n"
+                "news2_scores: 1 rows older than their retention deleted\n",
+            ), done.stderr
+
+    await checks.check_retention_spares_what_clinicians_signed(storage.db, expire)
+
+
+async def test_a_changed_retention_setting_replaces_the_policy_once(timescale: Storage) -> None:
+    db = timescale.db
+
+    async def retention_jobs() -> list[tuple[str, int, str]]:
+        jobs = await checks.policy_jobs(db)
+        return [
+            (j["relation"], j["job_id"], j["drop_after"])
+            for j in jobs
+            if j["proc_name"] == "policy_retention"
+        ]
+
+    before = await retention_jobs()
+    await db.script(retention.policy_sql(RetentionSettings()))  # as configured: no change
+    assert await retention_jobs() == before
+    longer = RetentionSettings(readings_retention_days=3653)
+    await db.script(retention.policy_sql(longer))
+    after = await retention_jobs()
+    assert [(r, d) for r, _, d in after] == [
+        ("news2_scores", "2922 days"),
+        ("readings", "3653 days"),
+    ]
+    assert after[0] == before[0] and after[1][1] != before[1][1]  # only readings' job replaced
+    await db.script(retention.policy_sql(longer))
+    assert await retention_jobs() == after
+
+
+async def test_status_names_a_retention_policy_on_signed_records_or_one_the_settings_changed(
+    timescale: Storage,
+) -> None:
+    """What `vitals status` reports from the engine's jobs (vitals/db/retention.py)."""
+    db = timescale.db
+    defaults = RetentionSettings()
+    assert retention.policy_problems(await db.fetch(retention.POLICIES), defaults) == []
+    longer = RetentionSettings(scores_retention_days=3653)
+    assert retention.policy_problems(await db.fetch(retention.POLICIES), longer) == [
+        "news2_scores keeps 2922 days, scores_retention_days says 3653 days: "
+        "run `vitals db migrate`"
+    ]
+    await db.script("SELECT add_retention_policy('alerts', drop_after => INTERVAL '3 years')")
+    assert retention.policy_problems(await db.fetch(retention.POLICIES), defaults) == [
+        "a retention policy on alerts would drop clinical records: "
+        "SELECT remove_retention_policy('alerts') (docs/storage.md, Retention)"
+    ]
+
+
+def test_prune_on_an_unreachable_database_says_so() -> None:
+    with pytest.raises(InfrastructureError, match="database unreachable for pruning"):
+        retention.prune("postgresql://nobody@127.0.0.1:1/none", RetentionSettings())
+
+
+def test_the_retention_settings_refuse_too_short_or_negative_periods() -> None:
+    for days in (0, -1, 60):
+        with pytest.raises(ValueError, match="must be at least 61 days"):
+            RetentionSettings(readings_retention_days=days)
+        with pytest.raises(ValueError, match="scores_retention_days"):
+            RetentionSettings(scores_retention_days=days)
+    assert RetentionSettings(readings_retention_days=61).readings_retention_days == 61
+    # Late readings are replayed and stored for allowed_lateness_s: the raw data must outlast it.
+    with pytest.raises(ValueError, match="readings_retention_days must outlast allowed_lateness_s"):
+        Settings(readings_retention_days=61, allowed_lateness_s=61 * 86_400)
+
+
+def test_vitals_db_migrate_refuses_a_nonsensical_retention_before_touching_the_database() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "vitalsctl.cli", "db", "migrate"],
+        env={**os.environ, "VITALS_SCORES_RETENTION_DAYS": "-5",
+             "VITALS_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "scores_retention_days = -5: must be at least 61 days" in done.stderr
 
 
 async def test_a_late_upload_into_a_compressed_chunk_is_stored_once(timescale: Storage) -> None:

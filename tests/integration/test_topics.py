@@ -11,6 +11,7 @@ import sys
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaTimeoutError
 
 from tests.conftest import test_broker_kind
 from vitals import contract, kafka
@@ -88,3 +89,52 @@ async def test_producers_are_idempotent_where_the_broker_grants_producer_ids(
     )
     with pytest.raises(ConfigError, match="auto, on or off"):
         await kafka.idempotence(settings.model_copy(update={"kafka_idempotence": "maybe"}))
+
+
+async def test_a_port_that_never_answers_kafka_is_a_clear_error_within_the_bound(
+    settings: Settings,
+) -> None:
+    """A listener that accepts connections and never answers (a frozen broker, the wrong
+    service on the port): the question about producer ids ends at its bound, not at
+    aiokafka's 40 s per request, and says what happened and what to set."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()  # reads what the client sends; never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    silent_settings = settings.model_copy(
+        update={"kafka_bootstrap": f"127.0.0.1:{port}", "kafka_idempotence": "auto"}
+    )
+    try:
+        with pytest.raises(KafkaTimeoutError) as raised:
+            await kafka.idempotence(silent_settings, timeout_s=1.0)
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+    assert raised.value.args == (
+        f"the cluster at 127.0.0.1:{port} neither granted nor refused a producer id within "
+        "1 s (no answer); kafka_idempotence=on or off decides without asking",
+    )
+    assert held, "the client never connected: the bound was not what ended it"
+
+
+async def test_topics_that_get_no_leader_are_a_clear_error_within_the_bound(
+    settings: Settings,
+) -> None:
+    """Waiting for leaders ends at its bound with the topics named: here a topic that was
+    never created (the broker does not create topics on request), so it never gets one."""
+    names = [settings.topic(contract.READINGS), settings.topic("never-created")]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await kafka.until_led(admin, names[:1], timeout_s=10.0)  # the created one is led
+        with pytest.raises(KafkaTimeoutError, match="topics without a leader after 1 s"):
+            await kafka.until_led(admin, names, timeout_s=1.0)
+        (missing,) = await admin.describe_topics(names[1:])
+    finally:
+        await admin.close()
+    assert missing["error_code"] != 0  # still no topic, and no leader, after the wait

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import psycopg
 
+from vitals.db import retention as retention_policies
 from vitals.errors import ConfigError, InfrastructureError
+from vitals.settings import RetentionSettings
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +113,15 @@ def flavour_of(applied: set[str], available: bool) -> bool:
     return available
 
 
-def migrate(database_url: str, folder: Path = MIGRATIONS) -> list[str]:
-    """Apply what is missing; returns the names applied (empty when up to date)."""
+def migrate(
+    database_url: str,
+    folder: Path = MIGRATIONS,
+    *,
+    retention: RetentionSettings | None = None,
+) -> list[str]:
+    """Apply what is missing, then (TimescaleDB) set the retention policies to `retention`
+    (the settings; their defaults when None: vitals/db/retention.py); returns the names of
+    the files applied (empty when up to date)."""
     migrations = discover(folder)
     try:
         conn = psycopg.connect(database_url, autocommit=True, connect_timeout=10)
@@ -124,7 +133,12 @@ def migrate(database_url: str, folder: Path = MIGRATIONS) -> list[str]:
             # migrator never leaves it held).
             conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
             try:
-                return _apply(conn, migrations)
+                applied = _apply(conn, migrations)
+                if folder == MIGRATIONS and retention_policies.made_for_timescale(conn):
+                    # After the files (0003 and 0007 create the first policies); a test's
+                    # own folder of migrations has no such tables.
+                    conn.execute(retention_policies.policy_sql(retention or RetentionSettings()))
+                return applied
             finally:
                 # Closing releases it too; a failed unlock must not hide the real error.
                 with contextlib.suppress(psycopg.Error):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -54,6 +54,8 @@ WHERE j.proc_name IN
 ORDER BY relation, j.proc_name"""
 SECOND, MINUTE = timedelta(seconds=1), timedelta(minutes=1)
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
+# Older than the default retention of readings and scores (2922 days, vitals/settings.py).
+PAST_RETENTION_DAYS = 3000
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -196,9 +198,9 @@ async def check_timescale_schema(db: Database) -> None:
     assert values(jobs, "relation", "proc_name", "scheduled", "compress_after", "drop_after") == [
         ("alerts", "policy_compression", True, "90 days", None),
         ("news2_scores", "policy_compression", True, "7 days", None),
-        ("news2_scores", "policy_retention", True, None, "365 days"),
+        ("news2_scores", "policy_retention", True, None, "2922 days"),
         ("readings", "policy_compression", True, "7 days", None),
-        ("readings", "policy_retention", True, None, "365 days"),
+        ("readings", "policy_retention", True, None, "2922 days"),
         ("readings_1h", "policy_refresh_continuous_aggregate", True, None, None),
         ("readings_1m", "policy_refresh_continuous_aggregate", True, None, None),
     ]
@@ -610,10 +612,10 @@ async def check_rollups(db: Database) -> None:
 
 
 async def check_retention_keeps_rollups(db: Database) -> None:
-    """The retention job drops raw chunks past 365 days; the aggregates of those days stay,
-    also after the refresh policies run again."""
+    """The retention job drops raw chunks past the retention (8 years by default); the
+    aggregates of those days stay, also after the refresh policies run again."""
     await hold_jobs(db)
-    old, recent = await hour_ago(db, 400 * 24), await hour_ago(db, 2)
+    old, recent = await hour_ago(db, PAST_RETENTION_DAYS * 24), await hour_ago(db, 2)
     await store_readings(
         db, upload("p-old", "heart_rate", [(old, 60.0), (old + 10 * MINUTE, 62.0)])
     )
@@ -634,6 +636,50 @@ async def check_retention_keeps_rollups(db: Database) -> None:
     ]
     assert await series(db, SERIES_1H, "p-new", "heart_rate", recent) == [
         (recent, 70.0, 70.0, 70.0, 1)
+    ]
+
+
+_SIGN = """
+INSERT INTO alert_lifecycle (alert_id, state, level, patient_id, episode_start, at,
+                             actor_key_id, actor, outcome, note)
+VALUES ($1, $2, 0, $3, $4, $4, 'k-nurse', 'nurse', $5, $6)
+"""
+
+
+async def check_retention_spares_what_clinicians_signed(
+    db: Database, expire: Callable[[], Awaitable[object]]
+) -> None:
+    """`expire` (the engine's retention job, or `vitals db prune`) drops readings and scores
+    past their retention; an alert of the same age, its acknowledgement and the outcome a
+    nurse recorded all stay, as do the recent readings."""
+    if db.timescale:
+        await hold_jobs(db)
+    old, recent = await hour_ago(db, PAST_RETENTION_DAYS * 24), await hour_ago(db, 2)
+    await store_readings(db, upload("p-signed", "spo2", [(old, 88.0), (recent, 97.0)]))
+    await store_scores(db, [news2_score("p-signed", t, 3, t, spo2=3) for t in (old, recent)])
+    episode = _episode("p-signed", old, "opened", "resolved")
+    await db.execute(store.STORE, *(list(c) for c in zip(*episode, strict=True)))
+    alert = contract.alert_id("p-signed", "spo2_low", to_ms(old))
+    await db.execute(_SIGN, uuid.UUID(alert), "acknowledged", "p-signed", old, None, None)
+    await db.execute(
+        _SIGN, uuid.UUID(alert), "outcome", "p-signed", old, "advised", "rang, sensor re-seated"
+    )
+
+    await expire()
+
+    readings = await db.fetch("SELECT t FROM readings WHERE patient_id = 'p-signed'")
+    assert values(readings, "t") == [(recent,)]
+    kept_scores = await db.fetch("SELECT t FROM news2_scores WHERE patient_id = 'p-signed'")
+    assert values(kept_scores, "t") == [(recent,)]
+    alerts = await db.fetch("SELECT state FROM alerts WHERE patient_id = 'p-signed' ORDER BY 1")
+    assert values(alerts, "state") == [("opened",), ("resolved",)]
+    signed = await db.fetch(
+        "SELECT state, outcome, note FROM alert_lifecycle WHERE patient_id = 'p-signed'"
+        " ORDER BY state"
+    )
+    assert values(signed, "state", "outcome", "note") == [
+        ("acknowledged", None, None),
+        ("outcome", "advised", "rang, sensor re-seated"),
     ]
 
 
@@ -800,7 +846,7 @@ async def check_every_policy_job(db: Database) -> None:
     both views by their refresh policies."""
     await hold_jobs(db)
     now = await hour_ago(db, 0)
-    old, cold, backlog = now - 400 * DAY, now - 10 * DAY, now - 7 * DAY + 2 * HOUR
+    old, cold, backlog = now - PAST_RETENTION_DAYS * DAY, now - 10 * DAY, now - 7 * DAY + 2 * HOUR
     await store_readings(db, upload("p-jobs", "heart_rate", [(old, 50.0), (cold, 60.0)]))
     await store_readings(db, upload("p-jobs", "heart_rate", [(now - 2 * HOUR, 80.0)]))
     month = now - 30 * DAY  # news2_scores' weekly chunks: this one ended over 7 days ago
