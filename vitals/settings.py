@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vitals.bounds import identifier_problem
+from vitals.rules_file import increasing_delays
 
 # The credential that `make run`'s simulator uses; documented in the README.
 LOCAL_GATEWAY_ID = "gw-local"
@@ -143,7 +144,7 @@ class ProcessorSettings(BaseModel):
     # The processor's state checkpoints (docs/state.md): seconds between rounds; 0 turns
     # them off (replay-only on every assignment, the design before them).
     checkpoint_interval_s: float = 60.0
-    # The clinical rules file (processors/rules.py); empty: the built-in processors/rules.toml.
+    # The clinical rules file (vitals/rules_file.py); empty: the built-in vitals/rules.toml.
     rules_file: str = ""
     # Overrides of the rules file's defaults when set (None: the file's value).
     spo2_low_threshold: float | None = None
@@ -164,8 +165,10 @@ class SinkSettings(BaseModel):
     migrate_on_start: bool = True
     # Escalation of opened alerts nobody acknowledged (sinks/alerts/escalation.py):
     # "severity:s1,s2,...;..." = seconds after the alert opened at which it reaches level
-    # 1, 2, ... A severity left out never escalates. Defaults sit well inside NEWS2's
-    # response times (high: emergency assessment within 30 min; medium: review within 1 h).
+    # 1, 2, ... A severity left out never escalates. The rules file's [escalation] and
+    # [cohorts.<name>.escalation] override it per severity (vitals/rules_file.py).
+    # Defaults sit well inside NEWS2's response times (high: emergency assessment within
+    # 30 min; medium: review within 1 h).
     escalation: str = "high:300,900;medium:900,2700"
     escalation_check_interval_s: float = 5.0
 
@@ -269,11 +272,11 @@ def parse_escalation(value: str) -> dict[str, tuple[float, ...]]:
         if severity not in ("low", "medium", "high") or severity in delays:
             raise ValueError(f"escalation: {severity!r} is not a severity, or given twice")
         try:
-            levels = tuple(float(s) for s in seconds.split(","))
+            levels = increasing_delays([float(s) for s in seconds.split(",")])
         except ValueError:
-            raise ValueError(f"escalation: {part!r} needs severity:seconds,...") from None
-        if not levels or any(b <= a for a, b in zip((0.0, *levels), levels, strict=False)):
-            raise ValueError(f"escalation: {part!r}: delays must be > 0 and increasing")
+            raise ValueError(
+                f"escalation: {part!r} needs severity:seconds,... with delays > 0 and increasing"
+            ) from None
         delays[severity] = levels
     return delays
 

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -19,6 +20,8 @@ from tests.integration.test_read_access import fresh_url  # noqa: F401
 from tests.integration.test_sink_alerts import _read_all, violations
 from tests.polling import until
 from vitals import contract
+from vitals.errors import ConfigError
+from vitals.rules_file import DEFAULT_RULES_FILE
 from vitals.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -169,3 +172,42 @@ async def _pending(conn: asyncpg.Connection) -> list:
     from sinks.alerts import lifecycle
 
     return await lifecycle.unpublished(conn)
+
+
+async def test_a_cohort_patient_escalates_on_its_cohort_times_the_others_on_the_default(
+    esc: Settings, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        DEFAULT_RULES_FILE.read_text(encoding="utf-8")
+        + '\n[cohorts.copd.escalation]\nhigh = [0.4]\n[patients."p-copd"]\ncohort = "copd"\n'
+    )
+    conn = await asyncpg.connect(esc.database_url)
+    try:
+        copd = await store_open(conn, "p-copd")
+        other = await store_open(conn, "p-other")
+    finally:
+        await conn.close()
+    # The default (the setting) is far away: only the cohort's patient escalates.
+    slow = esc.model_copy(update={"escalation": "high:600", "rules_file": str(rules)})
+    async with escalating(slow):
+
+        async def copd_escalated() -> bool:
+            return (copd, "escalated", 1, True) in await _rows(esc.database_url)
+
+        await until(copd_escalated, "the copd patient escalated on its cohort's time")
+        await asyncio.sleep(0.5)  # more ticks: still nobody else, no level 2
+
+    assert [r[:3] for r in await _rows(esc.database_url)] == [(copd, "escalated", 1)]
+    assert other not in {d["alert_id"] for d in await _published(esc)}
+
+
+def test_a_bad_escalation_in_the_rules_file_stops_the_escalator(
+    esc: Settings, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        DEFAULT_RULES_FILE.read_text(encoding="utf-8") + "\n[cohorts.copd.escalation]\nhigh = [0]\n"
+    )
+    with pytest.raises(ConfigError, match=r"cohorts\.copd\.escalation\.high: delays must be"):
+        Escalator(esc.model_copy(update={"rules_file": str(rules)}))
