@@ -21,7 +21,7 @@ from frontdoor.auth import Authenticator
 from frontdoor.metrics import RequestMetrics
 from frontdoor.ratelimit import TokenBuckets
 from frontdoor.refresher import RegistryCache
-from readapi import alert_routes, fhir, routes
+from readapi import alert_routes, burden, fhir, history, routes
 from readapi.access import Access
 from readapi.audit import ReadAudit
 from vitals.settings import Settings
@@ -117,6 +117,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(fhir.router)
     app.include_router(alert_routes.router)
+    app.include_router(history.router)
+    app.include_router(burden.router)
     # The console (issue 16): static files shipped in the package, no CDN; the page signs
     # in with a reader key and reads the API above like any other reader.
     app.mount("/console", StaticFiles(directory=CONSOLE, html=True), name="console")
