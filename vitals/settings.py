@@ -136,6 +136,13 @@ class KafkaSecuritySettings(BaseModel):
     kafka_ssl_keyfile: str = ""
 
 
+class RulesSettings(BaseModel):
+    """Read by the processors (detectors) and the alerts sink (escalation times)."""
+
+    # The clinical rules file (vitals/rules_file.py); empty: the built-in vitals/rules.toml.
+    rules_file: str = ""
+
+
 class ProcessorSettings(BaseModel):
     processor_group: str = "vitals-processor"
     allowed_lateness_s: float = 3600.0  # older readings are stored; detections retrospective
@@ -144,8 +151,6 @@ class ProcessorSettings(BaseModel):
     # The processor's state checkpoints (docs/state.md): seconds between rounds; 0 turns
     # them off (replay-only on every assignment, the design before them).
     checkpoint_interval_s: float = 60.0
-    # The clinical rules file (vitals/rules_file.py); empty: the built-in vitals/rules.toml.
-    rules_file: str = ""
     # Overrides of the rules file's defaults when set (None: the file's value).
     spo2_low_threshold: float | None = None
     spo2_low_clear: float | None = None  # hysteresis: back to this before it resolves
@@ -191,6 +196,7 @@ class Settings(
     ProbeSettings,
     SinkSettings,
     ProcessorSettings,
+    RulesSettings,
     KafkaSecuritySettings,
     ExportSettings,
     ReadApiSettings,
@@ -285,8 +291,15 @@ _KAFKA = (KafkaSettings, KafkaSecuritySettings)
 READ_BY: dict[str, tuple[type[BaseModel], ...]] = {
     "gateway": (*_KAFKA, DatabaseSettings, GatewaySettings, FrontDoorSettings, ProcessSettings),
     "api": (DatabaseSettings, ReadApiSettings, FrontDoorSettings, ProcessSettings),
-    "process": (*_KAFKA, ProcessorSettings, ProbeSettings, ProcessSettings),
-    "sink": (*_KAFKA, DatabaseSettings, SinkSettings, ProbeSettings, ProcessSettings),
+    "process": (*_KAFKA, ProcessorSettings, RulesSettings, ProbeSettings, ProcessSettings),
+    "sink": (
+        *_KAFKA,
+        DatabaseSettings,
+        SinkSettings,
+        RulesSettings,
+        ProbeSettings,
+        ProcessSettings,
+    ),
 }
 
 

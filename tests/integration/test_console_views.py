@@ -147,3 +147,15 @@ async def test_patient_and_burden_views_and_an_alert_left_alone_escalating(
 
 def _points(chart: dict) -> int:
     return int(chart["label"].split(": ", 1)[1].split(" points", 1)[0])
+
+
+async def test_every_console_script_is_served_and_renders_text_only(fresh_url: str) -> None:  # noqa: F811
+    scripts = sorted(p.name for p in (ROOT / "readapi" / "console").glob("*.js"))
+    assert {"patient.js", "burden.js", "chart.js", "views.js"} <= set(scripts)
+    async with running(quick(fresh_url)) as client:
+        page = await client.get("/console/")
+        served = {name: await client.get(f"/console/{name}") for name in scripts}
+    for name, answer in served.items():
+        assert answer.status_code == 200, name
+        assert "innerHTML" not in answer.text and "insertAdjacentHTML" not in answer.text, name
+        assert f'<script src="{name}"></script>' in page.text, name
