@@ -14,7 +14,8 @@ const RANGES = { "1h": { ms: 3600e3, resolution: "raw", gapMs: 300e3 },
 // scores are stale anyway, the board drops them after 6 h).
 const NEWS2_HOLD_MS = 86400e3;
 const PAGES_MAX = 5; // 5 pages of 10,000: more than a week of per-minute buckets
-let shownPatient = null, shownRange = "24h", drawing = 0;
+const REFRESH_MS = 60000; // new readings and alert states while the view stays open
+let shownPatient = null, shownRange = "24h", drawing = 0, redraw = null;
 
 async function allPages(path, query) {
   const items = [];
@@ -36,11 +37,14 @@ function openPatient(patientId) {
     $("patient-title").textContent = `Patient ${patientId}`;
     $("patient-history").replaceChildren();
     $("patient-devices").replaceChildren();
+    $("patient-charts").replaceChildren();
   }
   drawPatient();
 }
 
 async function drawPatient() {
+  clearTimeout(redraw);
+  if ($("patient").hidden || !shownPatient) return; // another view, or signed out
   const patientId = shownPatient, range = RANGES[shownRange], mine = ++drawing;
   for (const button of document.querySelectorAll("#patient-ranges button")) {
     button.setAttribute("aria-pressed", String(button.dataset.range === shownRange));
@@ -85,6 +89,7 @@ async function drawPatient() {
     $("patient-status").textContent = "";
     $("patient-error").textContent = `Could not load: ${error.message || error}`;
   }
+  redraw = setTimeout(drawPatient, REFRESH_MS);
 }
 
 function when(iso) { return iso ? new Date(iso).toLocaleString() : "–"; }
