@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from processors.baseline import BaselineRule
@@ -25,6 +23,7 @@ from processors.faults import FlatLineRule, JumpRule
 from processors.news2 import News2Rule
 from processors.rhythm import RhythmRule
 from processors.threshold import ThresholdRule
+from vitals import rules_file
 from vitals.catalog import METRICS
 from vitals.contract import SEVERITIES
 from vitals.errors import ConfigError
@@ -32,8 +31,7 @@ from vitals.settings import Settings
 
 Table = dict[str, Any]
 
-# Shipped beside this module (package data).
-DEFAULT_RULES_FILE = Path(__file__).with_name("rules.toml")
+DEFAULT_RULES_FILE = rules_file.DEFAULT_RULES_FILE
 
 # A repeat of a rule's episode within this long after the last one resolved is recorded
 # but not paged, unless the rule sets `suppress_s`; never for high severity by default.
@@ -227,20 +225,8 @@ class Rules:
 
 def rules_from_settings(settings: Settings) -> Rules:
     """The processor's rules; raises ConfigError for a file or settings that cannot work."""
-    path = settings.rules_file
-    if path:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"rules file {path}: cannot read it ({exc.strerror})") from exc
-        source = path
-    else:
-        text = DEFAULT_RULES_FILE.read_text(encoding="utf-8")
-        source = "built-in"
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"rules file {source}: not valid TOML: {exc}") from exc
+    rules_doc = rules_file.load(settings.rules_file)
+    text, doc, source = rules_doc.text, rules_doc.doc, rules_doc.source
     if settings.silence_after_s <= 0:
         raise ConfigError("silence_after_s must be positive")
     if settings.silence_check_interval_s <= 0:
@@ -268,9 +254,12 @@ def parse_rules(
     def fail(where: str, message: str) -> ConfigError:
         return ConfigError(f"rules file {source}: {where}: {message}")
 
-    unknown = set(doc) - {"version", "defaults", "cohorts", "patients"}
+    # `escalation` (also in a cohort) is the alerts sink's part: vitals/rules_file.py.
+    unknown = set(doc) - {"version", "defaults", "cohorts", "patients", "escalation"}
     if unknown:
-        raise fail(sorted(unknown)[0], "unknown section (expected defaults, cohorts, patients)")
+        raise fail(
+            sorted(unknown)[0], "unknown section (expected defaults, cohorts, patients, escalation)"
+        )
     if doc.get("version") != 1:
         raise fail("version", f"must be 1 (got {doc.get('version')!r})")
     defaults = _table(doc.get("defaults"), "defaults", fail)
@@ -305,10 +294,11 @@ def parse_rules(
 
     built_defaults = layered([])
     cohorts: dict[str, PatientRules] = {}
-    cohort_tables = _table(doc.get("cohorts", {}), "cohorts", fail)
-    for cohort, raw in cohort_tables.items():
+    cohort_tables: dict[str, Table] = {}
+    for cohort, raw in _table(doc.get("cohorts", {}), "cohorts", fail).items():
         table = _table(raw, f"cohorts.{cohort}", fail)
-        cohorts[cohort] = layered([(f"cohorts.{cohort}", table)])
+        cohort_tables[cohort] = {k: v for k, v in table.items() if k != "escalation"}
+        cohorts[cohort] = layered([(f"cohorts.{cohort}", cohort_tables[cohort])])
     patients: dict[str, PatientRules] = {}
     for index, (patient, raw) in enumerate(
         _table(doc.get("patients", {}), "patients", fail).items(), start=1

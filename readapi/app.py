@@ -21,7 +21,7 @@ from frontdoor.auth import Authenticator
 from frontdoor.metrics import RequestMetrics
 from frontdoor.ratelimit import TokenBuckets
 from frontdoor.refresher import RegistryCache
-from readapi import alert_routes, fhir, fhir_capability, live_routes, routes
+from readapi import alert_routes, burden, fhir, fhir_capability, history, live_routes, routes
 from readapi.access import Access
 from readapi.audit import ReadAudit
 from readapi.live import Feed
@@ -124,6 +124,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(fhir_capability.router)
     app.include_router(alert_routes.router)
     app.include_router(live_routes.router)
+    app.include_router(history.router)
+    app.include_router(burden.router)
     # The console (issue 16): static files shipped in the package, no CDN; the page signs
     # in with a reader key and reads the API above like any other reader.
     app.mount("/console", StaticFiles(directory=CONSOLE, html=True), name="console")

@@ -96,6 +96,14 @@ def moment(name: str, value: str | None) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def open_window(q: Mapping[str, str]) -> tuple[datetime, datetime]:
+    """`from` and `to`, either left out for an open end of the range."""
+    start = optional_moment("from", q.get("from")) or EARLIEST
+    end = optional_moment("to", q.get("to")) or LATEST
+    window(start, end)
+    return start, end
+
+
 def window(start: datetime, end: datetime) -> None:
     if start >= end:
         raise Malformed("bad_range", "from must be before to")

@@ -107,9 +107,7 @@ async def alerts(request: Request, patient_id: str, key: Reader) -> Response:
 
 async def _alerts(request: Request, patient: str) -> dict[str, Any]:
     q = params.only(query_lists(request), ("from", "to", "state", "limit", "cursor"))
-    start = params.optional_moment("from", q.get("from")) or params.EARLIEST
-    end = params.optional_moment("to", q.get("to")) or params.LATEST
-    params.window(start, end)
+    start, end = params.open_window(q)
     state = params.state(q.get("state"))
     rows = params.limit(q.get("limit"), request.app.state.settings.api_page_max)
     scope = f"alerts:{patient}:{state or 'any'}"
@@ -154,9 +152,7 @@ async def news2_history(request: Request, patient_id: str, key: Reader) -> Respo
 
 async def _news2_history(request: Request, patient: str) -> dict[str, Any]:
     q = params.only(query_lists(request), ("from", "to", "limit", "cursor"))
-    start = params.optional_moment("from", q.get("from")) or params.EARLIEST
-    end = params.optional_moment("to", q.get("to")) or params.LATEST
-    params.window(start, end)
+    start, end = params.open_window(q)
     rows = params.limit(q.get("limit"), request.app.state.settings.api_page_max)
     scope = f"news2:{patient}"
     cursor = params.decode_cursor(q.get("cursor"), scope, _cursor_key(request))

@@ -16,6 +16,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vitals.bounds import identifier_problem
+from vitals.rules_file import increasing_delays
 
 # The credential that `make run`'s simulator uses; documented in the README.
 LOCAL_GATEWAY_ID = "gw-local"
@@ -176,6 +177,13 @@ class KafkaSecuritySettings(BaseModel):
     kafka_ssl_keyfile: str = ""
 
 
+class RulesSettings(BaseModel):
+    """Read by the processors (detectors) and the alerts sink (escalation times)."""
+
+    # The clinical rules file (vitals/rules_file.py); empty: the built-in vitals/rules.toml.
+    rules_file: str = ""
+
+
 class ProcessorSettings(BaseModel):
     processor_group: str = "vitals-processor"
     allowed_lateness_s: float = 3600.0  # older readings are stored; detections retrospective
@@ -184,8 +192,6 @@ class ProcessorSettings(BaseModel):
     # The processor's state checkpoints (docs/state.md): seconds between rounds; 0 turns
     # them off (replay-only on every assignment, the design before them).
     checkpoint_interval_s: float = 60.0
-    # The clinical rules file (processors/rules.py); empty: the built-in processors/rules.toml.
-    rules_file: str = ""
     # Overrides of the rules file's defaults when set (None: the file's value).
     spo2_low_threshold: float | None = None
     spo2_low_clear: float | None = None  # hysteresis: back to this before it resolves
@@ -205,8 +211,10 @@ class SinkSettings(BaseModel):
     migrate_on_start: bool = True
     # Escalation of opened alerts nobody acknowledged (sinks/alerts/escalation.py):
     # "severity:s1,s2,...;..." = seconds after the alert opened at which it reaches level
-    # 1, 2, ... A severity left out never escalates. Defaults sit well inside NEWS2's
-    # response times (high: emergency assessment within 30 min; medium: review within 1 h).
+    # 1, 2, ... A severity left out never escalates. The rules file's [escalation] and
+    # [cohorts.<name>.escalation] override it per severity (vitals/rules_file.py).
+    # Defaults sit well inside NEWS2's response times (high: emergency assessment within
+    # 30 min; medium: review within 1 h).
     escalation: str = "high:300,900;medium:900,2700"
     escalation_check_interval_s: float = 5.0
 
@@ -245,6 +253,7 @@ class Settings(
     SinkSettings,
     RetentionSettings,
     ProcessorSettings,
+    RulesSettings,
     KafkaSecuritySettings,
     ExportSettings,
     ReadApiSettings,
@@ -332,11 +341,11 @@ def parse_escalation(value: str) -> dict[str, tuple[float, ...]]:
         if severity not in ("low", "medium", "high") or severity in delays:
             raise ValueError(f"escalation: {severity!r} is not a severity, or given twice")
         try:
-            levels = tuple(float(s) for s in seconds.split(","))
+            levels = increasing_delays([float(s) for s in seconds.split(",")])
         except ValueError:
-            raise ValueError(f"escalation: {part!r} needs severity:seconds,...") from None
-        if not levels or any(b <= a for a, b in zip((0.0, *levels), levels, strict=False)):
-            raise ValueError(f"escalation: {part!r}: delays must be > 0 and increasing")
+            raise ValueError(
+                f"escalation: {part!r} needs severity:seconds,... with delays > 0 and increasing"
+            ) from None
         delays[severity] = levels
     return delays
 
@@ -357,18 +366,15 @@ _KAFKA = (KafkaSettings, KafkaSecuritySettings)
 READ_BY: dict[str, tuple[type[BaseModel], ...]] = {
     "gateway": (*_KAFKA, DatabaseSettings, GatewaySettings, FrontDoorSettings, ProcessSettings),
     "api": (DatabaseSettings, ReadApiSettings, FrontDoorSettings, ProcessSettings),
-    "process": (*_KAFKA, ProcessorSettings, ProbeSettings, ProcessSettings),
-    "db": (DatabaseSettings, RetentionSettings),
-    "status": (
-        *_KAFKA,
-        DatabaseSettings,
-        StatusSettings,
-    ),  # `vitals db migrate` and `vitals db prune`
+    "process": (*_KAFKA, ProcessorSettings, RulesSettings, ProbeSettings, ProcessSettings),
+    "db": (DatabaseSettings, RetentionSettings),  # `vitals db migrate` and `vitals db prune`
+    "status": (*_KAFKA, DatabaseSettings, StatusSettings),
     "sink": (
         *_KAFKA,
         DatabaseSettings,
         SinkSettings,
         RetentionSettings,  # a sink migrates at start (migrate_on_start)
+        RulesSettings,  # the alerts sink's escalation times per cohort
         ProbeSettings,
         ProcessSettings,
     ),

@@ -39,6 +39,7 @@ function signOut(why) {
   $("rows").replaceChildren();
   $("signin-error").textContent = why || "";
   setStatus("");
+  window.showView?.(); // views.js: the patient and burden views go too
 }
 
 function setStatus(text, lost = false) {
@@ -106,7 +107,8 @@ function row(patient) {
     ? `${patient.news2.score} ${patient.news2.band}${patient.news2.partial ? " (partial)" : ""}` : "–";
   const lastAge = patient.last_data_age_s;
   const tr = el("tr", { className: urgent ? "urgent" : "" },
-    el("th", { scope: "row", textContent: patient.patient_id }),
+    el("th", { scope: "row" }, el("a", { href: `#patient/${encodeURIComponent(patient.patient_id)}`,
+      textContent: patient.patient_id })),
     el("td", {}, ...(patient.alerts.length ? patient.alerts.map(alertBlock) : ["none"])),
     el("td", { textContent: news2 }),
     el("td", {}, ...(vitals.length ? vitals : ["–"])),
@@ -303,5 +305,6 @@ function start() {
   $("signin-error").textContent = "";
   setStatus("Connecting…");
   connect();
+  window.showView?.(); // views.js: #patient/<id> or #burden instead of the board
 }
 start();

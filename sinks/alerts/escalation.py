@@ -28,7 +28,7 @@ from prometheus_client import Counter
 from sinks.alerts import lifecycle
 from sinks.alerts.recovery import on_topic
 from sinks.database import TRANSIENT
-from vitals import contract, kafka
+from vitals import contract, kafka, rules_file
 from vitals.db import locks
 from vitals.db.pgtime import from_ms
 from vitals.lifecycle import wait_or_stop
@@ -47,7 +47,10 @@ LIFECYCLE_PUBLISHED = Counter(
 class Escalator:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._delays = settings.escalation_delays()
+        # Per severity and cohort: the setting, overridden by the rules file's parts.
+        self._escalation = rules_file.escalation(
+            rules_file.load(settings.rules_file), settings.escalation_delays()
+        )
         self._every_s = settings.escalation_check_interval_s
         self._topic = settings.topic(contract.ALERTS)
         # Acknowledged by the broker, not yet marked (a failed marking is retried without
@@ -84,7 +87,7 @@ class Escalator:
             await conn.close()  # releases the lease
 
     async def tick(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> None:
-        for _, _, level in await lifecycle.escalate(conn, self._delays, datetime.now(UTC)):
+        for _, _, level in await lifecycle.escalate(conn, self._escalation, datetime.now(UTC)):
             ESCALATIONS.labels(str(level)).inc()
         pending = await lifecycle.unpublished(conn)
         await self._publish(producer, [p for p in pending if p[0] not in self._acked])

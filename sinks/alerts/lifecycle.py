@@ -21,22 +21,27 @@ from sinks.alerts.store import detection_of
 from vitals import contract
 from vitals.db import locks
 from vitals.db.pgtime import to_ms
+from vitals.rules_file import Escalation
 
 # Only episodes that started this recently are looked at: an alert escalates within hours,
 # and the older chunks of `alerts` (compressed on TimescaleDB) stay unread.
 LOOKBACK = timedelta(days=2)
 
-# $1 severities, $2 levels, $3 delays (s) (one entry per severity and level), $4 now,
-# $5 oldest episode start.
+# $1 cohorts, $2 severities, $3 levels, $4 delays (s) (one entry per cohort, severity and
+# level; cohort '' for patients in none), $5 now, $6 oldest episode start, $7 patients
+# with a cohort, $8 their cohorts (vitals/rules_file.py: Escalation).
 _ESCALATE = """
 INSERT INTO alert_lifecycle (alert_id, state, level, patient_id, episode_start, at)
-SELECT o.alert_id, 'escalated', d.level, o.patient_id, o.episode_start, $4
+SELECT o.alert_id, 'escalated', d.level, o.patient_id, o.episode_start, $5
 FROM alerts o
-JOIN unnest($1::text[], $2::int[], $3::float8[]) AS d(severity, level, after_s)
-     ON d.severity = o.severity
+LEFT JOIN unnest($7::text[], $8::text[]) AS pc(patient_id, cohort)
+     ON pc.patient_id = o.patient_id
+JOIN unnest($1::text[], $2::text[], $3::int[], $4::float8[])
+       AS d(cohort, severity, level, after_s)
+     ON d.severity = o.severity AND d.cohort = coalesce(pc.cohort, '')
 WHERE o.state = 'opened' AND NOT o.suppressed AND NOT o.retrospective
-  AND o.episode_start >= $5
-  AND o.published_at IS NOT NULL AND o.published_at + make_interval(secs => d.after_s) <= $4
+  AND o.episode_start >= $6
+  AND o.published_at IS NOT NULL AND o.published_at + make_interval(secs => d.after_s) <= $5
   AND NOT EXISTS (SELECT 1 FROM alerts r
                   WHERE r.alert_id = o.alert_id AND r.state = 'resolved'
                     AND r.episode_start = o.episode_start)
@@ -73,17 +78,20 @@ WHERE h.alert_id = k.alert_id AND h.state = k.state AND h.level = k.level
 Key = tuple[uuid.UUID, str, int]
 
 
-async def escalate(
-    conn: asyncpg.Connection, delays: dict[str, tuple[float, ...]], now: datetime
-) -> list[Key]:
+async def escalate(conn: asyncpg.Connection, escalation: Escalation, now: datetime) -> list[Key]:
     """Record the escalations due at `now`; the keys of the new ones."""
-    plan = [(sev, level, s) for sev, ss in delays.items() for level, s in enumerate(ss, 1)]
+    plan = escalation.plan()
     if not plan:
         return []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.LIFECYCLE)
         rows = await conn.fetch(
-            _ESCALATE, *(list(column) for column in zip(*plan, strict=True)), now, now - LOOKBACK
+            _ESCALATE,
+            *(list(column) for column in zip(*plan, strict=True)),
+            now,
+            now - LOOKBACK,
+            list(escalation.patients),
+            list(escalation.patients.values()),
         )
     return [(r["alert_id"], "escalated", r["level"]) for r in rows]
 

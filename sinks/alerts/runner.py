@@ -168,6 +168,8 @@ async def run_sink(settings: Settings, stop: asyncio.Event, *, escalate: bool = 
     `escalate=False` leaves the human states to other sinks (tests whose database holds
     other tests' alerts, which this sink would otherwise publish on its topic)."""
     outage = Outage(STAGE)
+    # Built first: a rules file whose escalation part is bad stops the start (ConfigError).
+    escalator = Escalator(settings) if escalate else None
     async with Database(settings, outage, migrate_first=settings.migrate_on_start) as db:
         loop = SinkLoop(
             settings,
@@ -181,10 +183,9 @@ async def run_sink(settings: Settings, stop: asyncio.Event, *, escalate: bool = 
         sink = AlertsSink(loop, db, stop)
         await db.check()
         # The human states (acknowledged, escalated, outcome): escalation.py says why here.
-        if not escalate:
+        if escalator is None:
             await loop.run(sink.handle, stop)
             return
-        escalator = Escalator(settings)
         escalating = supervise("escalation", lambda: escalator.run(stop))
         try:
             await loop.run(sink.handle, stop)

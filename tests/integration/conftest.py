@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from frontdoor import registry_store
 from tests.conftest import migrated_database
 from tests.support.cli import CLI
-from tests.support.ids import uid
+from tests.support.ids import patient, uid
+from tests.support.readapi import key_loaded, quick, store_open
 from tests.support.secured_gateway import T0, Gateway, issue, running, secured
 from vitals.settings import Settings
 
@@ -56,3 +59,31 @@ async def gateway(settings: Settings, fleet: dict[str, str]) -> AsyncIterator[Ga
     load has it. test_gateway.py has a `gateway` of its own: the plain one, no registry."""
     async with running(secured(settings)) as gw:
         yield gw
+
+
+@pytest.fixture
+async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
+        yield client
+
+
+@pytest.fixture
+async def ward(
+    api: httpx.AsyncClient,
+    db: asyncpg.Connection,
+) -> dict[str, Any]:
+    """A team with one patient and its key (loaded by the API); another team's patient;
+    an alert of each."""
+    team, other = uid("ward"), uid("ward")
+    mine, theirs = patient(), patient()
+    for t, p in ((team, mine), (other, theirs)):
+        await registry_store.add_team(db, t, actor=CLI)
+        await registry_store.assign_patients(db, t, [p], assign=True, actor=CLI)
+    _, key = await registry_store.issue_key(
+        db, "reader", f"nurse-{team}", expires_at=None, actor=CLI, teams=[team]
+    )
+    await key_loaded(api, key, mine)
+    return {
+        "key": key, "principal": f"nurse-{team}", "mine": mine, "theirs": theirs,
+        "alert": await store_open(db, mine), "their_alert": await store_open(db, theirs),
+    }  # fmt: skip

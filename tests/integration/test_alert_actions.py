@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -16,51 +15,12 @@ import asyncpg
 import httpx
 import pytest
 
-from frontdoor import registry_store
-from tests.support.ids import patient, uid
 from tests.support.polling import until
-from tests.support.readapi import bearer, quick, running, store_open
+from tests.support.readapi import HTML_NOTE, bearer, store_open
 
 pytestmark = pytest.mark.integration
 
 CLI = ("cli", "pytest")
-HTML_NOTE = '<script>alert("x")</script><img src=x onerror=alert(1)> called daughter'
-
-
-@pytest.fixture
-async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
-        yield client
-
-
-@pytest.fixture
-async def ward(
-    api: httpx.AsyncClient,
-    db: asyncpg.Connection,
-) -> dict[str, Any]:
-    """A team with one patient and its key (loaded by the API); another team's patient;
-    an alert of each."""
-    team, other = uid("ward"), uid("ward")
-    mine, theirs = patient(), patient()
-    for t, p in ((team, mine), (other, theirs)):
-        await registry_store.add_team(db, t, actor=CLI)
-        await registry_store.assign_patients(db, t, [p], assign=True, actor=CLI)
-    _, key = await registry_store.issue_key(
-        db, "reader", f"nurse-{team}", expires_at=None, actor=CLI, teams=[team]
-    )
-    await _loaded(api, key, mine)
-    return {
-        "key": key, "principal": f"nurse-{team}", "mine": mine, "theirs": theirs,
-        "alert": await store_open(db, mine), "their_alert": await store_open(db, theirs),
-    }  # fmt: skip
-
-
-async def _loaded(client: httpx.AsyncClient, key: str, p: str) -> None:
-    async def readable() -> bool:
-        answer = await client.get(f"/v1/patients/{p}/alerts", headers=bearer(key))
-        return answer.status_code == 200
-
-    await until(readable, "the team key loaded", 10)
 
 
 async def _lifecycle(conn: asyncpg.Connection, alert: str) -> list[dict[str, Any]]:

@@ -133,10 +133,10 @@ async def until_closed(
 
 async def test_a_stream_starts_with_the_board_then_sends_only_its_teams_changes(
     settings: Settings,
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
     mine, stranger = patient(), patient()
-    _, key = await team_key(owner, [mine])
+    _, key = await team_key(db, [mine])
     async with running(live(settings, api_live_heartbeat_s=0.3)) as client:
         await feed_reading(client, key)
         url = f"/v1/console/events?ticket={await ticket(client, key)}"
@@ -173,9 +173,9 @@ async def test_a_stream_starts_with_the_board_then_sends_only_its_teams_changes(
 
 async def test_tickets_missing_forged_expired_or_of_a_revoked_key_open_nothing(
     settings: Settings,
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
-    key_id, key = await team_key(owner, [patient()])
+    key_id, key = await team_key(db, [patient()])
     async with running(live(settings, api_live_ticket_s=0.3)) as client:
         await until(
             lambda: _status(client.post("/v1/console/ticket", headers=bearer(key)), 201),
@@ -195,7 +195,7 @@ async def test_tickets_missing_forged_expired_or_of_a_revoked_key_open_nothing(
         await asyncio.sleep(0.5)
         expired = await client.get("/v1/console/events", params={"ticket": stale})
         fresh = await ticket(client, key)
-        await registry_store.revoke_key(owner, key_id, actor=CLI)
+        await registry_store.revoke_key(db, key_id, actor=CLI)
         await asyncio.sleep(1.0)  # a few registry reloads
         revoked = await client.get("/v1/console/events", params={"ticket": fresh})
         extra = await client.get(
@@ -217,13 +217,13 @@ async def _status(request: Any, status: int) -> bool:
 
 async def test_a_revoked_key_loses_its_open_stream(
     settings: Settings,
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
-    key_id, key = await team_key(owner, [patient()])
+    key_id, key = await team_key(db, [patient()])
     async with running(live(settings)) as client:
         await feed_reading(client, key)
         kinds = await until_closed(
-            client, key, lambda: registry_store.revoke_key(owner, key_id, actor=CLI)
+            client, key, lambda: registry_store.revoke_key(db, key_id, actor=CLI)
         )
     assert kinds[0][0] == "snapshot"
     assert kinds[-1] == ("closed", {"reason": "revoked_credential"})
@@ -231,10 +231,10 @@ async def test_a_revoked_key_loses_its_open_stream(
 
 async def test_a_client_that_does_not_read_is_dropped_and_the_feed_goes_on(
     settings: Settings,
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
     mine = patient()
-    _, key = await team_key(owner, [mine])
+    _, key = await team_key(db, [mine])
     async with running(live(settings, api_live_queue_max=4)) as client:
         await feed_reading(client, key)
         port = int(str(client.base_url).rsplit(":", 1)[1])
@@ -289,10 +289,10 @@ def read_all(sock: socket.socket) -> bytes:
 
 async def test_without_a_broker_the_stream_says_so_and_a_reader_over_its_rows_is_closed(
     database_url: str,
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
     mine = patient()
-    _, key = await team_key(owner, [mine])
+    _, key = await team_key(db, [mine])
     await store_rows(database_url, [row(mine, "heart_rate", datetime.now(UTC), 70.0)])
     nobody = f"127.0.0.1:{localinfra.free_port()}"  # no broker listens there
     # A budget of one row a minute: the first snapshot (2 rows) overdraws it, the next is
@@ -328,7 +328,7 @@ async def _metric_above(client: httpx.AsyncClient, name: str, floor: float) -> b
 
 async def test_changes_that_cannot_be_recorded_are_not_sent(
     settings: Settings,
-    fresh_url: str,  # noqa: F811
+    fresh_url: str,
 ) -> None:
     conn = await asyncpg.connect(fresh_url)
     try:
@@ -381,21 +381,21 @@ async def stored_and_published(
 async def test_the_board_follows_the_broker_survives_a_network_cut_and_a_revoked_key_ends_it(
     settings: Settings,
     database_url: str,
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
     if problem := driver_problem():
         pytest.fail(problem)
     ward = [patient() for _ in range(BOARD_PATIENTS)]
     newcomer = patient()
-    key_id, key = await team_key(owner, ward)
-    team = await owner.fetchval("SELECT team_id FROM reader_key_teams WHERE key_id = $1", key_id)
+    key_id, key = await team_key(db, ward)
+    team = await db.fetchval("SELECT team_id FROM reader_key_teams WHERE key_id = $1", key_id)
     now = datetime.now(UTC)
     await store_rows(
         database_url,
         [row(p, m, now - timedelta(seconds=30 + i % 600), v)
          for i, p in enumerate(ward) for m, v in (("heart_rate", 80.0), ("spo2", 95.0))],
     )  # fmt: skip
-    stored = [await store_open(owner, p) for p in ward[:STORED_OPEN]]
+    stored = [await store_open(db, p) for p in ward[:STORED_OPEN]]
     SHOTS.mkdir(parents=True, exist_ok=True)
     published: dict[str, int] = {}
 
@@ -415,19 +415,19 @@ async def test_the_board_follows_the_broker_survives_a_network_cut_and_a_revoked
                 said = orjson.loads(line)
                 if said.get("step") == "publish":
                     for p in ward[STORED_OPEN : STORED_OPEN + LIVE_ALERTS]:
-                        alert, at = await stored_and_published(owner, producer, settings, p)
+                        alert, at = await stored_and_published(db, producer, settings, p)
                         published[alert] = at
                         await asyncio.sleep(0.05)
                     # A patient given to the team now: on the board with its first alert.
                     await registry_store.assign_patients(
-                        owner, team, [newcomer], assign=True, actor=CLI
+                        db, team, [newcomer], assign=True, actor=CLI
                     )
                     await asyncio.sleep(2.0)  # the keys reloaded, the stream's scope with them
-                    alert, at = await stored_and_published(owner, producer, settings, newcomer)
+                    alert, at = await stored_and_published(db, producer, settings, newcomer)
                     published[alert] = at
                     answer = {"alerts": list(published), "newcomer": newcomer}
                 elif said.get("step") == "revoke":
-                    await registry_store.revoke_key(owner, key_id, actor=CLI)
+                    await registry_store.revoke_key(db, key_id, actor=CLI)
                     answer = {}
                 else:
                     seen = said
@@ -488,9 +488,9 @@ def _rank(sorted_values: list[float], q: float) -> float:
 
 async def test_a_stopping_server_ends_its_streams_first(
     settings: Settings,
-    owner: asyncpg.Connection,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
-    _, key = await team_key(owner, [patient()])
+    _, key = await team_key(db, [patient()])
     # A grace longer than the test's wait: the stream must end because it was told to.
     server = build_server(live(settings, shutdown_grace_s=60))
     serving = asyncio.create_task(server.serve())

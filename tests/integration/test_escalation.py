@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 import orjson
@@ -15,10 +14,13 @@ from aiokafka import AIOKafkaProducer
 
 from sinks.alerts.escalation import Escalator
 from tests.support.alert_schema import violations
+from tests.support.inprocess import escalating
 from tests.support.polling import until
 from tests.support.readapi import store_open
 from tests.support.topics import read_all
 from vitals import contract
+from vitals.errors import ConfigError
+from vitals.rules_file import DEFAULT_RULES_FILE
 from vitals.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -29,18 +31,6 @@ def esc(settings: Settings, fresh_url: str) -> Settings:
     """A database of the test's own: the escalator looks at every alert stored."""
     fast = {"escalation": "high:0.4,1.2", "escalation_check_interval_s": 0.1}
     return settings.model_copy(update={"database_url": fresh_url, **fast})
-
-
-@asynccontextmanager
-async def escalating(settings: Settings) -> AsyncIterator[Escalator]:
-    stop = asyncio.Event()
-    escalator = Escalator(settings)
-    task = asyncio.create_task(escalator.run(stop))
-    try:
-        yield escalator
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
 
 
 async def _published(settings: Settings) -> list[dict]:
@@ -169,3 +159,42 @@ async def _pending(conn: asyncpg.Connection) -> list:
     from sinks.alerts import lifecycle
 
     return await lifecycle.unpublished(conn)
+
+
+async def test_a_cohort_patient_escalates_on_its_cohort_times_the_others_on_the_default(
+    esc: Settings, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        DEFAULT_RULES_FILE.read_text(encoding="utf-8")
+        + '\n[cohorts.copd.escalation]\nhigh = [0.4]\n[patients."p-copd"]\ncohort = "copd"\n'
+    )
+    conn = await asyncpg.connect(esc.database_url)
+    try:
+        copd = await store_open(conn, "p-copd")
+        other = await store_open(conn, "p-other")
+    finally:
+        await conn.close()
+    # The default (the setting) is far away: only the cohort's patient escalates.
+    slow = esc.model_copy(update={"escalation": "high:600", "rules_file": str(rules)})
+    async with escalating(slow):
+
+        async def copd_escalated() -> bool:
+            return (copd, "escalated", 1, True) in await _rows(esc.database_url)
+
+        await until(copd_escalated, "the copd patient escalated on its cohort's time")
+        await asyncio.sleep(0.5)  # more ticks: still nobody else, no level 2
+
+    assert [r[:3] for r in await _rows(esc.database_url)] == [(copd, "escalated", 1)]
+    assert other not in {d["alert_id"] for d in await _published(esc)}
+
+
+def test_a_bad_escalation_in_the_rules_file_stops_the_escalator(
+    esc: Settings, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        DEFAULT_RULES_FILE.read_text(encoding="utf-8") + "\n[cohorts.copd.escalation]\nhigh = [0]\n"
+    )
+    with pytest.raises(ConfigError, match=r"cohorts\.copd\.escalation\.high: delays must be"):
+        Escalator(esc.model_copy(update={"rules_file": str(rules)}))

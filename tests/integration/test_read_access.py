@@ -43,6 +43,8 @@ ROUTES = {
     "alerts": {},
     "news2": {"at": iso(T0)},
     "news2/history": {},
+    "alert-history": {},  # the console's patient view (readapi/history.py)
+    "devices": {},
 }
 
 

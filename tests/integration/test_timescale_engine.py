@@ -179,6 +179,10 @@ async def test_the_read_api_queries_page_across_materialized_and_recent_data(
     await checks.check_read_api_queries(storage.db)
 
 
+async def test_the_console_queries_read_history_devices_and_burden(storage: Storage) -> None:
+    await checks.check_console_queries(storage.db)
+
+
 async def test_retention_drops_old_raw_chunks_and_keeps_their_aggregates(
     timescale: Storage,
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processors.runner import run_processor
+from sinks.alerts.escalation import Escalator
 from sinks.timescale.runner import run_sink
 from tests.support.polling import WAIT_S, until
 from tests.support.topics import committed, committed_offsets, end_offsets, group_offsets
@@ -95,3 +96,15 @@ async def sink_committed(settings: Settings) -> None:
 def timescale_sink(settings: Settings) -> AbstractAsyncContextManager[asyncio.Task[None]]:
     """The TimescaleDB sink running until the block ends, then stopped as SIGTERM would."""
     return stage_task(run_sink, settings)
+
+
+@asynccontextmanager
+async def escalating(settings: Settings) -> AsyncIterator[Escalator]:
+    stop = asyncio.Event()
+    escalator = Escalator(settings)
+    task = asyncio.create_task(escalator.run(stop))
+    try:
+        yield escalator
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)

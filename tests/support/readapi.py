@@ -19,6 +19,7 @@ from sinks.alerts import store
 from sinks.timescale.rows import Row
 from sinks.timescale.scores import score_row, upsert_scores
 from sinks.timescale.writer import copy_then_upsert
+from tests.support.polling import until
 from vitals import contract
 from vitals.catalog import METRICS
 from vitals.settings import LOCAL_READER_TOKEN, Settings
@@ -150,3 +151,14 @@ def vitals_upload(p: str, t: datetime, **values: float) -> contract.Upload:
     ms = int(t.timestamp() * 1000)
     readings = tuple(contract.Reading(m, ms, v, METRICS[m].unit) for m, v in values.items())
     return contract.Upload(str(uuid.uuid4()), "gw", "w1", p, ms, readings)
+
+
+HTML_NOTE = '<script>alert("x")</script><img src=x onerror=alert(1)> called daughter'
+
+
+async def key_loaded(client: httpx.AsyncClient, key: str, p: str) -> None:
+    async def readable() -> bool:
+        answer = await client.get(f"/v1/patients/{p}/alerts", headers=bearer(key))
+        return answer.status_code == 200
+
+    await until(readable, "the team key loaded", 10)

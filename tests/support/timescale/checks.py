@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from readapi import queries
-from readapi.params import EARLIEST
+from readapi import burden, history, queries
+from readapi.params import EARLIEST, LATEST
 from sinks.alerts import store
 from sinks.timescale import scores, writer
 from sinks.timescale.rows import COLUMNS, rows_of
@@ -797,6 +797,65 @@ async def check_read_api_queries(db: Database) -> None:
         queries.ALERTS, "p-api", b, b + HOUR, "resolved", b + HOUR, str(uuid.UUID(int=0)), "", 10
     )
     assert [r["state"] for r in resolved] == ["resolved"] * 3
+
+
+async def check_console_queries(db: Database) -> None:
+    """The console's reads (readapi/history.py, readapi/burden.py) over alerts, their human
+    states, device bindings and the hourly rollup: the same texts on every engine."""
+    b = await hour_ago(db, 3)
+    await store_readings(db, upload("p-con", "spo2", [(b + 5 * MINUTE, 95.0)]))
+    starts = [to_ms(b + i * MINUTE) for i in (1, 2)]
+    rows = [
+        store.row_of(contract.Detection(
+            alert_id=contract.alert_id("p-con", "spo2_low", start), patient_id="p-con",
+            rule="spo2_low", state="opened", severity="high", episode_start=start, at=start,
+            detected=start + 5_000, retrospective=False,
+        ))
+        for start in starts
+    ]  # fmt: skip
+    await db.execute(store.STORE, *[list(c) for c in zip(*rows, strict=True)])
+    await db.execute(
+        "UPDATE alerts SET published_at = at + interval '10 seconds' WHERE patient_id = 'p-con'"
+    )
+    first = rows[0][0]
+    for state, after_s, outcome in (("acknowledged", 60, None), ("outcome", 120, "false_alarm")):
+        await db.execute(
+            "INSERT INTO alert_lifecycle (alert_id, state, patient_id, episode_start, at,"
+            " actor_key_id, actor, outcome) SELECT alert_id, $2, patient_id, episode_start,"
+            " published_at + make_interval(secs => $3::int), 'k1', 'nurse', $4 FROM alerts"
+            " WHERE alert_id = $1 AND state = 'opened'",
+            first, state, after_s, outcome,
+        )  # fmt: skip
+    await db.execute("INSERT INTO devices (device_id) VALUES ('w-con')")
+    await db.execute(
+        "INSERT INTO device_patients (device_id, patient_id, valid_from)"
+        " VALUES ('w-con', 'p-con', $1)",
+        b,
+    )
+
+    found = await db.fetch(
+        history.HISTORY,
+        "p-con",
+        EARLIEST,
+        LATEST,
+        LATEST,
+        "ffffffff-ffff-ffff-ffff-ffffffffffff",
+        10,
+    )
+    assert values(found, "opened_at", "acknowledged_by", "outcome") == [
+        (b + 2 * MINUTE, None, None), (b + MINUTE, "nurse", "false_alarm"),
+    ]  # fmt: skip
+    bound = await db.fetch(history.DEVICES, "p-con", 10)
+    assert values(bound, "device_id", "current") == [("w-con", True)]
+    span = (["p-con"], b, b + 3 * HOUR)
+    days = await db.fetch(burden.PATIENT_DAYS, *span)
+    assert values(days, "patient_id", "days") == [("p-con", 1)]
+    alerted = await db.fetch(burden.ALERTED, *span)
+    assert values(alerted, "patient_id", "alerts") == [("p-con", 2)]
+    totals = await db.fetch(burden.ALERTS, *span)
+    assert values(totals, "rule", "alerts", "answered", "ack_p50_s", "false_alarm") == [
+        ("spo2_low", 2, 1, 60.0, 1), (None, 2, 1, 60.0, 1),
+    ]  # fmt: skip
 
 
 async def check_the_newest_minute_is_read_once_stored(db: Database) -> None:
