@@ -122,6 +122,17 @@ def postgres_server(url: str | None, folder: Path) -> Iterator[str]:
             yield private_url
 
 
+def _running_port(bindir: Path, data: Path, prefix: list[str]) -> int | None:
+    """The port of the cluster already running in `data`, if one is."""
+    status = subprocess.run(
+        [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "status"], capture_output=True
+    )
+    if status.returncode != 0:  # 3: not running; 4: no data directory
+        return None
+    # postmaster.pid: pid, data directory, start time, port, ... (one a line)
+    return int((data / "postmaster.pid").read_text().splitlines()[3])
+
+
 @contextmanager
 def private_cluster(folder: Path) -> Iterator[str]:
     """A PostgreSQL cluster of our own in `folder` (trust auth, loopback, free port)."""
@@ -139,6 +150,11 @@ def private_cluster(folder: Path) -> Iterator[str]:
             check=True,
             capture_output=True,
         )
+    if (running := _running_port(bindir, data, prefix)) is not None:
+        # Another session's cluster (two test runs in one checkout), or one a killed run
+        # left behind: use it, and leave stopping it to whoever started it.
+        yield f"postgresql://postgres@127.0.0.1:{running}/postgres"
+        return
     port = free_port()
     subprocess.run(
         [
