@@ -12,10 +12,11 @@ import pytest
 
 from frontdoor import registry_store
 from tests.conftest import migrated_database
+from tests.support import readapi, secured_gateway
 from tests.support.cli import CLI
 from tests.support.ids import patient, uid
 from tests.support.readapi import key_loaded, quick, store_open
-from tests.support.secured_gateway import T0, Gateway, issue, running, secured
+from tests.support.secured_gateway import T0, Gateway, issue, secured
 from vitals.settings import Settings
 
 
@@ -57,13 +58,14 @@ def fresh_url(pg_server: str) -> Iterator[str]:
 async def gateway(settings: Settings, fleet: dict[str, str]) -> AsyncIterator[Gateway]:
     """The gateway with the registry enforced, started after the fleet exists so its first
     load has it. test_gateway.py has a `gateway` of its own: the plain one, no registry."""
-    async with running(secured(settings)) as gw:
+    async with secured_gateway.running(secured(settings)) as gw:
         yield gw
 
 
 @pytest.fixture
 async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(quick(database_url, api_rate_limit_per_s=0)) as client:
+    # Two `running`s (the gateway's and the read API's): named by their modules here.
+    async with readapi.running(quick(database_url, api_rate_limit_per_s=0)) as client:
         yield client
 
 

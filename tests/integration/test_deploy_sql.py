@@ -422,7 +422,8 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
             "SELECT * FROM api_keys",
             "SELECT * FROM audit_log",
             "SELECT * FROM devices",
-            "SELECT * FROM device_patients",
+            # It reads device bindings for the console's patient view (0016), never writes.
+            "UPDATE device_patients SET patient_id = 'me'",
             "CREATE TABLE mine (x int)",
             "SELECT * FROM read_audit",  # the audit it writes: insert only
             "UPDATE read_audit SET row_count = 0",
