@@ -21,7 +21,7 @@ from frontdoor.auth import Authenticator
 from frontdoor.metrics import RequestMetrics
 from frontdoor.ratelimit import TokenBuckets
 from frontdoor.refresher import RegistryCache
-from readapi import alert_routes, fhir, routes
+from readapi import alert_routes, fhir, fhir_alerts, routes
 from readapi.access import Access
 from readapi.audit import ReadAudit
 from vitals.settings import Settings
@@ -116,6 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.authenticator = Authenticator(keys.current)
     app.include_router(routes.router)
     app.include_router(fhir.router)
+    app.include_router(fhir_alerts.router)
     app.include_router(alert_routes.router)
     # The console (issue 16): static files shipped in the package, no CDN; the page signs
     # in with a reader key and reads the API above like any other reader.

@@ -48,13 +48,7 @@ async def _search(request: Request) -> dict[str, Any]:
     # The scope check first, as on the JSON routes: outside the reader's care teams every
     # search is 404, whatever its other parameters.
     async with access.reading(key, "fhir/Observation", patient) as read:
-        unknown = sorted(set(lists) - set(SEARCH_PARAMETERS))
-        if unknown:
-            raise Malformed(
-                "unknown_parameter",
-                f"unsupported search parameter(s): {', '.join(unknown)}; "
-                f"supported: {', '.join(SEARCH_PARAMETERS)}",
-            )
+        only_supported(lists, SEARCH_PARAMETERS)
         metric = _metric(_one(lists, "code"))
         start, end = _dates(lists.get("date", []))
         settings = request.app.state.settings
@@ -101,6 +95,16 @@ async def _search(request: Request) -> dict[str, Any]:
     if entries:  # FHIR JSON has no empty arrays
         bundle["entry"] = entries
     return bundle
+
+
+def only_supported(lists: dict[str, list[str]], supported: tuple[str, ...]) -> None:
+    unknown = sorted(set(lists) - set(supported))
+    if unknown:
+        raise Malformed(
+            "unknown_parameter",
+            f"unsupported search parameter(s): {', '.join(unknown)}; "
+            f"supported: {', '.join(supported)}",
+        )
 
 
 def _one(lists: dict[str, list[str]], name: str, *, required: bool = True) -> str | None:
