@@ -500,3 +500,44 @@ async def _alert_published(owner: asyncpg.Connection, alert_id: str) -> bool:
             "SELECT published_at IS NOT NULL FROM alerts WHERE alert_id = $1", uuid.UUID(alert_id)
         )
     )
+
+
+async def test_a_patient_moved_off_the_team_before_a_retry_is_withdrawn_not_sent(
+    settings: Settings, owner: asyncpg.Connection, database_url: str
+) -> None:
+    p = f"p-{uuid.uuid4().hex[:8]}"
+    team = uid("ward")
+    await registry_store.add_team(owner, team, actor=CLI)
+    await registry_store.assign_patients(owner, team, [p], assign=True, actor=CLI)
+    _, key = await registry_store.issue_key(
+        owner, "reader", uid("ehr"), expires_at=None, actor=CLI, teams=[team]
+    )
+    s = fast(settings, fhir_notify_retry_base_s=1.0, fhir_notify_retry_max_s=1.0)
+    async with endpoints() as hooks, running(quick(database_url, api_rate_limit_per_s=0)) as api:
+        made = await _until_registered(api, key, subscription(hooks.add("down", failures=1000)))
+        async with pipeline(s):
+            await produce(s, detection(p))
+            await until(lambda: hooks.hooks["down"].attempts >= 1, "a first, failed attempt")
+            await registry_store.assign_patients(owner, team, [p], assign=False, actor=CLI)
+
+            async def withdrawn() -> bool:
+                rows = await notifications(owner, made["id"])
+                return rows[0]["withdrawn_at"] is not None
+
+            await until(withdrawn, "the notification to be withdrawn")
+        assert hooks.hooks["down"].received == []
+        rows = await notifications(owner, made["id"])
+        assert rows[0]["delivered_at"] is None and rows[0]["dead_at"] is None
+
+
+async def _until_registered(api: httpx.AsyncClient, key: str, doc: dict[str, Any]) -> Any:
+    made: list[Any] = []
+
+    async def registered() -> bool:
+        answer = await register(api, key, doc)
+        if answer.status_code == 201:
+            made.append(answer.json())
+        return bool(made)
+
+    await until(registered, "the key to load and the subscription to be registered")
+    return made[0]
