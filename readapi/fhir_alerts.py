@@ -171,16 +171,22 @@ async def _register(request: Request) -> Response:
             # A filter on a patient outside the key's teams is as if there were no patient.
             async with access.reading(key, "fhir/Subscription", wanted.patient_id) as read:
                 read.rows = 1
-        async with conn.transaction():
-            await conn.execute("SET TRANSACTION READ WRITE")
-            await conn.execute(
-                "INSERT INTO fhir_subscriptions (subscription_id, key_id, endpoint, content,"
-                " headers, patient_id, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                wanted.subscription_id, key.key_id, wanted.endpoint, wanted.content,
-                list(wanted.headers), wanted.patient_id, wanted.reason,
-            )  # fmt: skip
+        await insert(conn, wanted, key.key_id)
     location = f"{_base(request)}Subscription/{wanted.subscription_id}"
     return fhir_response(fhir_alerts.subscription_resource(wanted), 201, {"Location": location})
+
+
+async def insert(conn: asyncpg.Connection, s: fhir_alerts.Subscription, key_id: str) -> None:
+    """Store a subscription for `key_id`: the API's sessions are read-only, this
+    transaction alone is made read-write (as the alert actions', readapi/lifecycle.py)."""
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION READ WRITE")
+        await conn.execute(
+            "INSERT INTO fhir_subscriptions (subscription_id, key_id, endpoint, content,"
+            " headers, patient_id, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            s.subscription_id, key_id, s.endpoint, s.content, list(s.headers), s.patient_id,
+            s.reason,
+        )  # fmt: skip
 
 
 async def _subscription(request: Request, subscription_id: str) -> tuple[Credential, Any]:

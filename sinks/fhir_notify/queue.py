@@ -11,16 +11,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-# May the subscription's key read patient $P now? An issued reader key, neither revoked
-# nor expired, whose scope holds the patient (all patients, or one of its teams).
-_IN_SCOPE = """
-EXISTS (SELECT 1 FROM reader_keys k JOIN reader_key_scopes sc USING (key_id)
-         WHERE k.key_id = s.key_id AND k.revoked_at IS NULL
-           AND (k.expires_at IS NULL OR k.expires_at > now())
-           AND (sc.all_patients OR EXISTS (SELECT 1 FROM care_team_patients c
-                                            WHERE c.patient_id = {patient}
-                                              AND c.team_id = ANY (sc.teams))))
-"""
+# May the subscription's key read patient $P now (fhir_key_may_read, migration 0017).
+_IN_SCOPE = "fhir_key_may_read(s.key_id, {patient})"
 
 # $1 alert id, $2 state, $3 level, $4 patient, $5 when vitals.alerts carried it. Every
 # active subscription registered by then whose filter and scope take the patient gets

@@ -55,12 +55,28 @@ CREATE OR REPLACE VIEW fhir_dead_letters AS
       FROM fhir_notifications n JOIN fhir_subscriptions s USING (subscription_id)
      WHERE n.dead_at IS NOT NULL;
 
+-- May this reader key read this patient now: issued, neither revoked nor expired, and the
+-- patient in its scope (all patients, or one of its teams). A function run with its
+-- owner's rights, so that the notifier (vitals_sink, shared with the other sinks) learns
+-- this one answer and never reads key digests or team lists.
+CREATE OR REPLACE FUNCTION fhir_key_may_read(key text, patient text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM api_keys k
+         WHERE k.key_id = key AND k.kind = 'reader' AND k.revoked_at IS NULL
+           AND (k.expires_at IS NULL OR k.expires_at > now())
+           AND (k.all_patients OR EXISTS (
+                SELECT 1 FROM reader_key_teams t JOIN care_team_patients c USING (team_id)
+                 WHERE t.key_id = k.key_id AND c.patient_id = patient)))
+$$;
+REVOKE ALL ON FUNCTION fhir_key_may_read(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION fhir_key_may_read(text, text) TO vitals_sink;
+
 -- The read API registers subscriptions (one INSERT in a read-write transaction, as its
--- alert actions) and reads them back; it needs the key's scope to refuse a filter outside it.
+-- alert actions), reads them back and turns them off.
 GRANT SELECT, INSERT ON fhir_subscriptions TO vitals_reader;
-GRANT UPDATE (status) ON fhir_subscriptions TO vitals_reader;  -- DELETE turns it off
+GRANT UPDATE (status) ON fhir_subscriptions TO vitals_reader;
+-- The notifier queues, claims and records; it reads the alerts it sends.
 GRANT SELECT, INSERT, UPDATE ON fhir_subscriptions, fhir_notifications TO vitals_sink;
 GRANT SELECT ON fhir_dead_letters TO vitals_sink;
--- The notifier checks a subscription's key and scope (the views hide the key digests).
-GRANT SELECT ON reader_keys, reader_key_scopes, care_team_patients, alerts, alert_lifecycle
-    TO vitals_sink;
+GRANT SELECT ON alerts, alert_lifecycle TO vitals_sink;
