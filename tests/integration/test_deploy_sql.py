@@ -402,9 +402,9 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
             await insert_subscription(conn, subscription, reader_key_id)
     finally:
         await pool.close()
-    # sink-fhir-notify (a vitals_sink login like sink-alerts): queue the alert stored above
-    # for the key's subscription (its scope checked by 0017's function), claim it, record it.
-    conn = await asyncpg.connect(urls["sink-alerts"])
+    # sink-fhir-notify: queue the alert stored above for the key's subscription (its scope
+    # checked by 0017's function), claim it, record it.
+    conn = await asyncpg.connect(urls["sink-fhir-notify"])
     try:
         now = datetime.now(UTC)  # after the subscription: it takes changes from its creation on
         assert await notify_queue.queue(conn, alert_id, "opened", 0, "p-roles", now) == 1
