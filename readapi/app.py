@@ -21,7 +21,16 @@ from frontdoor.auth import Authenticator
 from frontdoor.metrics import RequestMetrics
 from frontdoor.ratelimit import TokenBuckets
 from frontdoor.refresher import RegistryCache
-from readapi import alert_routes, burden, fhir, fhir_capability, history, live_routes, routes
+from readapi import (
+    alert_routes,
+    burden,
+    fhir,
+    fhir_alerts,
+    fhir_capability,
+    history,
+    live_routes,
+    routes,
+)
 from readapi.access import Access
 from readapi.audit import ReadAudit
 from readapi.live import Feed
@@ -122,6 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(fhir.router)
     app.include_router(fhir_capability.router)
+    app.include_router(fhir_alerts.router)
     app.include_router(alert_routes.router)
     app.include_router(live_routes.router)
     app.include_router(history.router)

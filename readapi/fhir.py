@@ -58,7 +58,7 @@ async def _search(request: Request) -> dict[str, Any]:
     # search is 404, whatever its other parameters.
     async with access.reading(key, "fhir/Observation", patient) as read:
         # The CapabilityStatement's own table: what it advertises is what is taken.
-        _only(lists, OBSERVATION.param_names())
+        only_supported(lists, OBSERVATION.param_names())
         series = fhir_series.for_code(
             _one(lists, "code"), _one(lists, "resolution", required=False)
         )
@@ -149,7 +149,7 @@ async def _everything(request: Request, patient_id: str) -> dict[str, Any]:
     lists = _lists(request)
     access: Access = request.app.state.access
     async with access.reading(key, "fhir/Patient/$everything", patient) as read:
-        _only(lists, EVERYTHING.param_names())
+        only_supported(lists, EVERYTHING.param_names())
         start = params.moment("start", _one(lists, "start"))
         end = params.moment("end", _one(lists, "end"))
         params.window(start, end)
@@ -192,7 +192,7 @@ def _lists(request: Request) -> dict[str, list[str]]:
     return lists
 
 
-def _only(lists: dict[str, list[str]], supported: tuple[str, ...]) -> None:
+def only_supported(lists: dict[str, list[str]], supported: tuple[str, ...]) -> None:
     """Refuses every parameter not in `supported` (the CapabilityStatement's table)."""
     unknown = sorted(set(lists) - set(supported))
     if unknown:

@@ -135,7 +135,34 @@ EVERYTHING = Operation(
 )
 PATIENT = Supported(type="Patient", interactions=(), operations=(EVERYTHING,))
 
-RESOURCES: tuple[Supported, ...] = (OBSERVATION, PATIENT)
+DETECTED_ISSUE = Supported(
+    type="DetectedIssue",
+    interactions=("read", "search-type"),
+    params=(
+        Param(
+            "patient",
+            "reference",
+            "required, the patient, `ID` or `Patient/ID`, within the reader's care teams",
+            _SPEC + "clinical-patient",
+        ),
+        Param("_count", "number", "page size, 1 to the server's page maximum"),
+        Param("_cursor", "string", "taken from a `next` link only (a signed cursor)"),
+    ),
+    documentation="The product's alerts, one DetectedIssue per alert (its id the alert id): "
+    "the episode as identifiedPeriod, acknowledgement, escalation and outcome as "
+    "mitigations, the reading that opened it as evidence; suppressed repeats are not served "
+    "(docs/fhir.md).",
+)
+SUBSCRIPTION = Supported(
+    type="Subscription",
+    interactions=("create", "read", "delete"),
+    documentation="Topic-based subscriptions of the R4 subscriptions backport on the alerts "
+    "topic, rest-hook channel, id-only or full-resource payloads; created with an issued "
+    "reader key and limited to its care teams; delete turns a subscription off "
+    "(docs/fhir.md#subscriptions).",
+)
+
+RESOURCES: tuple[Supported, ...] = (OBSERVATION, PATIENT, DETECTED_ISSUE, SUBSCRIPTION)
 
 
 @router.get("/fhir/r4/metadata")

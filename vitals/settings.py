@@ -217,6 +217,20 @@ class SinkSettings(BaseModel):
     # 30 min; medium: review within 1 h).
     escalation: str = "high:300,900;medium:900,2700"
     escalation_check_interval_s: float = 5.0
+    # FHIR Subscriptions (sinks/fhir_notify/, docs/fhir.md): vitals.alerts -> each matching
+    # subscriber's endpoint, at least once. A failing notification is retried with backoff
+    # (base doubling up to max) and dead-lettered once it has failed for dead_after_s since
+    # it was queued: a day, so an endpoint down for an hour loses nothing.
+    fhir_notify_group: str = "vitals-fhir-notify"
+    fhir_notify_timeout_s: float = 10.0
+    fhir_notify_retry_base_s: float = 2.0
+    fhir_notify_retry_max_s: float = 300.0
+    fhir_notify_dead_after_s: float = 86_400.0
+    fhir_notify_concurrency: int = Field(20, ge=1)
+    fhir_notify_poll_s: float = 1.0
+    # The read API's FHIR base as the EHR reaches it, for the references in notifications
+    # (default: http://VITALS_API_HOST:VITALS_API_PORT/fhir/r4/).
+    fhir_public_base: str = ""
 
 
 class ProbeSettings(BaseModel):
@@ -319,6 +333,10 @@ class Settings(
     def readers(self) -> dict[str, str]:
         """token -> reader id."""
         return parse_credentials(self.reader_credentials, "reader")
+
+    def fhir_base(self) -> str:
+        base = self.fhir_public_base or f"http://{self.api_host}:{self.api_port}/fhir/r4/"
+        return base.rstrip("/") + "/"
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

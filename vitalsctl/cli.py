@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     sink = sub.add_parser("sink", help="sinks").add_subparsers(dest="sink", required=True)
     _process(sink, "timescale", "sink", "vitals.readings -> readings table")
     _process(sink, "alerts", "sink", "vitals.detections -> vitals.alerts and alerts table")
+    _process(sink, "fhir-notify", "sink", "vitals.alerts -> FHIR Subscription endpoints")
 
     db = sub.add_parser("db", help="database").add_subparsers(dest="db", required=True)
     for name, summary in (
@@ -170,6 +171,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int | None:
             from sinks.timescale.runner import run as run_timescale
 
             await run_timescale(settings)
+        case "sink" if args.sink == "fhir-notify":
+            from sinks.fhir_notify.runner import run as run_fhir_notify
+
+            await run_fhir_notify(settings)
         case "sink":
             from sinks.alerts.runner import run as run_alerts
 

@@ -114,7 +114,10 @@ def _say_where(settings: Settings, logs_dir: Path) -> None:
     _say(f"gateway  {gateway}  (token: {LOCAL_GATEWAY_TOKEN})  API docs {gateway}/docs")
     _say(f"read API {api}  (token: {LOCAL_READER_TOKEN})  API docs {api}/docs")
     _say(f"console  {api}/console/  (sign in with the reader token {LOCAL_READER_TOKEN})")
-    _say(f"FHIR     {gateway}/fhir/r4 (Bundles in), {api}/fhir/r4 (metadata, Observation)")
+    _say(
+        f"FHIR     {gateway}/fhir/r4 (Bundles in), {api}/fhir/r4 (metadata, Observation,"
+        " DetectedIssue for alerts, Subscription: docs/fhir.md)"
+    )
     _say(f"logs     {logs_dir}/  one JSON-lines file per process (dev.log: this screen's own)")
     _say(
         "registry on: the simulated watches are registered at start; register your own "

@@ -19,6 +19,7 @@ STAGES: dict[str, tuple[str, ...]] = {
     "processor": ("process",),
     "sink-timescale": ("sink", "timescale"),
     "sink-alerts": ("sink", "alerts"),
+    "sink-fhir-notify": ("sink", "fhir-notify"),
     "simulator": ("simulate",),
 }
 # The data path: what every upload crosses from the gateway to the database and alerts.
@@ -26,7 +27,15 @@ PIPELINE = ("gateway", "processor", "sink-timescale", "sink-alerts")
 # The consumers: each serves /healthz, /readyz and /metrics on VITALS_PROBE_PORT.
 CONSUMERS = ("processor", "sink-timescale", "sink-alerts")
 # No new input first, then the consumers finish their batch and commit.
-STOP_ORDER = ("simulator", "gateway", "api", "processor", "sink-timescale", "sink-alerts")
+STOP_ORDER = (
+    "simulator",
+    "gateway",
+    "api",
+    "processor",
+    "sink-timescale",
+    "sink-alerts",
+    "sink-fhir-notify",
+)
 
 
 def kind_of(name: str) -> str:

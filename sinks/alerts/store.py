@@ -10,7 +10,8 @@ from typing import Any
 import asyncpg
 
 from vitals.contract import Detection
-from vitals.db.pgtime import from_ms, to_ms
+from vitals.db.alert_issues import detection_of
+from vitals.db.pgtime import from_ms
 from vitals.errors import ContractError
 
 # (alert_id, state, patient_id, rule, severity, retrospective, episode_start, at,
@@ -144,25 +145,3 @@ def key_params(keys: Sequence[Key]) -> tuple[Any, ...]:
     """$1-$5 of UNPUBLISHED and MARK: the keys' columns, then their episode starts' range."""
     starts = [k[2] for k in keys]
     return [k[0] for k in keys], [k[1] for k in keys], starts, min(starts), max(starts)
-
-
-def detection_of(record: asyncpg.Record) -> Detection:
-    # Rebuilt from the stored row, not from the message: if a redelivered detection
-    # differs (a processor replayed it later), the first stored version is the one
-    # published.
-    return Detection(
-        alert_id=str(record["alert_id"]),
-        patient_id=record["patient_id"],
-        rule=record["rule"],
-        state=record["state"],
-        severity=record["severity"],
-        episode_start=to_ms(record["episode_start"]),
-        at=to_ms(record["at"]),
-        detected=to_ms(record["detected_at"]),
-        retrospective=record["retrospective"],
-        metric=record["metric"],
-        value=record["value"],
-        device_id=record["device_id"],
-        detail=record["detail"],
-        suppressed=record["suppressed"],
-    )

@@ -26,7 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 RULES = ("spo2_low", "hr_high", "device_silence")
-PROCESSES = ("simulator", "gateway", "api", "processor", "sink-timescale", "sink-alerts")
+PROCESSES = (
+    "simulator",
+    "gateway",
+    "api",
+    "processor",
+    "sink-timescale",
+    "sink-alerts",
+    "sink-fhir-notify",
+)
 
 
 @contextmanager

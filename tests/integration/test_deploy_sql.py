@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
+import orjson
 import psycopg
 import pytest
 import yaml
@@ -29,11 +30,16 @@ import yaml
 from frontdoor import registry_store
 from frontdoor.keys import digest
 from readapi.audit import ReadAudit
+from readapi.fhir_alerts import insert as insert_subscription
+from readapi.fhir_alerts import subscription_of as fhir_subscription_of
 from readapi.queries import NEWS2_LATEST
 from sinks.alerts import store as alerts_store
+from sinks.fhir_notify import queue as notify_queue
 from sinks.timescale.scores import upsert_scores
 from sinks.timescale.writer import ReadingsWriter
 from tests.support import cli
+from vitals import fhir_alerts
+from vitals.db import alert_issues
 from vitals.db.logins import LOGINS, ensure_logins, parse_passwords
 from vitals.db.migrate import migrate
 from vitals.errors import ConfigError, InfrastructureError
@@ -347,7 +353,7 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
     # api: load the reader keys, read the readings the sink wrote.
     owner = await asyncpg.connect(logins.owner_url)
     try:
-        _, reader_key = await registry_store.issue_key(
+        reader_key_id, reader_key = await registry_store.issue_key(
             owner, "reader", "dash", expires_at=None, actor=("cli", "pytest"), teams=["ward-roles"]
         )
         _, gateway_key = await registry_store.issue_key(
@@ -377,6 +383,37 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
         assert await audit.flush() == 1
     finally:
         await pool.close()
+    # api: register a FHIR subscription (0017) in its read-only sessions, as the API does.
+    pool = await asyncpg.create_pool(
+        urls["api"], min_size=0, server_settings={"default_transaction_read_only": "on"}
+    )
+    try:
+        async with pool.acquire() as conn:
+            subscription = fhir_subscription_of(
+                orjson.dumps(
+                    {"resourceType": "Subscription", "reason": "roles",
+                     "criteria": fhir_alerts.TOPIC,
+                     "channel": {"type": "rest-hook", "endpoint": "http://ehr.invalid/hook",
+                                 "payload": "application/fhir+json",
+                                 "_payload": {"extension": [{"url": fhir_alerts.PAYLOAD_CONTENT,
+                                                             "valueCode": "id-only"}]}}}
+                )
+            )  # fmt: skip
+            await insert_subscription(conn, subscription, reader_key_id)
+    finally:
+        await pool.close()
+    # sink-fhir-notify: queue the alert stored above for the key's subscription (its scope
+    # checked by 0017's function), claim it, record it.
+    conn = await asyncpg.connect(urls["sink-fhir-notify"])
+    try:
+        now = datetime.now(UTC)  # after the subscription: it takes changes from its creation on
+        assert await notify_queue.queue(conn, alert_id, "opened", 0, "p-roles", now) == 1
+        (due,) = await notify_queue.claim(conn, 10, timedelta(seconds=30))
+        assert due.allowed and due.subscription_id == subscription.subscription_id
+        await notify_queue.delivered(conn, due)
+        assert len(await alert_issues.alerts(conn, ids=[alert_id])) == 1
+    finally:
+        await conn.close()
     gateway_snapshot_conn = await asyncpg.connect(urls["gateway"])
     try:
         gateway_keys = (await registry_store.load(gateway_snapshot_conn)).credentials
@@ -399,6 +436,9 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
         ],
         "sink-alerts": [
             "SELECT * FROM api_keys",
+            "SELECT * FROM reader_keys",
+            "SELECT * FROM reader_key_teams",
+            "DELETE FROM fhir_notifications",
             "DELETE FROM alerts",
             "SELECT * FROM device_patients",
         ],
@@ -417,6 +457,8 @@ async def test_each_process_does_its_job_as_its_login_role_and_nothing_more(
         ],
         "api": [
             READING_SQL,
+            "SELECT * FROM fhir_notifications",
+            "UPDATE fhir_subscriptions SET endpoint = 'http://elsewhere/'",
             "UPDATE alerts SET severity = 'low'",
             "UPDATE news2_scores SET news2 = 0",
             "SELECT * FROM api_keys",

@@ -61,6 +61,12 @@ async def test_metadata_is_a_capability_statement_of_the_search_table(database_u
     assert [(o["name"], o["definition"]) for o in patient_type["operation"]] == [
         ("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything")
     ]
+    # The alerts (test_fhir_subscriptions.py refuses what the DetectedIssue row leaves out).
+    (issue,) = [r for r in rest["resource"] if r["type"] == "DetectedIssue"]
+    assert [p["name"] for p in issue["searchParam"]] == ["patient", "_count", "_cursor"]
+    assert [i["code"] for i in issue["interaction"]] == ["read", "search-type"]
+    (subscription,) = [r for r in rest["resource"] if r["type"] == "Subscription"]
+    assert [i["code"] for i in subscription["interaction"]] == ["create", "read", "delete"]
     # Each parameter claimed to be FHIR's is FHIR's, under its R4 definition.
     r4 = r4_observation_parameters()
     for param in observation["searchParam"]:

@@ -43,16 +43,18 @@ EXPECTED = {
     "processor": ["process"],
     "sink-timescale": ["sink", "timescale"],
     "sink-alerts": ["sink", "alerts"],
+    "sink-fhir-notify": ["sink", "fhir-notify"],
     "topics-create": ["topics", "create"],
     "db-migrate": ["db", "migrate"],
     "db-roles": ["db", "roles"],
 }
 # Compose's `sim` profile only.
 SIMULATION = {"simulator": ["simulate"], "simulator-admin-key": ["admins"]}
-LONG_RUNNING = ["gateway", "api", "processor", "sink-timescale", "sink-alerts"]
-KAFKA_USERS = ["gateway", "processor", "sink-timescale", "sink-alerts"]
+SINKS = ["sink-timescale", "sink-alerts", "sink-fhir-notify"]
+LONG_RUNNING = ["gateway", "api", "processor", *SINKS]
+KAFKA_USERS = ["gateway", "processor", *SINKS]
 # The processes that connect to the database, each as its own login role (LOGINS).
-DATABASE_USERS = ["gateway", "api", "sink-timescale", "sink-alerts"]
+DATABASE_USERS = ["gateway", "api", *SINKS]
 URL = re.compile(r"http://(?:127\.0\.0\.1|localhost):(\d+)(/\w+)")
 
 
@@ -413,6 +415,7 @@ def test_k8s_secrets_come_from_the_secret_and_only_where_used() -> None:
         "api": {"VITALS_DATABASE_URL", "VITALS_API_CURSOR_KEY"},
         "sink-timescale": {"VITALS_DATABASE_URL"},
         "sink-alerts": {"VITALS_DATABASE_URL"},
+        "sink-fhir-notify": {"VITALS_DATABASE_URL"},
         "db-migrate": {"VITALS_DATABASE_URL"},
         "db-roles": {"VITALS_DATABASE_URL", "VITALS_DB_LOGIN_PASSWORDS"},
     }
@@ -486,7 +489,7 @@ def test_k8s_service_pdbs_and_autoscalers_select_the_right_pods() -> None:
         assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"], name
     # Consumers beyond the partition count get no partition.
     assert scaled["vitals-processor"]["spec"]["maxReplicas"] <= partitions
-    for name in ("vitals-sink-timescale", "vitals-sink-alerts"):
+    for name in ("vitals-sink-timescale", "vitals-sink-alerts", "vitals-sink-fhir-notify"):
         assert deployments[name]["spec"]["replicas"] <= partitions, name
 
 

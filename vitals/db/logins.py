@@ -26,6 +26,7 @@ LOGINS = {
     "api": ("vitals_api_login", "vitals_reader"),
     "sink-timescale": ("vitals_sink_timescale_login", "vitals_sink"),
     "sink-alerts": ("vitals_sink_alerts_login", "vitals_sink"),
+    "sink-fhir-notify": ("vitals_sink_fhir_notify_login", "vitals_sink"),
 }
 
 

@@ -1,0 +1,1 @@
+"""`vitals sink fhir-notify`: alert state changes to FHIR Subscription endpoints."""
