@@ -76,6 +76,9 @@ class Processor:
             tick=self.tick,
             tick_interval_s=settings.silence_check_interval_s,
             on_stop=self.checkpoint_all,
+            # Not ready while any assigned partition is restoring or replaying: a rolling
+            # update waits for this pod to watch its patients before taking the next one.
+            ready_if=self.replay.live,
         )
         self.replay.bind(self.loop.consumer)
         self._detections_topic = settings.topic(contract.DETECTIONS)

@@ -356,6 +356,50 @@ async def test_restart_mid_episode_neither_loses_it_nor_opens_it_again(
         assert (replayed, skipped - skipped_before) in {(2, 0), (3, 2)}
 
 
+async def readyz(port: int) -> tuple[int, bytes]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/readyz")
+    return response.status_code, response.content
+
+
+async def test_readiness_is_false_while_a_partition_replays_and_true_once_live(
+    own: Settings,
+) -> None:
+    # Replay-only, so the second instance replays the history below its committed offset.
+    own = own.model_copy(update={"checkpoint_interval_s": 0.0})
+    await send(own, *episode("p-ready", contract.now_ms() - 20 * 60_000))
+    async with processor(own):
+        await all_committed(own)
+
+    port = localinfra.free_port()
+    proc = Processor(own.model_copy(update={"probe_port": port}))
+    replaying, release = asyncio.Event(), asyncio.Event()
+
+    async def held_while_replaying(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
+        if any(p.replaying for p in proc.replay.progress.values()):
+            replaying.set()
+            await release.wait()  # a replay that takes a while
+        return await proc.handle(records)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(proc.loop.run(held_while_replaying, stop))
+    try:
+        await asyncio.wait_for(replaying.wait(), WAIT_S)
+        assert await readyz(port) == (503, b'{"ready":false}')
+        release.set()
+
+        async def ready() -> bool:
+            return (await readyz(port))[0] == 200
+
+        await until(ready, "/readyz once every partition is live")
+        assert not any(p.replaying for p in proc.replay.progress.values())
+        assert proc.replay.progress  # it holds partitions: ready because they are live
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
+
+
 async def test_a_failed_replay_set_up_stops_the_processor(own: Settings) -> None:
     # aiokafka only logs what a rebalance listener raises; the processor must not go on
     # without knowing where to replay from. Here the lookup fails for real: the consumer
