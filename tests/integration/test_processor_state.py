@@ -3,15 +3,18 @@ state older than the replay horizon (a 12-hour episode, a 12-hour silence) survi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
 from processors import checkpoint
+from processors.runner import Processor
 from tests.integration.test_processor import (
     STEP_MS,
     TopicReader,
@@ -25,6 +28,7 @@ from tests.integration.test_processor import (
     spo2,
     wait_for_detection,
 )
+from tests.polling import WAIT_S, until
 from vitals import contract, kafka
 from vitals.contract import Reading, Upload
 from vitals.settings import Settings
@@ -216,3 +220,72 @@ async def test_a_device_silent_for_12_hours_is_still_silent_after_a_restart(
     assert [d.state for d in found] == ["opened", "resolved"]  # not opened a second time
     assert resolved.alert_id == opened.alert_id
     assert opened.episode_start == resolved.episode_start == last
+
+
+class MarkerHeld:
+    """A producer whose next send_and_wait (a round's marker) waits for `go`: the round's
+    patient records are written, its marker not yet."""
+
+    def __init__(self, producer: Any, reached: asyncio.Event, go: asyncio.Event) -> None:
+        self._producer, self._reached, self._go = producer, reached, go
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._producer.send(*args, **kwargs)
+
+    async def send_and_wait(self, *args: Any, **kwargs: Any) -> Any:
+        self._reached.set()
+        await self._go.wait()
+        return await self._producer.send_and_wait(*args, **kwargs)
+
+
+async def test_a_rebalance_in_the_middle_of_a_checkpoint_round_loses_and_repeats_nothing(
+    own: Settings,
+) -> None:
+    own = own.model_copy(update={"checkpoint_interval_s": 1.0})
+    patient = "p-mid-round"
+    start = contract.now_ms() - 20 * 60_000
+    onset, breach, recovery = episode(patient, start)
+    first = Processor(own)
+    assert first.state is not None
+    write = first.state.write
+    reached, go = asyncio.Event(), asyncio.Event()
+    held = False
+
+    async def held_once(producer: Any, partition: int, offset: int, patients: Any) -> None:
+        nonlocal held
+        if patient in patients and not held:  # the first round that holds the episode
+            held = True
+            producer = MarkerHeld(producer, reached, go)
+        await write(producer, partition, offset, patients)
+
+    first.state.write = held_once  # type: ignore[method-assign]
+    stop_first = asyncio.Event()
+    running = asyncio.create_task(first.run(stop_first))
+    try:
+        async with TopicReader(own, contract.DETECTIONS) as reader:
+            await send(own, onset, breach)
+            await wait_for_detection(reader, "spo2_low", "opened")
+            await asyncio.wait_for(reached.wait(), WAIT_S)
+            # Mid-round: a second instance joins the group, and partitions move to it
+            # while the first instance's marker is still held.
+            second = Processor(own)
+            stop_second = asyncio.Event()
+            joining = asyncio.create_task(second.run(stop_second))
+            try:
+                await until(lambda: second.replay.progress, "the second instance's partitions")
+                assert not go.is_set()
+                go.set()
+                await send(own, recovery)
+                await wait_for_detection(reader, "spo2_low", "resolved")
+                await all_committed(own)
+            finally:
+                stop_second.set()
+                await asyncio.wait_for(joining, WAIT_S)
+            found = [d for d in detections(await reader.to_end()) if d.rule == "spo2_low"]
+    finally:
+        go.set()
+        stop_first.set()
+        await asyncio.wait_for(running, WAIT_S)
+
+    assert [d.state for d in found] == ["opened", "resolved"]
+    assert found[0].alert_id == found[1].alert_id
