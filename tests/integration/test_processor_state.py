@@ -289,3 +289,32 @@ async def test_a_rebalance_in_the_middle_of_a_checkpoint_round_loses_and_repeats
 
     assert [d.state for d in found] == ["opened", "resolved"]
     assert found[0].alert_id == found[1].alert_id
+
+
+async def test_a_stop_round_that_cannot_be_written_is_cut_short_and_the_process_stops(
+    own: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With the brokers away an idempotent producer retries for ever; here the round's
+    # first write never returns, as then.
+    own = own.model_copy(update={"checkpoint_interval_s": 60.0, "shutdown_grace_s": 0.5})
+    proc = Processor(own)
+    assert proc.state is not None
+    write = proc.state.write
+    stopping = asyncio.Event()
+
+    async def hangs_at_stop(producer: Any, partition: int, offset: int, patients: Any) -> None:
+        if stopping.is_set():
+            await asyncio.Event().wait()
+        await write(producer, partition, offset, patients)
+
+    proc.state.write = hangs_at_stop  # type: ignore[method-assign]
+    await send(own, spo2("p-stop", contract.now_ms() - 60_000, [97, 97]))
+    stop = asyncio.Event()
+    running = asyncio.create_task(proc.run(stop))
+    await all_committed(own)
+    stopping.set()
+    stop.set()
+    await asyncio.wait_for(running, WAIT_S)  # stopped, not held by the round
+
+    said = [r for r in caplog.records if r.getMessage().startswith("checkpoint at stop cut")]
+    assert said and said[0].levelname == "WARNING"
