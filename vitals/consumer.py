@@ -151,6 +151,10 @@ class ConsumerLoop:
                 RECORDS.labels(self.stage).inc(len(records))
                 BATCH_SIZE.labels(self.stage).observe(len(records))
                 BATCH_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
+                # getmany() returns records already fetched without suspending, and a
+                # batch with nothing to publish or commit (a replay) awaits nothing: yield,
+                # or the heartbeat task starves until the member's session expires.
+                await asyncio.sleep(0)
             if self._tick is not None and time.monotonic() >= next_tick:
                 await self._tick()
                 next_tick = time.monotonic() + self._tick_interval_s
