@@ -112,9 +112,20 @@ class ReplayOnAssign(ConsumerRebalanceListener):
         self.progress: dict[TopicPartition, Progress] = {}
         self.failure: Exception | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._assigned = False  # an assignment was set up (the group joined at least once)
 
     def bind(self, consumer: AIOKafkaConsumer) -> None:
         self._consumer = consumer
+
+    def live(self) -> bool:
+        """Every assigned partition restored and its tail replayed: this member's
+        patients are watched. False before the first assignment and during set-up."""
+        if self._consumer is None or not self._assigned or self.failure is not None:
+            return False
+        progress = self.progress
+        return all(
+            tp in progress and not progress[tp].replaying for tp in self._consumer.assignment()
+        )
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Checkpoint what is live, then drop: the next owner (maybe this one) restores.
@@ -166,6 +177,7 @@ class ReplayOnAssign(ConsumerRebalanceListener):
             log.exception("replay set-up failed")
             self.failure = exc
             return
+        self._assigned = True
         consumer.resume(*assigned)
 
     async def _replay_start(self, tp: TopicPartition, horizon_start: int) -> int:

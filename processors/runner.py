@@ -10,7 +10,7 @@ on live partitions and forgets idle series.
 Checkpoints (state_topic.py) are written between batches, so a round only holds state
 whose detections are acknowledged: every `checkpoint_interval_s` from the tick, for the
 partitions being revoked (unless a batch of theirs is in flight: their last round stays
-good), and on SIGTERM before the group is left.
+good), and on SIGTERM before the group is left (within the shutdown grace).
 """
 
 from __future__ import annotations
@@ -75,7 +75,10 @@ class Processor:
             listener=self.replay,
             tick=self.tick,
             tick_interval_s=settings.silence_check_interval_s,
-            on_stop=self.checkpoint_all,
+            on_stop=self.final_round,
+            # Not ready while any assigned partition is restoring or replaying: a rolling
+            # update waits for this pod to watch its patients before taking the next one.
+            ready_if=self.replay.live,
         )
         self.replay.bind(self.loop.consumer)
         self._detections_topic = settings.topic(contract.DETECTIONS)
@@ -106,6 +109,19 @@ class Processor:
     async def checkpoint_all(self) -> None:
         await self.checkpoint(set(self.replay.progress))
         self._last_round = time.monotonic()
+
+    async def final_round(self) -> None:
+        """The SIGTERM round, bounded by the shutdown grace: with the brokers away an
+        idempotent producer waits for ever. A round cut short leaves each patient's last
+        good record (state_topic.py), so the next owner only replays a longer tail."""
+        try:
+            async with asyncio.timeout(self.settings.shutdown_grace_s):
+                await self.checkpoint_all()
+        except TimeoutError:
+            log.warning(
+                "checkpoint at stop cut short: the last rounds stay",
+                extra={"after_s": self.settings.shutdown_grace_s},
+            )
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
         """Feed a batch; publish its live detections and scores; return the offsets safe

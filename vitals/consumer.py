@@ -67,6 +67,7 @@ class ConsumerLoop:
         tick_interval_s: float = 5.0,
         lag_interval_s: float = 5.0,
         on_stop: Callable[[], Awaitable[None]] | None = None,
+        ready_if: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.stage = stage
@@ -80,6 +81,7 @@ class ConsumerLoop:
         self._last_poll = 0.0
         self._lag_interval_s = lag_interval_s
         self._on_stop = on_stop  # after the last batch, with the producer still up
+        self._ready_if = ready_if  # the stage's own condition for /readyz
         self._done: dict[TopicPartition, int] = {}  # committed here: next offset to read
         self._reported: set[TopicPartition] = set()  # partitions with a lag series
 
@@ -87,7 +89,8 @@ class ConsumerLoop:
         await kafka.park(self.producer, self.settings, self.stage, record, error)
 
     async def ready(self) -> bool:
-        return time.monotonic() - self._last_poll < 30.0
+        polling = time.monotonic() - self._last_poll < 30.0
+        return polling and (self._ready_if is None or self._ready_if())
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -148,6 +151,10 @@ class ConsumerLoop:
                 RECORDS.labels(self.stage).inc(len(records))
                 BATCH_SIZE.labels(self.stage).observe(len(records))
                 BATCH_SECONDS.labels(self.stage).observe(time.perf_counter() - started)
+                # getmany() returns records already fetched without suspending, and a
+                # batch with nothing to publish or commit (a replay) awaits nothing: yield,
+                # or the heartbeat task starves until the member's session expires.
+                await asyncio.sleep(0)
             if self._tick is not None and time.monotonic() >= next_tick:
                 await self._tick()
                 next_tick = time.monotonic() + self._tick_interval_s

@@ -5,6 +5,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import time
+from typing import Any
+
+from prometheus_client import Gauge, Histogram
+
+GC_PAUSE = Histogram(
+    "vitals_gc_pause_seconds",
+    "Cyclic garbage collections: how long each held the process (and its event loop)",
+    ["generation"],
+    buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 1.0, 2.5, 5.0),
+)
+GC_LONGEST = Gauge(
+    "vitals_gc_longest_pause_seconds",
+    "The longest collection since the start: the heartbeat waits behind it",
+)
 
 # The cyclic garbage collector's first generation runs every 700 allocations by default.
 # The processor allocates a state per reading and holds millions of them in its windows,
@@ -19,6 +34,26 @@ def tune_gc() -> None:
     the collector's way for good."""
     gc.set_threshold(GC_FIRST_GENERATION, *gc.get_threshold()[1:])
     gc.freeze()
+    if _time_collection not in gc.callbacks:
+        gc.callbacks.append(_time_collection)
+
+
+_started = 0.0
+_longest = 0.0
+
+
+def _time_collection(phase: str, info: dict[str, Any]) -> None:
+    """Each collection's pause: it runs on the event loop's thread, so a long one delays
+    the consumer's heartbeats (the session must outlast the longest)."""
+    global _started, _longest
+    if phase == "start":
+        _started = time.perf_counter()
+        return
+    pause = time.perf_counter() - _started
+    GC_PAUSE.labels(str(info["generation"])).observe(pause)
+    if pause > _longest:
+        _longest = pause
+        GC_LONGEST.set(pause)
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from tests.conftest import migrated_database
 from tests.support import readapi, secured_gateway
 from tests.support.cli import CLI
 from tests.support.ids import patient, uid
+from tests.support.inprocess import take_first_generation
 from tests.support.readapi import key_loaded, quick, store_open
 from tests.support.secured_gateway import T0, Gateway, issue, secured
 from vitals.settings import Settings
@@ -89,3 +91,17 @@ async def ward(
         "key": key, "principal": f"nurse-{team}", "mine": mine, "theirs": theirs,
         "alert": await store_open(db, mine), "their_alert": await store_open(db, theirs),
     }  # fmt: skip
+
+
+@pytest.fixture
+async def own(settings: Settings) -> Settings:
+    """The test's settings with a processor group of its own and a quick tick (the sink
+    suites have an `own` of their own: their group)."""
+    own = settings.model_copy(
+        update={
+            "processor_group": f"proc-{uuid.uuid4().hex[:8]}",
+            "silence_check_interval_s": 0.5,
+        }
+    )
+    await take_first_generation(own)
+    return own

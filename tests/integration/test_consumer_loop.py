@@ -67,6 +67,47 @@ async def test_a_commit_lost_to_a_rebalance_is_counted_and_the_loop_goes_on(
     assert _lost(stage) == before + 1
 
 
+async def test_the_loop_lets_other_tasks_run_between_batches_of_buffered_records(
+    settings: Settings,
+) -> None:
+    """A replay: batches with nothing to publish or commit, from records already
+    fetched. getmany() then returns without suspending, so without a yield the loop would
+    hold the event loop for the whole buffer and the heartbeat task would starve (the
+    session expired mid-replay at 1,000 patients, and the replay began again)."""
+    loop = ConsumerLoop(
+        settings,
+        stage="test-yield",
+        group_id=f"{settings.topic_prefix}yield",
+        topics=[contract.READINGS],
+        max_records=lambda: 5,
+    )
+    await _produce(settings, 200)
+    turns = 0  # how often another task got the event loop
+    seen_at: list[int] = []
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def replaying(records: Sequence[ConsumerRecord]) -> dict:
+        seen_at.append(turns)
+        return {}  # nothing to commit yet: no await in the batch
+
+    stop = asyncio.Event()
+    other = asyncio.create_task(other_task())
+    task = asyncio.create_task(loop.run(replaying, stop))
+    try:
+        await until(lambda: len(seen_at) >= 40, "the loop to go through the records")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        other.cancel()
+    # Every batch after the first began after the other task had run again.
+    assert all(b > a for a, b in zip(seen_at, seen_at[1:], strict=False)), seen_at
+
+
 def _lag(stage: str, settings: Settings) -> dict[int, float]:
     """The stage's lag series on vitals.readings, by partition."""
     topic = settings.topic(contract.READINGS)

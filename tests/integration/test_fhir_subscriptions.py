@@ -220,8 +220,6 @@ def focus_of(bundle: dict[str, Any]) -> str:
     return next(p["valueReference"]["reference"] for p in event if p["name"] == "focus")
 
 
-
-
 # --- tests --------------------------------------------------------------------------------
 
 

@@ -18,12 +18,13 @@ from aiokafka.structs import ConsumerRecord
 from evaluation.rhythm_validation import synthetic_af
 from processors import state_topic
 from processors.runner import Processor
-from tests.support.inprocess import all_committed, processor, take_first_generation
+from tests.support.episodes import STEP_MS, episode, produce, send, spo2
+from tests.support.inprocess import all_committed, processor
 from tests.support.metrics import sample
-from tests.support.polling import WAIT_S
+from tests.support.polling import WAIT_S, until
 from tests.support.stages import Stages, environment
 from tests.support.topics import TopicReader, detections, wait_for_detection
-from vitals import contract, kafka
+from vitals import contract
 from vitals.catalog import METRICS
 from vitals.contract import Reading, Upload
 from vitals.settings import Settings
@@ -31,75 +32,8 @@ from vitalsctl import localinfra
 
 pytestmark = pytest.mark.integration
 
-STEP_MS = 10_000
-
 
 # --- helpers -------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def own(settings: Settings) -> Settings:
-    """The test's settings with a processor group of its own and a quick tick."""
-    own = settings.model_copy(
-        update={
-            "processor_group": f"proc-{uuid.uuid4().hex[:8]}",
-            "silence_check_interval_s": 0.5,
-        }
-    )
-    await take_first_generation(own)
-    return own
-
-
-def spo2(
-    patient: str,
-    start: int,
-    values: Sequence[float],
-    *,
-    device: str = "oxi-1",
-    received: int | None = None,
-) -> Upload:
-    """One upload of SpO2 readings every 10 s from `start` (ms)."""
-    readings = tuple(Reading("spo2", start + i * STEP_MS, v, "%") for i, v in enumerate(values))
-    return Upload(
-        str(uuid.uuid4()),
-        "gw-test",
-        device,
-        patient,
-        received if received is not None else contract.now_ms(),
-        readings,
-    )
-
-
-async def produce(
-    settings: Settings, messages: Sequence[tuple[bytes, bytes]], timestamp_ms: int | None = None
-) -> None:
-    producer = kafka.producer(settings)
-    await producer.start()
-    try:
-        for key, value in messages:
-            await producer.send_and_wait(
-                settings.topic(contract.READINGS), value, key=key, timestamp_ms=timestamp_ms
-            )
-    finally:
-        await producer.stop()
-
-
-async def send(settings: Settings, *uploads: Upload, timestamp_ms: int | None = None) -> None:
-    await produce(
-        settings,
-        [(u.patient_id.encode(), contract.encode_upload(u)) for u in uploads],
-        timestamp_ms,
-    )
-
-
-def episode(patient: str, start: int, received: int | None = None) -> list[Upload]:
-    """A desaturation as three uploads: onset, 130 s below 90 % (opens), 70 s at 95 %."""
-    low = [86, 85, 84, 85, 86, 85, 87, 86, 85, 84, 85, 86, 85, 86]
-    return [
-        spo2(patient, start, [96, 95, 95], received=received),
-        spo2(patient, start + 3 * STEP_MS, low, received=received),
-        spo2(patient, start + 17 * STEP_MS, [95, 95, 96, 95, 95, 96, 95, 96], received=received),
-    ]
 
 
 # --- tests ---------------------------------------------------------------------------
@@ -227,6 +161,50 @@ async def test_restart_mid_episode_neither_loses_it_nor_opens_it_again(
         assert (replayed, skipped - skipped_before) == (0, 0)
     else:
         assert (replayed, skipped - skipped_before) in {(2, 0), (3, 2)}
+
+
+async def readyz(port: int) -> tuple[int, bytes]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/readyz")
+    return response.status_code, response.content
+
+
+async def test_readiness_is_false_while_a_partition_replays_and_true_once_live(
+    own: Settings,
+) -> None:
+    # Replay-only, so the second instance replays the history below its committed offset.
+    own = own.model_copy(update={"checkpoint_interval_s": 0.0})
+    await send(own, *episode("p-ready", contract.now_ms() - 20 * 60_000))
+    async with processor(own):
+        await all_committed(own)
+
+    port = localinfra.free_port()
+    proc = Processor(own.model_copy(update={"probe_port": port}))
+    replaying, release = asyncio.Event(), asyncio.Event()
+
+    async def held_while_replaying(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
+        if any(p.replaying for p in proc.replay.progress.values()):
+            replaying.set()
+            await release.wait()  # a replay that takes a while
+        return await proc.handle(records)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(proc.loop.run(held_while_replaying, stop))
+    try:
+        await asyncio.wait_for(replaying.wait(), WAIT_S)
+        assert await readyz(port) == (503, b'{"ready":false}')
+        release.set()
+
+        async def ready() -> bool:
+            return (await readyz(port))[0] == 200
+
+        await until(ready, "/readyz once every partition is live")
+        assert not any(p.replaying for p in proc.replay.progress.values())
+        assert proc.replay.progress  # it holds partitions: ready because they are live
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(task, WAIT_S)
 
 
 async def test_a_failed_replay_set_up_stops_the_processor(own: Settings) -> None:

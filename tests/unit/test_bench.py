@@ -180,3 +180,16 @@ def test_the_rebalance_gap_is_the_longest_time_the_commits_did_not_move() -> Non
     assert longest_gap(samples, 0.0, 7.0) == 4.5
     assert longest_gap(samples, 0.0, 2.0) == 1.0  # the window clips the gap
     assert longest_gap([(0.0, 3), (5.0, 3)], 0.0, 5.0) == 5.0  # never moved
+
+
+def test_the_restart_table_sets_the_designs_side_by_side_with_their_ratio() -> None:
+    from bench.restart import table
+
+    rows = [
+        {"design": "checkpointed", "rss_mb": 200.0, "restart_to_ready_s": 3.0},
+        {"design": "replay-only", "rss_mb": None, "restart_to_ready_s": 60.0},
+    ]
+    text = table(rows, 1000, 4_800_000, "1.0 2.0 3.0")
+    assert "| restart_to_ready_s | 3.0 | 60.0 | 0.05 |" in text
+    assert "| rss_mb | 200.0 | – | – |" in text  # not measured for the peer: no ratio
+    assert text.startswith("1,000 patients, 4,800,000 readings")

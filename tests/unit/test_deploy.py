@@ -493,6 +493,26 @@ def test_k8s_service_pdbs_and_autoscalers_select_the_right_pods() -> None:
         assert deployments[name]["spec"]["replicas"] <= partitions, name
 
 
+def test_the_processor_manifest_fits_its_process() -> None:
+    """docs/operations.md, "Sizing the processor": what a restore and replay need."""
+    (deployment,) = [d for d in k8s("Deployment") if component_of(d) == "processor"]
+    spec = deployment["spec"]
+    # One pod at a time, and the next only once this one's partitions are live.
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    pod = spec["template"]["spec"]
+    grace = settings_from(settings_env()).shutdown_grace_s
+    # The SIGTERM checkpoint round and the producer's flush, each bounded by the grace.
+    assert pod["terminationGracePeriodSeconds"] >= 2 * grace + 5
+    (hpa,) = [
+        h
+        for h in k8s("HorizontalPodAutoscaler")
+        if h["metadata"]["name"] == deployment["metadata"]["name"]
+    ]
+    # A replay runs a core flat out: scaling on CPU would answer each rebalance with one.
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Pods"]
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "vitals_consumer_lag"
+
+
 def test_gateway_and_api_serve_the_probe_paths_deploy_uses() -> None:
     from ingest.routes import router
     from readapi.routes import router as api_router
