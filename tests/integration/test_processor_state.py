@@ -14,20 +14,21 @@ import pytest
 from aiokafka import TopicPartition
 
 from processors import checkpoint
+from processors.rules import rules_from_settings
 from processors.runner import Processor
 from tests.support.episodes import STEP_MS, episode, send, spo2
 from tests.support.inprocess import all_committed, processor
 from tests.support.metrics import sample
 from tests.support.polling import WAIT_S, until
-from tests.support.topics import TopicReader, detections, wait_for_detection
+from tests.support.topics import TopicReader, committed_offsets, detections, wait_for_detection
 from vitals import contract, kafka
 from vitals.contract import Reading, Upload
+from vitals.rules_file import DEFAULT_RULES_FILE
 from vitals.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 HOUR_MS = 3_600_000
-BUILT_IN_RULES = Path(__file__).parents[2] / "processors" / "rules.toml"
 
 
 async def latest_state(settings: Settings) -> dict[tuple[int, bytes], bytes | None]:
@@ -98,7 +99,7 @@ async def test_a_checkpoint_that_cannot_be_used_is_said_and_replaced_by_a_full_r
     partition = None if how == "other-rules" else await spoil(own, patient, how)
     if how == "other-rules":  # the same rules, another file: another fingerprint
         edited = tmp_path / "rules.toml"
-        edited.write_text(BUILT_IN_RULES.read_text() + "\n# reviewed again\n")
+        edited.write_text(DEFAULT_RULES_FILE.read_text() + "\n# reviewed again\n")
         own = own.model_copy(update={"rules_file": str(edited)})
     await send(own, spo2(patient, start + 17 * STEP_MS, [85, 86, 84, 85]))
     await send(own, spo2(patient, start + 21 * STEP_MS, [95] * 8))
@@ -125,22 +126,32 @@ async def test_a_checkpoint_that_cannot_be_used_is_said_and_replaced_by_a_full_r
     assert found[1].at == start + 27 * STEP_MS and found[1].value == 84
 
 
+async def commit(settings: Settings, offsets: dict[int, int]) -> None:
+    """Set the processor group's committed offsets, by input partition."""
+    group = kafka.consumer(settings, settings.processor_group)
+    await group.start()
+    try:
+        topic = settings.topic(contract.READINGS)
+        tps = {TopicPartition(topic, p): offset for p, offset in offsets.items()}
+        group.assign(list(tps))  # a manual assignment may commit for its group unjoined
+        await group.commit(tps)
+    finally:
+        await group.stop()
+
+
 async def commit_from_the_start(settings: Settings) -> None:
     """The group committed offset 0 on every partition holding records, as a processor
     that was running before the history arrived: every record is then live, whatever its
     age (a new group would skip what is older than the horizon)."""
-    group = kafka.consumer(settings, settings.processor_group)
-    await group.start()
+    probe = kafka.consumer(settings, None)
+    await probe.start()
     try:
-        tps = [
-            TopicPartition(settings.topic(contract.READINGS), p)
-            for p in range(settings.topic_partitions)
-        ]
-        group.assign(tps)  # a manual assignment may commit for its group without joining
-        ends = await group.end_offsets(tps)
-        await group.commit({tp: 0 for tp, end in ends.items() if end})
+        topic = settings.topic(contract.READINGS)
+        tps = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        ends = await probe.end_offsets(tps)
     finally:
-        await group.stop()
+        await probe.stop()
+    await commit(settings, {tp.partition: 0 for tp, end in ends.items() if end})
 
 
 def low_for_hours(patient: str, start: int, hours: int) -> list[Upload]:
@@ -307,3 +318,80 @@ async def test_a_stop_round_that_cannot_be_written_is_cut_short_and_the_process_
 
     said = [r for r in caplog.records if r.getMessage().startswith("checkpoint at stop cut")]
     assert said and said[0].levelname == "WARNING"
+
+
+async def checkpointed(settings: Settings) -> dict[int, int]:
+    """Each input partition's newest checkpoint offset (its marker's), where not 0."""
+    fingerprint = rules_from_settings(settings).fingerprint
+    state = await latest_state(settings)
+    markers = {p: v for (p, k), v in state.items() if v and k == checkpoint.key(p)}
+    offsets = {p: checkpoint.decode(v, fingerprint).offset for p, v in markers.items()}
+    return {p: offset for p, offset in offsets.items() if offset}
+
+
+async def restarted_to_recover(
+    settings: Settings, recovery: Upload
+) -> tuple[list[contract.Detection], float]:
+    """Start a processor, send the recovery and wait for the resolution: every spo2_low
+    detection on the topic, and how many records the restart replayed."""
+    replayed_before = sample("vitals_processor_replayed_records_total")
+    async with processor(settings), TopicReader(settings, contract.DETECTIONS) as reader:
+        await send(settings, recovery)
+        await wait_for_detection(reader, "spo2_low", "resolved")
+        await all_committed(settings)
+        found = [d for d in detections(await reader.to_end()) if d.rule == "spo2_low"]
+    return found, sample("vitals_processor_replayed_records_total") - replayed_before
+
+
+async def test_a_kill_between_a_checkpoint_and_the_offset_commit_repeats_no_alert(
+    own: Settings,
+) -> None:
+    own = own.model_copy(update={"checkpoint_interval_s": 60.0})
+    onset, breach, recovery = episode("p-kill-before-commit", contract.now_ms() - 20 * 60_000)
+    async with processor(own), TopicReader(own, contract.DETECTIONS) as reader:
+        await send(own, onset, breach)
+        opened = await wait_for_detection(reader, "spo2_low", "opened")
+        await all_committed(own)
+    # Its stop round holds the open episode. A kill -9 after that round and before the
+    # offset commit leaves the group's offset before both records, as set here.
+    rounds = await checkpointed(own)
+    assert list(rounds.values()) == [2]  # one partition: the onset and the breach
+    await commit(own, {p: 0 for p in rounds})
+    assert await committed_offsets(own) == {p: 0 for p in rounds}
+    found, replayed = await restarted_to_recover(own, recovery)
+
+    # The restore sought to the checkpoint, past the committed offset: the two records
+    # were not read again (nothing replayed), the alert was opened once, and the episode
+    # resolves under its id with its worst value.
+    assert replayed == 0
+    assert [d.state for d in found] == ["opened", "resolved"]
+    assert found[1].alert_id == opened.alert_id and found[1].value == 84
+
+
+async def test_an_offset_committed_past_the_last_checkpoint_replays_its_tail_silently(
+    own: Settings,
+) -> None:
+    own = own.model_copy(update={"checkpoint_interval_s": 60.0})
+    onset, breach, recovery = episode("p-commit-before-round", contract.now_ms() - 20 * 60_000)
+    async with processor(own):
+        await send(own, onset)
+        await all_committed(own)
+    # A round holds the onset. A processor without rounds (as one killed after its commit
+    # and before its next round) opens the episode and commits past that round.
+    async with (
+        processor(own.model_copy(update={"checkpoint_interval_s": 0.0})),
+        TopicReader(own, contract.DETECTIONS) as reader,
+    ):
+        await send(own, breach)
+        opened = await wait_for_detection(reader, "spo2_low", "opened")
+        await all_committed(own)
+    rounds = await checkpointed(own)
+    assert list(rounds.values()) == [1]
+    assert await committed_offsets(own) == {p: 2 for p in rounds}
+    found, replayed = await restarted_to_recover(own, recovery)
+
+    # The breach, after the checkpoint and below the committed offset, was replayed
+    # silently: the episode was not opened again, and resolves under its id.
+    assert replayed == 1
+    assert [d.state for d in found] == ["opened", "resolved"]
+    assert found[1].alert_id == opened.alert_id and found[1].value == 84
