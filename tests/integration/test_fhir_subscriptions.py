@@ -84,7 +84,9 @@ class Endpoints:
 async def endpoints() -> AsyncIterator[Endpoints]:
     found = Endpoints()
     app = Starlette(routes=[Route("/hook/{name}", found.receive, methods=["POST"])])
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+    # log_config=None and no log_level: uvicorn would otherwise reconfigure its loggers for
+    # the whole test process (later tests read what the front doors log).
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
     server = uvicorn.Server(config)
     config.timeout_graceful_shutdown = 1
     serving = asyncio.create_task(server.serve())
