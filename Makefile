@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # PGlite with TimescaleDB (WASM) for the TimescaleDB engine check; pinned by its lockfile.
 ENGINE := tests/support/timescale/node_modules/.installed-stamp
 
-.PHONY: install engine console-browser broker faults-report run test test-unit test-integration test-e2e test-faults soak test-containers lint fmt clean
+.PHONY: install engine console-browser broker faults-report screenshots run test test-unit test-integration test-e2e test-faults soak test-containers lint fmt clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,14 @@ test-faults: install broker
 
 faults-report: install
 	$(BIN)/python -m tests.faults.report
+
+## screenshots: publish the console's screenshots of the last browser-test run
+## (.local/console/) into docs/, where the README shows them
+screenshots:
+	cp .local/console/board.png docs/console-board.png
+	cp .local/console/reconnecting.png docs/console-reconnecting.png
+	cp .local/console/console-patient.png docs/console-patient.png
+	cp .local/console/console-burden.png docs/console-burden.png
 
 ## soak: the pipeline under steady load for SOAK_MINUTES (default 10); figures in .local/soak/
 SOAK_MINUTES ?= 10
