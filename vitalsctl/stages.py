@@ -25,7 +25,7 @@ STAGES: dict[str, tuple[str, ...]] = {
 # The data path: what every upload crosses from the gateway to the database and alerts.
 PIPELINE = ("gateway", "processor", "sink-timescale", "sink-alerts")
 # The consumers: each serves /healthz, /readyz and /metrics on VITALS_PROBE_PORT.
-CONSUMERS = ("processor", "sink-timescale", "sink-alerts")
+CONSUMERS = ("processor", "sink-timescale", "sink-alerts", "sink-fhir-notify")
 # No new input first, then the consumers finish their batch and commit.
 STOP_ORDER = (
     "simulator",

@@ -28,6 +28,7 @@ GROUPS = {  # consumer group setting -> the topics it reads
     "processor_group": ("vitals.readings",),
     "sink_group": ("vitals.readings", "vitals.news2"),
     "alerts_group": ("vitals.detections",),
+    "fhir_notify_group": ("vitals.alerts",),
 }
 
 

@@ -19,22 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from vitalsctl import localinfra
+from vitalsctl import localinfra, stages
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
 
 RULES = ("spo2_low", "hr_high", "device_silence")
-PROCESSES = (
-    "simulator",
-    "gateway",
-    "api",
-    "processor",
-    "sink-timescale",
-    "sink-alerts",
-    "sink-fhir-notify",
-)
+PROCESSES = stages.STOP_ORDER  # every stage of the one table, each named as it stops
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-// Debian's Chromium, headless, as every console driver launches it (drive.mjs, live.mjs).
+// Debian's Chromium, headless, as every console driver launches it (drive.mjs, live.mjs, views.mjs).
 import { chromium } from "playwright-core";
 
 export function launch() {

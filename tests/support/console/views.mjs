@@ -1,17 +1,13 @@
 // Drives the console's patient and alarm-burden views in Debian's Chromium, headless, for
 // tests/integration/test_console_views.py, and watches an alert left alone escalate.
 // Usage: node views.mjs <console url> <reader key> <patient id> <left-alone patient>
-//   <dir of the README's screenshots> <dir of the other screenshots>
+//   <dir of the README's screenshots (`make screenshots`)> <dir of the other screenshots>
 // Prints one JSON object of what it saw; exits 1 on a failed step (with the step's name).
-import { chromium } from "playwright-core";
+import { launch } from "./browser.mjs";
 
 const [url, readerKey, patientId, aloneId, shots, scratch] = process.argv.slice(2);
 const seen = {};
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run"],
-});
+const browser = await launch();
 const charts = (page) => page.$$eval("#patient-charts figure", (figures) => figures.map((f) => ({
   caption: f.querySelector("figcaption").textContent,
   lines: f.querySelectorAll("path.line, circle.dot").length,
