@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 # The project against its peers (issue 7): what `make bench` runs.
-PEER_SCENARIOS = ("gateway", "sink", "processor", "e2e", "replay")
+PEER_SCENARIOS = ("gateway", "sink", "processor", "e2e", "replay", "restart")
 # Storage figures (issue 4), run when named: `--only storage export`.
 STORAGE_SCENARIOS = ("storage", "export")
 SCENARIOS = PEER_SCENARIOS + STORAGE_SCENARIOS

@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
-from bench import data, procs
+from bench import data, procs, quix_peer
 from bench.infra import Infra
 from bench.report import Row
 from bench.stats import Summary, Target
@@ -40,19 +40,25 @@ class Drain:
     readings_per_cpu_s: float
 
 
-async def fill(settings: Settings, uploads: int, patients: int) -> dict[TopicPartition, int]:
-    """Create the topics (the input with explicit retention configs, which Quix needs on
-    tansu, and more partitions) and fill the input; returns each partition's end offset."""
-    topic = settings.topic(contract.READINGS)
+async def create_topics(settings: Settings, partitions: int = PARTITIONS) -> None:
+    """The pipeline's topics, the input with explicit retention configs (which Quix needs
+    on tansu) and `partitions` partitions."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
         # retention.bytes too: Quix reads it, and tansu does not report its default.
         configs = {**kafka.topic_configs(settings, contract.READINGS), "retention.bytes": "-1"}
-        await admin.create_topics([NewTopic(topic, PARTITIONS, 1, topic_configs=configs)])
+        topic = NewTopic(settings.topic(contract.READINGS), partitions, 1, topic_configs=configs)
+        await admin.create_topics([topic])
     finally:
         await admin.close()
     await kafka.create_topics(settings)
+
+
+async def fill(settings: Settings, uploads: int, patients: int) -> dict[TopicPartition, int]:
+    """Create the topics and fill the input; returns each partition's end offset."""
+    topic = settings.topic(contract.READINGS)
+    await create_topics(settings)
     producer = kafka.producer(settings, linger_ms=20)
     await producer.start()
     try:
@@ -145,17 +151,12 @@ def _drain(
         if side == "quix":
             started.append(
                 procs.spawn(
-                    [
-                        "bench.quix_peer",
-                        "--bootstrap",
+                    quix_peer.argv(
                         settings.kafka_bootstrap,
-                        "--topic",
                         settings.topic(contract.READINGS),
-                        "--group",
                         group,
-                        "--state-dir",
                         state_dir,
-                    ],
+                    ),
                     env,
                     infra.logs / "quix.log",
                 )

@@ -10,7 +10,17 @@ Stops cleanly on SIGTERM (Quix handles it).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+
+def argv(bootstrap: str, topic: str, group: str, state_dir: Path | str) -> list[str]:
+    """The peer as a child process's `python -m` arguments (bench/procs.py)."""
+    return [
+        "bench.quix_peer",
+        *("--bootstrap", bootstrap, "--topic", topic),
+        *("--group", group, "--state-dir", str(state_dir)),
+    ]
 
 
 def main() -> None:

@@ -16,10 +16,16 @@ each design, on topics and a group of its own (the same history produced again):
    tail replayed), and until the desaturation of a patient uploaded right after the
    start is on vitals.detections.
 
-The designs: checkpointed (VITALS_CHECKPOINT_INTERVAL_S=60) and replay-only (0, the peer:
-the design before issue 19). One run side by side on a shared machine: read the ratios.
+The designs: checkpointed (VITALS_CHECKPOINT_INTERVAL_S=60), replay-only (0, the peer:
+the design before issue 19), and Quix Streams (`bench/quix_peer.py`: RocksDB state with
+changelog topics, its recovery) over the same history, started again twice: with its state
+folder kept (a pod with a persistent volume) and with an empty one (a new pod: recovery
+from the changelog). Quix has no readiness probe and no detector: an upload is sent to
+every partition right after its start, and it is live on a partition once its group
+committed past that upload. One run side by side: read the ratios.
 
-`python -m bench.restart [--patients 1000] [--hours 2.5] [--out bench/results]`
+`python -m bench.restart [--patients 1000] [--hours 2.5] [--designs ...] [--out bench/results]`
+(`python -m bench --only restart` runs it with the other scenarios' report.)
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -39,11 +47,14 @@ from typing import Any
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 
-from bench import data, procs
+from bench import data, processor, procs, quix_peer
 from bench.infra import Infra, infrastructure
 from bench.machine import describe
+from bench.report import Row
 from bench.state import fleet
+from bench.stats import Summary, Target
 from evaluation import population
 from vitals import contract, kafka
 from vitals.contract import Reading, Upload
@@ -52,21 +63,27 @@ from vitals.settings import Settings
 from vitalsctl import localinfra, stages
 
 DESIGNS = {"checkpointed": 60.0, "replay-only": 0.0}
+QUIX = ("quix, state kept", "quix, new pod")
+CHOICES = (*DESIGNS, "quix")
+PARTITIONS = 6
+HOURS = 2.5  # past the 2 h 15 min replay horizon
 GIVE_UP_S = 900.0
+STOPPED = b'"msg":"stopped"'  # the processor's log line once it has left its group
 
 
 def history(patients: int, hours: float) -> list[Upload]:
     """The population's uploads, shifted so that the last arrival is now."""
     uploads = fleet(population.Options(patients=patients, hours=hours))
     shift = contract.now_ms() - max(u.received for u in uploads)
-    return [
-        dataclasses.replace(
+    # In place: at 10,000 patients the history is ~50 M readings, and two copies of it
+    # would not fit beside the broker and the processor.
+    for i, u in enumerate(uploads):
+        uploads[i] = dataclasses.replace(
             u,
             received=u.received + shift,
             readings=tuple(r._replace(t=r.t + shift) for r in u.readings),
         )
-        for u in uploads
-    ]
+    return uploads
 
 
 def desaturation(patient: str) -> Upload:
@@ -119,24 +136,27 @@ def _rss_mb(pid: int) -> float:
     raise InfrastructureError(f"no VmRSS for {pid}")
 
 
-def _stop_timed(proc: subprocess.Popen[bytes], log: Path) -> tuple[float, float]:
-    """SIGTERM; (seconds until "stopped" is logged, seconds until the process is gone)."""
+def _stop_timed(
+    proc: subprocess.Popen[bytes], log: Path, marker: bytes | None = STOPPED
+) -> tuple[float | None, float]:
+    """SIGTERM; (seconds until `marker` is logged, seconds until the process is gone).
+    Quix logs no such line: its first figure is None."""
     size = log.stat().st_size
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     stopped = None
     while proc.poll() is None:
-        if stopped is None:
+        if stopped is None and marker is not None:
             with log.open("rb") as f:
                 f.seek(size)
-                if b'"msg":"stopped"' in f.read():
+                if marker in f.read():
                     stopped = time.monotonic() - sent
         if time.monotonic() - sent > 120:
             proc.kill()
-            raise InfrastructureError("the processor did not exit within 120 s of SIGTERM")
+            raise InfrastructureError(f"{proc.args!r} did not exit within 120 s of SIGTERM")
         time.sleep(0.01)
     gone = time.monotonic() - sent
-    if stopped is None:  # logged in the last few milliseconds
+    if stopped is None and marker is not None:  # logged in the last few milliseconds
         stopped = gone
     return stopped, gone
 
@@ -183,7 +203,7 @@ async def _restart_timed(
 
 def measure(infra: Infra, design: str, uploads: list[Upload], logs: Path) -> dict[str, Any]:
     settings = infra.settings(
-        f"restart-{design}", topic_partitions=6, checkpoint_interval_s=DESIGNS[design]
+        f"restart-{design}", topic_partitions=PARTITIONS, checkpoint_interval_s=DESIGNS[design]
     ).model_copy(update={"log_level": "INFO"})  # its "stopped" line is timed
     asyncio.run(kafka.create_topics(settings))
     asyncio.run(_produce(settings, uploads))
@@ -191,7 +211,8 @@ def measure(infra: Infra, design: str, uploads: list[Upload], logs: Path) -> dic
     env = {**infra.env(settings), "VITALS_PROBE_PORT": str(port)}
     first: dict[str, Any] = dict.fromkeys(FIRST_RUN)
     if DESIGNS[design]:
-        first = _first_run(settings, env, port, logs / f"restart-{design}-1.log")
+        argv = stages.argv("processor")
+        first = _first_run(settings, argv, env, port, logs / f"restart-{design}-1.log")
     else:
         asyncio.run(_commit_the_end(settings))
     second_log = logs / f"restart-{design}-2.log"
@@ -223,9 +244,12 @@ FIRST_RUN = (
 )
 
 
-def _first_run(settings: Settings, env: dict[str, str], port: int, log: Path) -> dict[str, Any]:
-    """Live through the history, then SIGTERM: the FIRST_RUN figures."""
-    proc = procs.spawn(stages.argv("processor"), env, log)
+def _first_run(
+    settings: Settings, argv: list[str], env: dict[str, str], port: int | None, log: Path
+) -> dict[str, Any]:
+    """Live through the history, then SIGTERM: the FIRST_RUN figures (the GC pause from
+    the processor's metrics on `port`; Quix has none)."""
+    proc = procs.spawn(argv, env, log)
     try:
         started = time.monotonic()
         while not asyncio.run(_caught_up(settings)):
@@ -237,18 +261,129 @@ def _first_run(settings: Settings, env: dict[str, str], port: int, log: Path) ->
         through = time.monotonic() - started
         time.sleep(6)  # a tick or two past the end: memory as it stays
         rss = _rss_mb(proc.pid)
-        gc_pause = _metrics(port).get("vitals_gc_longest_pause_seconds", 0.0)
-        stopped, gone = _stop_timed(proc, log)
+        gc_pause = None if port is None else _metrics(port).get("vitals_gc_longest_pause_seconds")
+        stopped, gone = _stop_timed(proc, log, STOPPED if port is not None else None)
     finally:
         localinfra.stop_process(proc)
     values = (
         round(through, 1),
         round(rss, 1),
-        round(1000 * gc_pause, 1),
-        round(stopped, 2),
+        None if gc_pause is None else round(1000 * gc_pause, 1),
+        None if stopped is None else round(stopped, 2),
         round(gone, 2),
     )
     return dict(zip(FIRST_RUN, values, strict=True))
+
+
+def measure_quix(infra: Infra, uploads: list[Upload], logs: Path) -> list[dict[str, Any]]:
+    """Quix Streams through the same history, then started again with its state folder
+    kept and then with an empty one: a row for each restart."""
+    settings = infra.settings("restart-quix", topic_partitions=PARTITIONS)
+    asyncio.run(processor.create_topics(settings, PARTITIONS))
+    asyncio.run(_produce(settings, uploads))
+    env = infra.env(settings)
+    state = Path(tempfile.mkdtemp(prefix="quix-restart-"))
+    topic = settings.topic(contract.READINGS)
+    argv = quix_peer.argv(settings.kafka_bootstrap, topic, settings.processor_group, state)
+    rows = []
+    try:
+        first = _first_run(settings, argv, env, None, logs / "restart-quix-1.log")
+        for n, design in enumerate(QUIX, start=2):
+            if design == "quix, new pod":
+                shutil.rmtree(state)
+                state.mkdir()
+            log = logs / f"restart-quix-{n}.log"
+            proc, live = asyncio.run(_quix_restart_timed(settings, argv, env, log))
+            try:
+                rss = _rss_mb(proc.pid)
+                _, gone = _stop_timed(proc, log, marker=None)
+            finally:
+                localinfra.stop_process(proc)
+            changelog = asyncio.run(_changelog_records(settings))
+            rows.append(
+                {
+                    "design": design,
+                    **(first if n == 2 else dict.fromkeys(FIRST_RUN)),
+                    "rss_after_restart_mb": round(rss, 1),
+                    **live,
+                    "changelog_records": changelog,
+                    "exit_after_sigterm_2_s": round(gone, 2),
+                }
+            )
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    return rows
+
+
+async def _quix_restart_timed(
+    settings: Settings, argv: list[str], env: dict[str, str], log: Path
+) -> tuple[subprocess.Popen[bytes], dict[str, float]]:
+    """Start Quix again and send an upload to every partition at once: seconds until its
+    group committed past the first of them, and past all (every partition live)."""
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.processor_group
+    )
+    await reader.start()  # never subscribes, so never joins: it only reads the commits
+    try:
+        started = time.monotonic()
+        proc = procs.spawn(argv, env, log)
+        sent = await _to_every_partition(settings)
+        first = None
+        while True:
+            if proc.poll() is not None:
+                raise InfrastructureError(f"Quix exited: see {log}")
+            if time.monotonic() - started > GIVE_UP_S:
+                raise InfrastructureError(f"Quix not live {GIVE_UP_S:.0f} s after its restart")
+            live = [tp for tp, at in sent.items() if ((await reader.committed(tp)) or 0) > at]
+            now = time.monotonic() - started
+            if live and first is None:
+                first = now
+            if len(live) == len(sent):
+                return proc, {
+                    "restart_to_first_partition_live_s": round(first or now, 1),
+                    "restart_to_ready_s": round(now, 1),
+                }
+            await asyncio.sleep(0.1)
+    finally:
+        await reader.stop()
+
+
+async def _to_every_partition(settings: Settings) -> dict[TopicPartition, int]:
+    """An upload on every partition of the readings topic; the offset each got."""
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        topic = settings.topic(contract.READINGS)
+        sent = {}
+        for partition in sorted(await producer.partitions_for(topic)):
+            upload = desaturation(f"p-injected-{partition}-{uuid.uuid4().hex[:6]}")
+            value = contract.encode_upload(upload)
+            key = upload.patient_id.encode()
+            meta = await producer.send_and_wait(topic, value, key=key, partition=partition)
+            sent[TopicPartition(topic, partition)] = meta.offset
+        return sent
+    finally:
+        await producer.stop()
+
+
+async def _changelog_records(settings: Settings) -> int:
+    """Records in Quix's changelog topics for this group: what a new pod reads back."""
+    consumer = kafka.consumer(settings, group_id=None)
+    await consumer.start()
+    try:
+        names = [
+            t
+            for t in await consumer.topics()
+            if t.startswith("changelog__") and settings.processor_group in t
+        ]
+        if not names:
+            raise InfrastructureError("Quix made no changelog topic for the group")
+        tps = [tp for t in names for tp in await kafka.partitions(consumer, t)]
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+        return sum(ends[tp] - starts[tp] for tp in tps)
+    finally:
+        await consumer.stop()
 
 
 async def _commit_the_end(settings: Settings) -> None:
@@ -262,72 +397,168 @@ async def _commit_the_end(settings: Settings) -> None:
         await group.stop()
 
 
+COLUMNS = ("checkpointed", "replay-only", *QUIX)
+
+
 def table(rows: list[dict[str, Any]], patients: int, readings: int, load: str) -> str:
+    """Markdown: a column a design, and checkpointed ÷ each peer that restarts from nothing
+    kept locally (replay-only, Quix in a new pod)."""
     by = {r["design"]: r for r in rows}
-    by = {d: by.get(d, {}) for d in DESIGNS}
+    columns = [c for c in COLUMNS if c in by]
+    peers = [c for c in ("replay-only", "quix, new pod") if c in by]
     lines = [
         f"{patients:,} patients, {readings:,} readings in the history; load before: {load}",
         "",
-        "| measure | checkpointed | replay-only (peer) | ratio |",
-        "|---|---|---|---|",
+        "| measure | " + " | ".join(columns) + "".join(f" | ÷ {p}" for p in peers) + " |",
+        "|---" * (1 + len(columns) + len(peers)) + "|",
     ]
     keys = dict.fromkeys(k for r in rows for k in r if k != "design")
     for key in keys:
-        ours, peer = by["checkpointed"].get(key), by["replay-only"].get(key)
-        if isinstance(ours, str) or isinstance(peer, str):  # an error
-            lines.append(f"| {key} | {ours or '–'} | {peer or '–'} | – |")
-            continue
-        ratio = f"{ours / peer:.2f}" if ours is not None and peer else "–"
-        lines.append(f"| {key} | {_cell(ours)} | {_cell(peer)} | {ratio} |")
+        cells = [by[c].get(key) for c in columns]
+        ours = by.get("checkpointed", {}).get(key)
+        ratios = [_ratio(ours, by[p].get(key)) for p in peers]
+        lines.append(f"| {key} | " + " | ".join(map(_cell, cells + ratios)) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: float | None) -> str:
-    return "–" if value is None else f"{value:,}"
+def _ratio(ours: Any, peer: Any) -> str | None:
+    if isinstance(ours, int | float) and isinstance(peer, int | float) and peer:
+        return f"{ours / peer:.3f}"
+    return None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    return value if isinstance(value, str) else f"{value:,}"
+
+
+def run(
+    infra: Infra, designs: list[str], uploads: list[Upload], logs: Path
+) -> list[dict[str, Any]]:
+    """Each design's figures, one after the other on `infra`; a design that fails gives
+    a row with its error, and the others still count."""
+    rows: list[dict[str, Any]] = []
+    for design in designs:
+        try:
+            if design == "quix":
+                found = measure_quix(infra, uploads, logs)
+            else:
+                found = [measure(infra, design, uploads, logs)]
+        except InfrastructureError as exc:
+            found = [{"design": design, "error": str(exc)}]
+        for row in found:
+            print(orjson.dumps(row).decode(), flush=True)
+        rows += found
+    return rows
+
+
+def report_rows(rows: list[dict[str, Any]], patients: int) -> list[Row]:
+    """The figures `python -m bench` reports (bench/report.py), against the peers."""
+    by = {r["design"]: r for r in rows if "error" not in r}
+    ours = by.get("checkpointed")
+    if ours is None:
+        return []
+    note = f"{patients:,} patients, {HOURS} h of history, {PARTITIONS} partitions"
+
+    def row(key: str, measure: str, peer: str, name: str, **kw: Any) -> Row | None:
+        value, other = ours.get(key), by.get(peer, {}).get(key)
+        if value is None:
+            return None
+        return Row(
+            "restart",
+            measure,
+            "s",
+            Summary((value,)),
+            None if other is None else Summary((other,)),
+            name if other is not None else "",
+            **kw,
+        )
+
+    found = [
+        row(
+            "restart_to_ready_s",
+            "restart → every partition live",
+            "replay-only",
+            "replay-only",
+            target=Target("below", 10.0),
+            note=note,
+        ),
+        row(
+            "restart_to_ready_s",
+            "restart → every partition live, vs Quix Streams in a new pod",
+            "quix, new pod",
+            "Quix Streams (changelog recovery)",
+        ),
+        row(
+            "restart_to_ready_s",
+            "restart → every partition live, vs Quix Streams with its state kept",
+            "quix, state kept",
+            "Quix Streams (local RocksDB)",
+        ),
+        row(
+            "restart_to_detection_s",
+            "restart → detection of an event sent right after",
+            "replay-only",
+            "replay-only",
+        ),
+        row("exit_after_sigterm_s", "SIGTERM → process gone", "quix, state kept", "Quix Streams"),
+    ]
+    if ours.get("rss_mb") is not None:
+        kb = 1024 * ours["rss_mb"] / patients
+        found.append(Row("restart", "processor RSS per patient, live", "KB", Summary((kb,))))
+    return [r for r in found if r is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.restart", description=__doc__)
     parser.add_argument("--patients", type=int, default=1000)
-    parser.add_argument("--hours", type=float, default=2.5)
-    parser.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(DESIGNS))
+    parser.add_argument("--hours", type=float, default=HOURS)
+    parser.add_argument("--designs", nargs="+", choices=CHOICES, default=list(CHOICES))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--logs", type=Path, default=Path(".local") / "bench-restart")
     args = parser.parse_args(argv)
-    logs = Path(".local") / "bench-restart"
+    logs = args.logs
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     made = time.monotonic()
     uploads = history(args.patients, args.hours)
     readings = sum(len(u.readings) for u in uploads)
     print(f"history: {len(uploads):,} uploads, {readings:,} readings "
           f"({time.monotonic() - made:.0f} s to make)", flush=True)  # fmt: skip
-    rows = []
     with infrastructure(logs) as infra:
-        for design in args.designs:
-            try:
-                row = measure(infra, design, uploads, logs)
-            except InfrastructureError as exc:  # the other design's figures still count
-                row = {"design": design, "error": str(exc)}
-            print(orjson.dumps(row).decode(), flush=True)
-            rows.append(row)
+        rows = run(infra, args.designs, uploads, logs)
         broker = infra.broker
-    args.out.mkdir(parents=True, exist_ok=True)
+    print(write(args.out, broker, load, args.patients, args.hours, readings, rows))
+    return 0
+
+
+def write(
+    out: Path,
+    broker: str,
+    load: str,
+    patients: int,
+    hours: float,
+    readings: int,
+    rows: list[dict[str, Any]],
+) -> str:
+    """restart-<stamp>.json and .md under `out`; returns the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     doc = {
         "broker": broker,
         "machine": describe(),
         "load_before": load,
-        "patients": args.patients,
-        "hours": args.hours,
+        "patients": patients,
+        "hours": hours,
         "readings": readings,
         "rows": rows,
     }
-    (args.out / f"restart-{stamp}.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-    text = f"# Processor restart, checkpointed vs replay-only ({stamp})\n\n" + table(
-        rows, args.patients, readings, load
+    (out / f"restart-{stamp}.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    text = f"# Processor restart, checkpointed vs its peers ({stamp})\n\n" + table(
+        rows, patients, readings, load
     )
-    (args.out / f"restart-{stamp}.md").write_text(text)
-    print(text)
-    return 0
+    (out / f"restart-{stamp}.md").write_text(text)
+    return text
 
 
 if __name__ == "__main__":

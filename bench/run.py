@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -24,6 +25,7 @@ from bench import (
     processor,
     profile,
     replay,
+    restart,
     sink,
     storage,
 )
@@ -46,6 +48,7 @@ class Plan:
     e2e_reps: int
     storage_rows: int
     export_rows: tuple[int, ...]
+    restart_patients: int  # 2.5 h of `vitals burden`'s population each (bench/restart.py)
 
 
 PLANS = {
@@ -61,6 +64,7 @@ PLANS = {
         # shared_buffers (128 MB): the load runs past the buffer cache, as a sink's does.
         storage_rows=2_000_000,
         export_rows=(100_000, 1_000_000, 3_000_000),
+        restart_patients=1_000,
     ),
     "quick": Plan(
         reps=2,
@@ -72,6 +76,7 @@ PLANS = {
         e2e_reps=1,
         storage_rows=200_000,
         export_rows=(10_000, 100_000, 300_000),
+        restart_patients=200,
     ),
 }
 
@@ -107,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
     logs = Path(".local") / "bench"
     shutil.rmtree(logs, ignore_errors=True)
     parts = [
-        p for p in ("gateway", "sink", "processor", "e2e", "storage", "export") if p in args.only
+        p
+        for p in ("gateway", "sink", "processor", "e2e", "restart", "storage", "export")
+        if p in args.only
     ]
     # Parts done, their rate and the time left, on a terminal (vitals/progress.py).
     with infrastructure(logs) as infra, progress.bar("bench", len(parts), "parts") as steps:
@@ -135,6 +142,19 @@ def run(args: argparse.Namespace) -> int:
             _say("end to end: POST -> alert at a fixed offered load")
             results.rows += e2e.run(infra, plan.e2e, plan.e2e_reps)
             results.rows += hop.run(infra.settings("hop"), reps)
+            steps.update(1)
+        if "restart" in args.only:
+            patients = plan.restart_patients
+            _say(f"restart: {patients:,} patients, checkpointed vs replay-only vs Quix Streams")
+            uploads = restart.history(patients, restart.HOURS)
+            load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+            found = restart.run(infra, list(restart.CHOICES), uploads, logs)
+            readings = sum(len(u.readings) for u in uploads)
+            del uploads  # ~5 M readings at 1,000 patients: not kept through the later parts
+            restart.write(out, infra.broker, load, patients, restart.HOURS, readings, found)
+            results.rows += restart.report_rows(found, patients)
+            failed = [r for r in found if "error" in r]
+            results.notes += [f"restart, {r['design']}: {r['error']}" for r in failed]
             steps.update(1)
         if "storage" in args.only:
             _say(f"storage: {storage_rows:,} readings, sink's writer vs raw COPY; sizes")

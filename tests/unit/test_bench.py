@@ -190,6 +190,44 @@ def test_the_restart_table_sets_the_designs_side_by_side_with_their_ratio() -> N
         {"design": "replay-only", "rss_mb": None, "restart_to_ready_s": 60.0},
     ]
     text = table(rows, 1000, 4_800_000, "1.0 2.0 3.0")
-    assert "| restart_to_ready_s | 3.0 | 60.0 | 0.05 |" in text
+    assert "| measure | checkpointed | replay-only | ÷ replay-only |" in text
+    assert "| restart_to_ready_s | 3.0 | 60.0 | 0.050 |" in text
     assert "| rss_mb | 200.0 | – | – |" in text  # not measured for the peer: no ratio
     assert text.startswith("1,000 patients, 4,800,000 readings")
+
+
+def test_the_restart_table_gives_quix_its_columns_and_keeps_a_failed_design_in_view() -> None:
+    from bench.restart import table
+
+    rows = [
+        {"design": "checkpointed", "restart_to_ready_s": 3.0, "restart_to_detection_s": 3.1},
+        {"design": "replay-only", "error": "no detection 900 s after restart"},
+        {"design": "quix, state kept", "restart_to_ready_s": 2.0},
+        {"design": "quix, new pod", "restart_to_ready_s": 30.0, "changelog_records": 12_000},
+    ]
+    text = table(rows, 1000, 1, "0")
+    header = "| measure | checkpointed | replay-only | quix, state kept | quix, new pod "
+    assert header + "| ÷ replay-only | ÷ quix, new pod |" in text
+    assert "| restart_to_ready_s | 3.0 | – | 2.0 | 30.0 | – | 0.100 |" in text
+    assert "| error | – | no detection 900 s after restart | – | – | – | – |" in text
+    assert "| changelog_records | – | – | – | 12,000 | – | – |" in text
+
+
+def test_the_restart_report_rows_compare_with_each_peer_and_leave_out_what_failed() -> None:
+    from bench.restart import report_rows
+
+    rows = [
+        {"design": "checkpointed", "restart_to_ready_s": 3.0, "restart_to_detection_s": 3.5,
+         "exit_after_sigterm_s": 2.0, "rss_mb": 200.0},
+        {"design": "replay-only", "error": "the processor exited"},
+        {"design": "quix, state kept", "restart_to_ready_s": 1.5, "exit_after_sigterm_s": 4.0},
+        {"design": "quix, new pod", "restart_to_ready_s": 60.0},
+    ]  # fmt: skip
+    found = {r.measure: r for r in report_rows(rows, patients=1000)}
+    live = found["restart → every partition live"]
+    assert live.peer is None and live.target_met is True  # 3 s, below the 10 s asked
+    assert found["restart → every partition live, vs Quix Streams in a new pod"].ratio == 0.05
+    assert found["restart → every partition live, vs Quix Streams with its state kept"].ratio == 2
+    assert found["SIGTERM → process gone"].ratio == 0.5
+    assert round(found["processor RSS per patient, live"].project.median, 1) == 204.8
+    assert report_rows([{"design": "checkpointed", "error": "x"}], patients=10) == []
