@@ -22,6 +22,10 @@ CHECKPOINTS = Counter(
     "vitals_processor_checkpoints_total",
     "Checkpoint rounds written to vitals.processor-state (one per partition)",
 )
+CHECKPOINT_RECORDS_READ = Counter(
+    "vitals_processor_checkpoint_records_read_total",
+    "Records of vitals.processor-state read to restore partitions (offsets spanned)",
+)
 REPLAYING = Gauge("vitals_processor_replaying_partitions", "Partitions still replaying")
 SKIPPED = Counter(
     "vitals_processor_skipped_records_total", "Records not fed to the detectors", ["reason"]

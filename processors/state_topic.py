@@ -9,19 +9,27 @@ and patients are independent in the engine. So a round cut short by a crash or a
 leaves records of two rounds, each still true for its patient: the restore replays from the
 oldest offset and feeds each patient only the records after its own (`Restored.since`). A
 patient without a record had no state at the marker's offset.
+
+The marker also holds where its round began on this topic, so a restore finds the last
+marker near the end and reads from its round on: one round or two, however many rounds
+the partition holds. Compaction keeps only each key's latest record, but the broker
+compacts closed segments only, and late (by default a segment closes at 1 GiB or after a
+week): reading from the beginning would read every round since, past the restore's bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from processors import checkpoint
+from processors import checkpoint, metrics
 from processors.checkpoint import CheckpointError
 from processors.engine import PatientState
 from vitals import contract, kafka
@@ -32,6 +40,10 @@ log = logging.getLogger(__name__)
 # How long an assignment may spend reading one partition's checkpoint: three partitions
 # of them stay within the consumers' session (10 s).
 RESTORE_TIMEOUT_S = 3.0
+# Records read back from the end at first when looking for the last marker: a round ends
+# with its marker and a few tombstones; the window grows fourfold until a marker is in it.
+MARKER_WINDOW = 16
+NO_RECORD = -1  # in a marker: its round wrote no patient record, it begins at the marker
 
 
 @dataclass(slots=True)
@@ -124,8 +136,9 @@ class StateTopic:
             )
             for patient_id, state in patients.items()
         ]
-        await asyncio.gather(*sent)
-        marker = checkpoint.encode(offset, self.fingerprint)
+        written = await asyncio.gather(*sent)
+        first = min((meta.offset for meta in written), default=NO_RECORD)
+        marker = checkpoint.encode(offset, self.fingerprint, first)
         await producer.send_and_wait(
             self.topic, marker, key=checkpoint.key(partition), partition=partition
         )
@@ -154,16 +167,52 @@ class StateTopic:
             self._started = True
         tp = TopicPartition(self.topic, partition)
         self._reader.assign([tp])
-        await self._reader.seek_to_beginning(tp)
+        begin = (await self._reader.beginning_offsets([tp]))[tp]
         end = (await self._reader.end_offsets([tp]))[tp]
+        start = await self._last_round_start(tp, begin, end)
         latest: dict[bytes, bytes] = {}
+        async for record in self._records(tp, start, end):
+            if record.key is None:
+                continue
+            if record.value is None:
+                latest.pop(record.key, None)
+            else:
+                latest[record.key] = record.value
+        metrics.CHECKPOINT_RECORDS_READ.inc(end - start)
+        return latest
+
+    async def _last_round_start(self, tp: TopicPartition, begin: int, end: int) -> int:
+        """Where the round of the partition's last marker began; `begin` when there is no
+        marker, it cannot be read here, or it predates markers that say (load() then
+        reads everything and judges as before)."""
+        marker_key = checkpoint.key(tp.partition)
+        window = MARKER_WINDOW
+        while True:
+            at = max(begin, end - window)
+            marker = None
+            async for record in self._records(tp, at, end):
+                if record.key == marker_key:
+                    marker = record
+            if marker is not None:
+                if marker.value is None:  # the marker deleted: no checkpoint
+                    return begin
+                try:
+                    first = checkpoint.decode(marker.value, self.fingerprint).state
+                except CheckpointError:
+                    return begin
+                if not isinstance(first, int):
+                    return begin
+                metrics.CHECKPOINT_RECORDS_READ.inc(end - at)
+                return marker.offset if first == NO_RECORD else first
+            if at == begin:
+                return begin
+            window *= 4
+
+    async def _records(self, tp: TopicPartition, start: int, end: int) -> AsyncIterator[Any]:
+        """The partition's records from `start` up to `end`."""
+        self._reader.seek(tp, start)
         while await self._reader.position(tp) < end:
             batch = await self._reader.getmany(tp, timeout_ms=1_000)
             for record in batch.get(tp, []):
-                if record.key is None:
-                    continue
-                if record.value is None:
-                    latest.pop(record.key, None)
-                else:
-                    latest[record.key] = record.value
-        return latest
+                if record.offset < end:
+                    yield record

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from processors import checkpoint
+from processors import checkpoint, state_topic
 from processors.rules import rules_from_settings
 from processors.runner import Processor
+from processors.state_topic import StateTopic
 from tests.support.episodes import STEP_MS, episode, send, spo2
 from tests.support.inprocess import all_committed, processor
 from tests.support.metrics import sample
@@ -395,3 +396,57 @@ async def test_an_offset_committed_past_the_last_checkpoint_replays_its_tail_sil
     assert replayed == 1
     assert [d.state for d in found] == ["opened", "resolved"]
     assert found[1].alert_id == opened.alert_id and found[1].value == 84
+
+
+async def test_a_restore_reads_the_last_round_not_every_round_the_partition_holds(
+    own: Settings,
+) -> None:
+    """The broker compacts closed segments only, so a state partition holds every round
+    of the last hours: a restore that read them all would outgrow its 3 s bound within
+    the hour at fleet size. It reads back from the end to the last marker, then from
+    where that marker's round began. A marker of before (no position) is read from the
+    beginning, as then."""
+    own = own.model_copy(update={"checkpoint_interval_s": 0.05})
+    patient = f"p-rounds-{uuid.uuid4().hex[:6]}"
+    rounds_before = sample("vitals_processor_checkpoints_total")
+    async with processor(own):
+        await send(own, spo2(patient, contract.now_ms() - 60_000, [96, 97, 96, 95]))
+        await all_committed(own)
+        await until(
+            lambda: sample("vitals_processor_checkpoints_total") - rounds_before >= 60,
+            "sixty checkpoint rounds",
+        )
+    state = await latest_state(own)
+    ((partition, _),) = [k for k, v in state.items() if v and k[1].endswith(patient.encode())]
+    tp = TopicPartition(own.topic(contract.PROCESSOR_STATE), partition)
+    async with TopicReader(own, contract.PROCESSOR_STATE) as reader:
+        held = (await reader.consumer.end_offsets([tp]))[tp]
+        held -= (await reader.consumer.beginning_offsets([tp]))[tp]
+    committed = (await committed_offsets(own))[partition]
+
+    rules = rules_from_settings(own)
+    topic = StateTopic(own, rules.fingerprint)
+    try:
+        read_before = sample("vitals_processor_checkpoint_records_read_total")
+        restored = await topic.load(partition)
+        read = sample("vitals_processor_checkpoint_records_read_total") - read_before
+        assert restored is not None and patient in restored.patients
+        # The last round (the stop's): the state as of the committed offset.
+        assert restored.marker == restored.since[patient] == committed
+        assert held >= 20 * 2  # twenty rounds or more of a record and a marker
+        assert read <= state_topic.MARKER_WINDOW + 4, (read, held)
+
+        # A marker as written before markers held their round's position.
+        await put_state(
+            own,
+            partition,
+            checkpoint.key(partition),
+            checkpoint.encode(committed, rules.fingerprint),
+        )
+        read_before = sample("vitals_processor_checkpoint_records_read_total")
+        restored = await topic.load(partition)
+        read = sample("vitals_processor_checkpoint_records_read_total") - read_before
+        assert restored is not None and restored.since[patient] == committed
+        assert read >= held  # the whole partition, as before
+    finally:
+        await topic.stop()
