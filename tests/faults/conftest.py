@@ -87,7 +87,15 @@ async def fault_settings(broker: Broker, postgres: PrivatePostgres) -> Settings:
 @pytest.fixture(scope="session")
 def stages(fault_settings: Settings, fault_logs: Path) -> Iterator[Stages]:
     s = fault_settings
-    env = environment(s.kafka_bootstrap, s.database_url, s.topic_prefix, s.gateway_port)
+    # Checkpoint rounds every 2 s (60 s in production): every processor scenario then
+    # crosses rounds, and its restarts restore from them as production's do.
+    env = environment(
+        s.kafka_bootstrap,
+        s.database_url,
+        s.topic_prefix,
+        s.gateway_port,
+        VITALS_CHECKPOINT_INTERVAL_S="2",
+    )
     st = Stages(env, fault_logs, s.gateway_port)
     try:
         st.ensure(BASELINE)

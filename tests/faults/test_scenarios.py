@@ -33,6 +33,7 @@ SCENARIOS += [
     "kill -9 gateway",
     "kill -9 processor (alone)",
     "kill -9 processor (second instance running)",
+    "kill -9 processor right after a checkpoint round",
     "kill -9 sink timescale",
     "kill -9 sink alerts",
     "broker frozen 5 s",
@@ -98,6 +99,59 @@ async def test_processor_killed_mid_episode(
     )
     verdict, _ = await run(name, text, pipeline, fault_settings, alert_topic, inject)
     assert_kept(verdict)
+
+
+async def test_processor_killed_right_after_a_checkpoint_round(
+    pipeline: Stages, fault_settings: Settings, alert_topic: TopicReader
+) -> None:
+    """SIGKILL the moment a checkpoint round reaches the state topic, the episodes open:
+    the restart must restore every partition from the checkpoints (not replay the
+    horizon), replay the tail after them, and lose or repeat no alert. A round covers a
+    partition only when no batch of it is in flight, so its offset is already committed:
+    the order "checkpoint ahead of the commit" does not arise from a kill here, and
+    tests/integration/test_processor_state.py sets it up exactly instead."""
+    restarted: list[datetime] = []
+
+    async def inject() -> float:
+        await after(4)  # the desaturations are open by now
+        await next_checkpoint_round(fault_settings, timeout_s=30)
+        await in_thread(pipeline.kill, "processor")
+        await after(1)
+        restarted.append(datetime.now(UTC))
+        return await restart(pipeline, "processor")
+
+    verdict, _ = await run(
+        "kill -9 processor right after a checkpoint round",
+        "processor SIGKILL as soon as a checkpoint round (every 2 s) is on the state topic,"
+        " 4 s into the load; restarted 1 s later, restoring from it",
+        pipeline,
+        fault_settings,
+        alert_topic,
+        inject,
+    )
+    restored = restored_since(pipeline, "processor", restarted[0])
+    if restored != {True}:
+        verdict.problems.append(f"partitions assigned after the restart, restored: {restored}")
+    assert_kept(verdict)
+
+
+async def next_checkpoint_round(settings: Settings, timeout_s: float) -> None:
+    """Returns once a record newer than now is on the processor's state topic."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = await kafka.partitions(consumer, settings.topic(contract.PROCESSOR_STATE))
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)  # the end as of now, before the next round
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any((await consumer.getmany(timeout_ms=50)).values()):
+                return
+        raise AssertionError(f"no checkpoint round within {timeout_s:.0f} s")
+    finally:
+        await consumer.stop()
 
 
 @pytest.mark.parametrize("sink", ["sink-timescale", "sink-alerts"])
@@ -349,13 +403,22 @@ async def test_rebalance_during_open_episodes(
 
 def assigned_since(pipeline: Stages, name: str, since: datetime) -> set[int]:
     """The partitions a processor logged as assigned to it since `since` (replay.py)."""
+    return {line["partition"] for line in _assignments(pipeline, name, since)}
+
+
+def restored_since(pipeline: Stages, name: str, since: datetime) -> set[bool]:
+    """Whether each assignment since `since` was restored from a checkpoint (replay.py)."""
+    return {line["restored"] for line in _assignments(pipeline, name, since)}
+
+
+def _assignments(pipeline: Stages, name: str, since: datetime) -> list[dict]:
     log = pipeline.logs / f"{name}.log"
     lines = log.read_text().splitlines() if log.exists() else []
-    return {
-        line["partition"]
+    return [
+        line
         for line in map(orjson.loads, filter(lambda text: text.startswith("{"), lines))
         if line.get("msg") == "partition assigned" and datetime.fromisoformat(line["ts"]) >= since
-    }
+    ]
 
 
 async def _redeliver(settings: Settings, topic: str, prefix: str) -> int:
