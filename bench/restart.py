@@ -201,9 +201,11 @@ async def _restart_timed(
         await detections.stop()
 
 
-def measure(infra: Infra, design: str, uploads: list[Upload], logs: Path) -> dict[str, Any]:
+def measure(
+    infra: Infra, design: str, uploads: list[Upload], logs: Path, partitions: int = PARTITIONS
+) -> dict[str, Any]:
     settings = infra.settings(
-        f"restart-{design}", topic_partitions=PARTITIONS, checkpoint_interval_s=DESIGNS[design]
+        f"restart-{design}", topic_partitions=partitions, checkpoint_interval_s=DESIGNS[design]
     ).model_copy(update={"log_level": "INFO"})  # its "stopped" line is timed
     asyncio.run(kafka.create_topics(settings))
     asyncio.run(_produce(settings, uploads))
@@ -275,11 +277,13 @@ def _first_run(
     return dict(zip(FIRST_RUN, values, strict=True))
 
 
-def measure_quix(infra: Infra, uploads: list[Upload], logs: Path) -> list[dict[str, Any]]:
+def measure_quix(
+    infra: Infra, uploads: list[Upload], logs: Path, partitions: int = PARTITIONS
+) -> list[dict[str, Any]]:
     """Quix Streams through the same history, then started again with its state folder
     kept and then with an empty one: a row for each restart."""
-    settings = infra.settings("restart-quix", topic_partitions=PARTITIONS)
-    asyncio.run(processor.create_topics(settings, PARTITIONS))
+    settings = infra.settings("restart-quix", topic_partitions=partitions)
+    asyncio.run(processor.create_topics(settings, partitions))
     asyncio.run(_produce(settings, uploads))
     env = infra.env(settings)
     state = Path(tempfile.mkdtemp(prefix="quix-restart-"))
@@ -400,14 +404,21 @@ async def _commit_the_end(settings: Settings) -> None:
 COLUMNS = ("checkpointed", "replay-only", *QUIX)
 
 
-def table(rows: list[dict[str, Any]], patients: int, readings: int, load: str) -> str:
+def table(
+    rows: list[dict[str, Any]],
+    patients: int,
+    readings: int,
+    load: str,
+    partitions: int = PARTITIONS,
+) -> str:
     """Markdown: a column a design, and checkpointed ÷ each peer that restarts from nothing
     kept locally (replay-only, Quix in a new pod)."""
     by = {r["design"]: r for r in rows}
     columns = [c for c in COLUMNS if c in by]
     peers = [c for c in ("replay-only", "quix, new pod") if c in by]
     lines = [
-        f"{patients:,} patients, {readings:,} readings in the history; load before: {load}",
+        f"{patients:,} patients, {readings:,} readings in the history, {partitions} partitions;"
+        f" load before: {load}",
         "",
         "| measure | " + " | ".join(columns) + "".join(f" | ÷ {p}" for p in peers) + " |",
         "|---" * (1 + len(columns) + len(peers)) + "|",
@@ -434,7 +445,11 @@ def _cell(value: Any) -> str:
 
 
 def run(
-    infra: Infra, designs: list[str], uploads: list[Upload], logs: Path
+    infra: Infra,
+    designs: list[str],
+    uploads: list[Upload],
+    logs: Path,
+    partitions: int = PARTITIONS,
 ) -> list[dict[str, Any]]:
     """Each design's figures, one after the other on `infra`; a design that fails gives
     a row with its error, and the others still count."""
@@ -442,9 +457,9 @@ def run(
     for design in designs:
         try:
             if design == "quix":
-                found = measure_quix(infra, uploads, logs)
+                found = measure_quix(infra, uploads, logs, partitions)
             else:
-                found = [measure(infra, design, uploads, logs)]
+                found = [measure(infra, design, uploads, logs, partitions)]
         except InfrastructureError as exc:
             found = [{"design": design, "error": str(exc)}]
         for row in found:
@@ -517,6 +532,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--designs", nargs="+", choices=CHOICES, default=list(CHOICES))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--logs", type=Path, default=Path(".local") / "bench-restart")
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=PARTITIONS,
+        help="of the readings (and so the state) topic: ≤ 1,000 patients each (operations.md)",
+    )
     args = parser.parse_args(argv)
     logs = args.logs
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -526,9 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"history: {len(uploads):,} uploads, {readings:,} readings "
           f"({time.monotonic() - made:.0f} s to make)", flush=True)  # fmt: skip
     with infrastructure(logs) as infra:
-        rows = run(infra, args.designs, uploads, logs)
+        rows = run(infra, args.designs, uploads, logs, args.partitions)
         broker = infra.broker
-    print(write(args.out, broker, load, args.patients, args.hours, readings, rows))
+    print(write(args.out, broker, load, args.patients, args.hours, readings, rows, args.partitions))
     return 0
 
 
@@ -540,6 +561,7 @@ def write(
     hours: float,
     readings: int,
     rows: list[dict[str, Any]],
+    partitions: int = PARTITIONS,
 ) -> str:
     """restart-<stamp>.json and .md under `out`; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
@@ -551,11 +573,12 @@ def write(
         "patients": patients,
         "hours": hours,
         "readings": readings,
+        "partitions": partitions,
         "rows": rows,
     }
     (out / f"restart-{stamp}.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     text = f"# Processor restart, checkpointed vs its peers ({stamp})\n\n" + table(
-        rows, patients, readings, load
+        rows, patients, readings, load, partitions
     )
     (out / f"restart-{stamp}.md").write_text(text)
     return text

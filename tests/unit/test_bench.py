@@ -193,7 +193,7 @@ def test_the_restart_table_sets_the_designs_side_by_side_with_their_ratio() -> N
     assert "| measure | checkpointed | replay-only | ÷ replay-only |" in text
     assert "| restart_to_ready_s | 3.0 | 60.0 | 0.050 |" in text
     assert "| rss_mb | 200.0 | – | – |" in text  # not measured for the peer: no ratio
-    assert text.startswith("1,000 patients, 4,800,000 readings")
+    assert text.startswith("1,000 patients, 4,800,000 readings in the history, 6 partitions")
 
 
 def test_the_restart_table_gives_quix_its_columns_and_keeps_a_failed_design_in_view() -> None:
