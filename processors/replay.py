@@ -24,6 +24,12 @@ of the checkpoint, and each patient is fed only the records after its own record
 are silent: their detections were acknowledged before the checkpoint was written or the
 offset committed. Without a usable checkpoint the partition is replayed as above, where an
 episode older than the horizon comes back by a later start and another id.
+
+Only what moved pays: aiokafka's rebalances are eager (every member gives up every
+partition), so a partition given back to the member that held it keeps the state it had
+in memory at the revoke, as if restored from that very checkpoint, without reading the
+state topic, unless another member committed past it meanwhile (then its checkpoint is
+newer). Kept state of partitions that went elsewhere is dropped once assigned.
 """
 
 from __future__ import annotations
@@ -113,6 +119,7 @@ class ReplayOnAssign(ConsumerRebalanceListener):
         self.failure: Exception | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._assigned = False  # an assignment was set up (the group joined at least once)
+        self._kept: dict[TopicPartition, Restored] = {}  # state at the last revoke
 
     def bind(self, consumer: AIOKafkaConsumer) -> None:
         self._consumer = consumer
@@ -135,10 +142,17 @@ class ReplayOnAssign(ConsumerRebalanceListener):
             except Exception:  # the last good checkpoint stays: only a longer replay
                 log.exception("checkpoint on revoke failed")
         for tp in revoked:
-            self.progress.pop(tp, None)
+            progress = self.progress.pop(tp, None)
+            if self.state is not None and progress is not None and not progress.replaying:
+                self._kept[tp] = self._as_checkpoint(tp, progress.next_offset)
             self.engine.drop_partition(tp)
             if self.state is not None:
                 self.state.forget(tp.partition)
+
+    def _as_checkpoint(self, tp: TopicPartition, offset: int) -> Restored:
+        """The partition's state now, as a checkpoint at `offset` would restore it."""
+        patients = self.engine.patients(tp)
+        return Restored(offset, dict.fromkeys(patients, offset), patients)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self._consumer
@@ -149,7 +163,11 @@ class ReplayOnAssign(ConsumerRebalanceListener):
             consumer.pause(*assigned)
             for tp in sorted(assigned):
                 committed = await consumer.committed(tp)
-                found = None if self.state is None else await self.state.load(tp.partition)
+                found = kept = self._kept.pop(tp, None)
+                if kept is not None and committed is not None and committed > kept.marker:
+                    found = None  # another member went further: its checkpoint is newer
+                if found is None and self.state is not None:
+                    found = await self.state.load(tp.partition)
                 if found is not None:
                     self.engine.drop_partition(tp)
                     self.engine.restore(tp, found.patients)
@@ -171,12 +189,15 @@ class ReplayOnAssign(ConsumerRebalanceListener):
                         "seek": progress.next_offset,
                         "live_from": progress.live_from,
                         "restored": found is not None,
+                        "kept": found is not None and found is kept,
                     },
                 )
         except Exception as exc:  # aiokafka only logs listener errors: make them fatal
             log.exception("replay set-up failed")
             self.failure = exc
             return
+        finally:
+            self._kept.clear()  # what went to other members is theirs now
         self._assigned = True
         consumer.resume(*assigned)
 

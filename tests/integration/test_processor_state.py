@@ -450,3 +450,54 @@ async def test_a_restore_reads_the_last_round_not_every_round_the_partition_hold
         assert read >= held  # the whole partition, as before
     finally:
         await topic.stop()
+
+
+async def test_partitions_given_back_after_a_rebalance_keep_their_state_from_memory(
+    own: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second instance joins: every partition is revoked (eager rebalance), those given
+    back to the first instance keep the state it held (no state topic read), the others
+    are restored by the second; the open episode goes on under its id either way."""
+    own = own.model_copy(update={"checkpoint_interval_s": 60.0})
+    start = contract.now_ms() - 20 * 60_000
+    patients = [f"p-kept-{i}-{uuid.uuid4().hex[:4]}" for i in range(12)]  # every partition
+    onsets = [episode(p, start)[0] for p in patients]
+    onset, breach, recovery = episode(patients[0], start)
+    caplog.set_level(logging.INFO, logger="processors.replay")
+    first = Processor(own)
+    stop_first = asyncio.Event()
+    running = asyncio.create_task(first.run(stop_first))
+    try:
+        async with TopicReader(own, contract.DETECTIONS) as reader:
+            await send(own, *onsets, breach)
+            await wait_for_detection(reader, "spo2_low", "opened")
+            await all_committed(own)
+            joined = len(caplog.records)
+            second = Processor(own)
+            stop_second = asyncio.Event()
+            joining = asyncio.create_task(second.run(stop_second))
+            try:
+                await until(lambda: second.replay.live() and first.replay.live(), "both live")
+                mine = {tp.partition for tp in first.replay.progress}
+                theirs = {tp.partition for tp in second.replay.progress}
+                await send(own, recovery)
+                await wait_for_detection(reader, "spo2_low", "resolved")
+                await all_committed(own)
+            finally:
+                stop_second.set()
+                await asyncio.wait_for(joining, WAIT_S)
+            found = [d for d in detections(await reader.to_end()) if d.rule == "spo2_low"]
+    finally:
+        stop_first.set()
+        await asyncio.wait_for(running, WAIT_S)
+
+    assigned = [
+        r.__dict__ for r in caplog.records[joined:] if r.getMessage() == "partition assigned"
+    ]
+    kept = {a["partition"] for a in assigned if a["kept"]}
+    restored = {a["partition"] for a in assigned if a["restored"] and not a["kept"]}
+    assert mine and theirs and not mine & theirs
+    assert kept == mine, assigned  # given back: from memory
+    assert theirs <= restored, assigned  # moved: from the first's revoke round
+    assert [d.state for d in found] == ["opened", "resolved"]
+    assert found[0].alert_id == found[1].alert_id
