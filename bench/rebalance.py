@@ -31,7 +31,9 @@ from vitalsctl import localinfra, stages
 PATIENTS = 60
 EVERY_S = 0.5  # between two uploads of the fleet
 BEFORE_S, AFTER_S = 8.0, 40.0
-EVENTS = ("restart", "join")
+# The only instance restarted; a second one joins; the second of two restarted (the
+# first keeps emitting but for the joins: its partitions given back come from memory).
+EVENTS = ("restart", "join", "restart one of two")
 
 
 async def _feed(settings: Settings, until: float) -> None:
@@ -77,11 +79,14 @@ def longest_gap(samples: list[tuple[float, int]], start: float, end: float) -> f
 
 def measure(infra: Infra, event: str, logs: Path) -> tuple[float, float]:
     """(longest gap before the event, longest gap after it), seconds."""
-    settings = infra.settings(f"rebalance-{event}", topic_partitions=6)
+    name = event.replace(" ", "-")
+    settings = infra.settings(f"rebalance-{name}", topic_partitions=6)
     asyncio.run(kafka.create_topics(settings))
     env = infra.env(settings)
-    first = stages.start("processor", env, logs / f"rebalance-{event}-1.log")
+    first = stages.start("processor", env, logs / f"rebalance-{name}-1.log")
     extra = None
+    if event == "restart one of two":
+        extra = stages.start("processor-2", env, logs / f"rebalance-{name}-2.log")
     try:
         started = time.monotonic()
         event_at = started + 10 + BEFORE_S  # 10 s for the first join and warm-up
@@ -95,9 +100,14 @@ def measure(infra: Infra, event: str, logs: Path) -> tuple[float, float]:
             if event == "restart":
                 first.send_signal(signal.SIGTERM)
                 await asyncio.to_thread(first.wait, 30)
-                first = stages.start("processor", env, logs / f"rebalance-{event}-2.log")
+                first = stages.start("processor", env, logs / f"rebalance-{name}-2.log")
+            elif event == "join":
+                extra = stages.start("processor-2", env, logs / f"rebalance-{name}-2.log")
             else:
-                extra = stages.start("processor-2", env, logs / f"rebalance-{event}-2.log")
+                assert extra is not None
+                extra.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(extra.wait, 30)
+                extra = stages.start("processor-2", env, logs / f"rebalance-{name}-3.log")
             await feeding
             return await watching
 
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             before, after = measure(infra, event, logs)
             rows.append({"event": event, "gap_before_s": before, "gap_after_s": after})
             print(
-                f"{event:8s} longest processing gap: {after:5.1f} s after the event "
+                f"{event:18s} longest processing gap: {after:5.1f} s after the event "
                 f"(steady state before it: {before:4.1f} s)  [{infra.broker}]",
                 flush=True,
             )
