@@ -193,6 +193,7 @@ class StateTopic:
             async for record in self._records(tp, at, end):
                 if record.key == marker_key:
                     marker = record
+            metrics.CHECKPOINT_RECORDS_READ.inc(end - at)
             if marker is not None:
                 if marker.value is None:  # the marker deleted: no checkpoint
                     return begin
@@ -202,7 +203,6 @@ class StateTopic:
                     return begin
                 if not isinstance(first, int):
                     return begin
-                metrics.CHECKPOINT_RECORDS_READ.inc(end - at)
                 return marker.offset if first == NO_RECORD else first
             if at == begin:
                 return begin
