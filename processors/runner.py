@@ -27,7 +27,7 @@ from processors.engine import Engine
 from processors.replay import Progress, ReplayOnAssign
 from processors.rules import rules_from_settings
 from processors.state_topic import StateTopic
-from vitals import contract
+from vitals import contract, lifecycle
 from vitals.consumer import ConsumerLoop
 from vitals.errors import ContractError
 from vitals.lifecycle import stop_on_signals
@@ -39,8 +39,11 @@ STAGE = "processor"
 
 
 async def run(settings: Settings) -> None:
-    """What `vitals process` runs: until SIGTERM or SIGINT."""
-    await run_processor(settings, stop_on_signals())
+    """What `vitals process` runs: until SIGTERM or SIGINT, then the process exits while
+    the state is still held (lifecycle.exit_now): nothing of it needs freeing."""
+    processor = Processor(settings)
+    await processor.run(stop_on_signals())
+    lifecycle.exit_now()
 
 
 async def run_processor(

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import os
 import signal
+import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from prometheus_client import Gauge, Histogram
 
@@ -72,3 +75,16 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def exit_now() -> NoReturn:
+    """Leave the process at once, status 0, once a stage has stopped cleanly (offsets
+    committed, output flushed, group left): the logs are flushed and the rest is left to
+    the operating system. Freeing a large state object by object, then the interpreter's
+    last collection, took 2.5 s past leaving the group at 10,000 patients
+    (docs/benchmarks.md), inside Kubernetes' grace period. For a command's own process
+    only: never from code that tests run in-process."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
