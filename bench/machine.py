@@ -49,3 +49,8 @@ def shared(load_before: float, cores: int | None) -> bool:
 
 def load_average() -> float:
     return os.getloadavg()[0]
+
+
+def load_averages() -> str:
+    """The 1-, 5- and 15-minute load, as a report's line prints them."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())

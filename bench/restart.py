@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import dataclasses
 import gc
-import os
 import shutil
 import signal
 import subprocess
@@ -52,7 +51,7 @@ from aiokafka.structs import TopicPartition
 
 from bench import data, processor, procs, quix_peer
 from bench.infra import Infra, infrastructure
-from bench.machine import describe
+from bench.machine import describe, load_averages
 from bench.report import Row
 from bench.state import fleet
 from bench.stats import Summary, Target
@@ -545,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logs = args.logs
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    load = load_averages()
     made = time.monotonic()
     uploads = history(args.patients, args.hours)
     readings = sum(len(u.readings) for u in uploads)

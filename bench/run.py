@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -147,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             patients = plan.restart_patients
             _say(f"restart: {patients:,} patients, checkpointed vs replay-only vs Quix Streams")
             uploads = restart.history(patients, restart.HOURS)
-            load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+            load = machine.load_averages()
             found = restart.run(infra, list(restart.CHOICES), uploads, logs)
             readings = sum(len(u.readings) for u in uploads)
             del uploads  # ~5 M readings at 1,000 patients: not kept through the later parts

@@ -18,7 +18,7 @@ from processors.rules import rules_from_settings
 from processors.runner import Processor
 from processors.state_topic import StateTopic
 from tests.support.episodes import STEP_MS, episode, send, spo2
-from tests.support.inprocess import all_committed, processor
+from tests.support.inprocess import all_committed, processor, running
 from tests.support.metrics import sample
 from tests.support.polling import WAIT_S, until
 from tests.support.topics import TopicReader, committed_offsets, detections, wait_for_detection
@@ -261,7 +261,7 @@ async def test_a_rebalance_in_the_middle_of_a_checkpoint_round_loses_and_repeats
 
     first.state.write = held_once  # type: ignore[method-assign]
     stop_first = asyncio.Event()
-    running = asyncio.create_task(first.run(stop_first))
+    first_task = asyncio.create_task(first.run(stop_first))
     try:
         async with TopicReader(own, contract.DETECTIONS) as reader:
             await send(own, onset, breach)
@@ -286,7 +286,7 @@ async def test_a_rebalance_in_the_middle_of_a_checkpoint_round_loses_and_repeats
     finally:
         go.set()
         stop_first.set()
-        await asyncio.wait_for(running, WAIT_S)
+        await asyncio.wait_for(first_task, WAIT_S)
 
     assert [d.state for d in found] == ["opened", "resolved"]
     assert found[0].alert_id == found[1].alert_id
@@ -311,11 +311,11 @@ async def test_a_stop_round_that_cannot_be_written_is_cut_short_and_the_process_
     proc.state.write = hangs_at_stop  # type: ignore[method-assign]
     await send(own, spo2("p-stop", contract.now_ms() - 60_000, [97, 97]))
     stop = asyncio.Event()
-    running = asyncio.create_task(proc.run(stop))
+    task = asyncio.create_task(proc.run(stop))
     await all_committed(own)
     stopping.set()
     stop.set()
-    await asyncio.wait_for(running, WAIT_S)  # stopped, not held by the round
+    await asyncio.wait_for(task, WAIT_S)  # stopped, not held by the round
 
     said = [r for r in caplog.records if r.getMessage().startswith("checkpoint at stop cut")]
     assert said and said[0].levelname == "WARNING"
@@ -465,31 +465,20 @@ async def test_partitions_given_back_after_a_rebalance_keep_their_state_from_mem
     onset, breach, recovery = episode(patients[0], start)
     caplog.set_level(logging.INFO, logger="processors.replay")
     first = Processor(own)
-    stop_first = asyncio.Event()
-    running = asyncio.create_task(first.run(stop_first))
-    try:
-        async with TopicReader(own, contract.DETECTIONS) as reader:
-            await send(own, *onsets, breach)
-            await wait_for_detection(reader, "spo2_low", "opened")
+    async with running(first), TopicReader(own, contract.DETECTIONS) as reader:
+        await send(own, *onsets, breach)
+        await wait_for_detection(reader, "spo2_low", "opened")
+        await all_committed(own)
+        joined = len(caplog.records)
+        second = Processor(own)
+        async with running(second):
+            await until(lambda: second.replay.live() and first.replay.live(), "both live")
+            mine = {tp.partition for tp in first.replay.progress}
+            theirs = {tp.partition for tp in second.replay.progress}
+            await send(own, recovery)
+            await wait_for_detection(reader, "spo2_low", "resolved")
             await all_committed(own)
-            joined = len(caplog.records)
-            second = Processor(own)
-            stop_second = asyncio.Event()
-            joining = asyncio.create_task(second.run(stop_second))
-            try:
-                await until(lambda: second.replay.live() and first.replay.live(), "both live")
-                mine = {tp.partition for tp in first.replay.progress}
-                theirs = {tp.partition for tp in second.replay.progress}
-                await send(own, recovery)
-                await wait_for_detection(reader, "spo2_low", "resolved")
-                await all_committed(own)
-            finally:
-                stop_second.set()
-                await asyncio.wait_for(joining, WAIT_S)
-            found = [d for d in detections(await reader.to_end()) if d.rule == "spo2_low"]
-    finally:
-        stop_first.set()
-        await asyncio.wait_for(running, WAIT_S)
+        found = [d for d in detections(await reader.to_end()) if d.rule == "spo2_low"]
 
     assigned = [
         r.__dict__ for r in caplog.records[joined:] if r.getMessage() == "partition assigned"

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from processors.runner import run_processor
+from processors.runner import Processor, run_processor
 from sinks.alerts.escalation import Escalator
 from sinks.timescale.runner import run_sink
 from tests.support.polling import WAIT_S, until
@@ -80,6 +80,11 @@ async def stage_task(
 def processor(settings: Settings) -> AbstractAsyncContextManager[asyncio.Task[None]]:
     """A processor running until the block ends, then stopped as SIGTERM would."""
     return stage_task(run_processor, settings)
+
+
+def running(proc: Processor) -> AbstractAsyncContextManager[asyncio.Task[None]]:
+    """A processor the test built (to reach its state) running until the block ends."""
+    return stage_task(lambda _settings, stop: proc.run(stop), proc.settings)
 
 
 async def sink_committed(settings: Settings) -> None:
